@@ -1,0 +1,30 @@
+// normlab: the command-line front end. Library errors (normlab::Error) become a
+// one-line message on stderr and exit code 2; flag errors are CLI11's (exit 105+).
+#include <cstdio>
+#include <exception>
+#include <iostream>
+
+#include "commands.hpp"
+#include "normlab/error.hpp"
+
+int main(int argc, char** argv) {
+  CLI::App app{"normlab: normalization layers, trained and studied"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", "normlab 0.1.0");
+  normlab::cli::add_depth_command(app);
+  normlab::cli::add_train_command(app);
+  normlab::cli::add_eval_command(app);
+  normlab::cli::add_bench_command(app);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  } catch (const normlab::Error& e) {
+    std::cerr << "normlab: error: " << e.what() << "\n";
+    return 2;
+  } catch (const std::exception& e) {
+    std::cerr << "normlab: internal error: " << e.what() << "\n";
+    return 3;
+  }
+  return 0;
+}

@@ -1,0 +1,142 @@
+// The standard layers, with PyTorch's semantics, defaults and state_dict names.
+#pragma once
+#include <optional>
+
+#include "normlab/layer.hpp"
+#include "normlab/rng.hpp"
+
+namespace normlab {
+
+// y = x W^T + b. PyTorch's init: W ~ U(+-1/sqrt(in)) (kaiming_uniform, a=sqrt(5)), b likewise.
+// Input (N, in) or (N, ..., in) flattened to rows. State: weight (out,in), bias (out).
+template <typename T>
+class Linear : public Layer<T> {
+ public:
+  Linear(int64_t in, int64_t out, bool bias, Rng& rng);
+  std::string name() const override;
+  Shape output_shape(const Shape& in) const override;
+  const Tensor<T>& forward(const Tensor<T>& x) override;
+  const Tensor<T>& backward(const Tensor<T>& dy) override;
+  std::vector<StateEntry<T>> state() override;
+
+  Tensor<T> weight, bias, dweight, dbias;  // (out,in), (out) or empty
+
+ private:
+  int64_t in_, out_;
+  const Tensor<T>* x_ = nullptr;
+  Tensor<T> y_, dx_;
+};
+
+struct BatchNormOptions {
+  double eps = 1e-5;
+  std::optional<double> momentum = 0.1;  // nullopt: cumulative moving average
+  bool affine = true;
+  bool track_running_stats = true;
+};
+
+// Inputs (N,C) or (N,C,L); statistics per channel over N*L values. Training
+// normalizes with the biased batch variance and stores the unbiased one in
+// running_var; eval uses the running statistics (or batch ones without tracking).
+// State: weight, bias (C) if affine; running_mean, running_var (C),
+// num_batches_tracked if tracking.
+template <typename T>
+class BatchNorm1d : public Layer<T> {
+ public:
+  explicit BatchNorm1d(int64_t C, BatchNormOptions opt = {});
+  std::string name() const override;
+  Shape output_shape(const Shape& in) const override;
+  const Tensor<T>& forward(const Tensor<T>& x) override;
+  const Tensor<T>& backward(const Tensor<T>& dy) override;
+  std::vector<StateEntry<T>> state() override;
+
+  Tensor<T> weight, bias, dweight, dbias;
+  Tensor<T> running_mean, running_var;
+  int64_t num_batches_tracked = 0;
+
+ private:
+  int64_t C_;
+  BatchNormOptions opt_;
+  const Tensor<T>* x_ = nullptr;
+  bool used_batch_stats_ = true;
+  Tensor<T> y_, dx_, mean_, rstd_, var_;
+};
+
+struct LayerNormOptions {
+  double eps = 1e-5;
+  bool elementwise_affine = true;
+  bool bias = true;
+};
+
+// Normalizes over the trailing dims given by `normalized_shape`.
+// State: weight, bias (normalized_shape) if elementwise_affine (bias only if bias).
+template <typename T>
+class LayerNorm : public Layer<T> {
+ public:
+  explicit LayerNorm(Shape normalized_shape, LayerNormOptions opt = {});
+  std::string name() const override;
+  Shape output_shape(const Shape& in) const override;
+  const Tensor<T>& forward(const Tensor<T>& x) override;
+  const Tensor<T>& backward(const Tensor<T>& dy) override;
+  std::vector<StateEntry<T>> state() override;
+
+  Tensor<T> weight, bias, dweight, dbias;
+
+ private:
+  Shape normalized_shape_;
+  int64_t D_;
+  LayerNormOptions opt_;
+  const Tensor<T>* x_ = nullptr;
+  Tensor<T> y_, dx_, mean_, rstd_;
+};
+
+enum class WeightNormDim { Rows, Whole };  // PyTorch dim=0 / dim=None
+
+// torch.nn.utils.weight_norm(nn.Linear(in, out), dim): w = g * v / ||v||.
+// v starts as Linear's weight and g as its norm, so the initial w equals Linear's.
+// State: bias (out), weight_g ((out,1) or ()), weight_v (out,in) — PyTorch's order.
+template <typename T>
+class WeightNormLinear : public Layer<T> {
+ public:
+  WeightNormLinear(int64_t in, int64_t out, bool bias, WeightNormDim dim, Rng& rng);
+  std::string name() const override;
+  Shape output_shape(const Shape& in) const override;
+  const Tensor<T>& forward(const Tensor<T>& x) override;
+  const Tensor<T>& backward(const Tensor<T>& dy) override;
+  std::vector<StateEntry<T>> state() override;
+
+  Tensor<T> weight_g, weight_v, bias, dweight_g, dweight_v, dbias;
+
+ private:
+  int64_t in_, out_;
+  WeightNormDim dim_;
+  const Tensor<T>* x_ = nullptr;
+  Tensor<T> w_, dw_, norm_, y_, dx_;
+};
+
+template <typename T>
+class ReLU : public Layer<T> {
+ public:
+  std::string name() const override { return "ReLU"; }
+  Shape output_shape(const Shape& in) const override { return in; }
+  const Tensor<T>& forward(const Tensor<T>& x) override;
+  const Tensor<T>& backward(const Tensor<T>& dy) override;
+
+ private:
+  Tensor<T> y_, dx_;
+};
+
+// (N, d1, d2, ...) -> (N, d1*d2*...), like nn.Flatten().
+template <typename T>
+class Flatten : public Layer<T> {
+ public:
+  std::string name() const override { return "Flatten"; }
+  Shape output_shape(const Shape& in) const override;
+  const Tensor<T>& forward(const Tensor<T>& x) override;
+  const Tensor<T>& backward(const Tensor<T>& dy) override;
+
+ private:
+  Shape in_shape_;
+  Tensor<T> y_, dx_;
+};
+
+}  // namespace normlab

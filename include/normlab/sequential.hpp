@@ -1,0 +1,34 @@
+// A chain of named layers, like nn.Sequential (children named "0", "1", ...)
+// or a module with named children ("p1", "ln1", ...). State names are
+// "<child>.<name>", PyTorch's state_dict keys.
+#pragma once
+#include <utility>
+
+#include "normlab/layer.hpp"
+
+namespace normlab {
+
+template <typename T>
+class Sequential : public Layer<T> {
+ public:
+  Sequential() = default;
+  // Adds a child named by its index unless a name is given.
+  Sequential& add(LayerPtr<T> layer, std::string child_name = "");
+
+  std::string name() const override;
+  Shape output_shape(const Shape& in) const override;  // checks every layer in turn
+  const Tensor<T>& forward(const Tensor<T>& x) override;
+  const Tensor<T>& backward(const Tensor<T>& dy) override;
+  std::vector<StateEntry<T>> state() override;
+  void set_training(bool on) override;
+  void set_input_grad(bool on) override;
+
+  size_t size() const { return layers_.size(); }
+  Layer<T>& operator[](size_t i) { return *layers_[i].second; }
+  const std::string& child_name(size_t i) const { return layers_[i].first; }
+
+ private:
+  std::vector<std::pair<std::string, LayerPtr<T>>> layers_;
+};
+
+}  // namespace normlab

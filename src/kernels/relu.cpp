@@ -1,0 +1,22 @@
+#include "normlab/kernels.hpp"
+
+namespace normlab {
+
+template <typename T>
+void relu_forward(T* y, const T* x, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) y[i] = x[i] > T(0) ? x[i] : T(0);
+}
+
+template <typename T>
+void relu_backward(T* dx, const T* dy, const T* y, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) dx[i] = y[i] > T(0) ? dy[i] : T(0);
+}
+
+template void relu_forward<float>(float*, const float*, int64_t);
+template void relu_forward<double>(double*, const double*, int64_t);
+template void relu_backward<float>(float*, const float*, const float*, int64_t);
+template void relu_backward<double>(double*, const double*, const double*, int64_t);
+
+}  // namespace normlab

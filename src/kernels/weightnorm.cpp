@@ -1,0 +1,89 @@
+// WeightNorm: w = g * v / ||v||. Weight matrices are small next to the
+// activations (one pass per step), so these stay plain loops, in double sums.
+#include <cmath>
+#include <vector>
+
+#include "normlab/kernels.hpp"
+
+namespace normlab {
+
+template <typename T>
+void weightnorm_forward(T* w, T* norm, const T* v, const T* g, int64_t O, int64_t I, bool per_row) {
+  if (per_row) {
+#pragma omp parallel for schedule(static) if (O * I > (1 << 16))
+    for (int64_t o = 0; o < O; ++o) {
+      double ss = 0;
+      for (int64_t i = 0; i < I; ++i) ss += static_cast<double>(v[o * I + i]) * v[o * I + i];
+      norm[o] = static_cast<T>(std::sqrt(ss));
+      const T scale = static_cast<T>(g[o] / std::sqrt(ss));
+      for (int64_t i = 0; i < I; ++i) w[o * I + i] = v[o * I + i] * scale;
+    }
+  } else {
+    double ss = 0;
+    for (int64_t k = 0; k < O * I; ++k) ss += static_cast<double>(v[k]) * v[k];
+    norm[0] = static_cast<T>(std::sqrt(ss));
+    const T scale = static_cast<T>(g[0] / std::sqrt(ss));
+    for (int64_t k = 0; k < O * I; ++k) w[k] = v[k] * scale;
+  }
+}
+
+// With s = sum(dw * v) over the normalized group and n = ||v||:
+//   dg += s / n,   dv += (g / n) * (dw - (s / n^2) * v).
+template <typename T>
+void weightnorm_backward(T* dv, T* dg, const T* dw, const T* v, const T* g, const T* norm,
+                         int64_t O, int64_t I, bool per_row) {
+  const int64_t groups = per_row ? O : 1, len = per_row ? I : O * I;
+#pragma omp parallel for schedule(static) if (O * I > (1 << 16) && per_row)
+  for (int64_t o = 0; o < groups; ++o) {
+    const T* vr = v + o * len;
+    const T* dwr = dw + o * len;
+    T* dvr = dv + o * len;
+    double s = 0;
+    for (int64_t i = 0; i < len; ++i) s += static_cast<double>(dwr[i]) * vr[i];
+    const double n = norm[o];
+    dg[o] += static_cast<T>(s / n);
+    const double a = g[o] / n, b = g[o] * s / (n * n * n);
+    for (int64_t i = 0; i < len; ++i) dvr[i] += static_cast<T>(a * dwr[i] - b * vr[i]);
+  }
+}
+
+template <typename T>
+void weightnorm_columns_forward(T* w, T* norm, const T* v, const T* g, int64_t O, int64_t I) {
+  std::vector<double> ss(static_cast<size_t>(I), 0.0);
+  for (int64_t o = 0; o < O; ++o)
+    for (int64_t i = 0; i < I; ++i) ss[i] += static_cast<double>(v[o * I + i]) * v[o * I + i];
+  for (int64_t i = 0; i < I; ++i) norm[i] = static_cast<T>(std::sqrt(ss[i]));
+  for (int64_t o = 0; o < O; ++o)
+    for (int64_t i = 0; i < I; ++i) w[o * I + i] = g[o * I + i] * v[o * I + i] / norm[i];
+}
+
+// w[o,i] = g[o,i] v[o,i] / n_i with n_i = ||v[:,i]||; s_i = sum_k dw[k,i] g[k,i] v[k,i]:
+//   dg[o,i] += dw[o,i] v[o,i] / n_i,   dv[o,i] += dw[o,i] g[o,i] / n_i - s_i v[o,i] / n_i^3.
+template <typename T>
+void weightnorm_columns_backward(T* dv, T* dg, const T* dw, const T* v, const T* g, const T* norm,
+                                 int64_t O, int64_t I) {
+  std::vector<double> s(static_cast<size_t>(I), 0.0);
+  for (int64_t o = 0; o < O; ++o)
+    for (int64_t i = 0; i < I; ++i)
+      s[i] += static_cast<double>(dw[o * I + i]) * g[o * I + i] * v[o * I + i];
+  for (int64_t o = 0; o < O; ++o)
+    for (int64_t i = 0; i < I; ++i) {
+      const double n = norm[i];
+      dg[o * I + i] += static_cast<T>(dw[o * I + i] * v[o * I + i] / n);
+      dv[o * I + i] +=
+          static_cast<T>(dw[o * I + i] * g[o * I + i] / n - s[i] * v[o * I + i] / (n * n * n));
+    }
+}
+
+#define NORMLAB_INSTANTIATE(T)                                                                  \
+  template void weightnorm_forward<T>(T*, T*, const T*, const T*, int64_t, int64_t, bool);      \
+  template void weightnorm_backward<T>(T*, T*, const T*, const T*, const T*, const T*, int64_t, \
+                                       int64_t, bool);                                          \
+  template void weightnorm_columns_forward<T>(T*, T*, const T*, const T*, int64_t, int64_t);    \
+  template void weightnorm_columns_backward<T>(T*, T*, const T*, const T*, const T*, const T*,  \
+                                               int64_t, int64_t);
+NORMLAB_INSTANTIATE(float)
+NORMLAB_INSTANTIATE(double)
+#undef NORMLAB_INSTANTIATE
+
+}  // namespace normlab

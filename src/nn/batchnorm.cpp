@@ -1,0 +1,131 @@
+#include <cmath>
+#include <sstream>
+
+#include "nn/shape_check.hpp"
+#include "normlab/kernels.hpp"
+#include "normlab/layers.hpp"
+
+namespace normlab {
+
+template <typename T>
+BatchNorm1d<T>::BatchNorm1d(int64_t C, BatchNormOptions opt) : C_(C), opt_(opt) {
+  check_positive("BatchNorm1d", "num_features", C);
+  if (!(opt.eps > 0)) fail("BatchNorm1d(", C, "): eps must be positive, got ", opt.eps);
+  if (opt.momentum && !(*opt.momentum >= 0 && *opt.momentum <= 1))
+    fail("BatchNorm1d(", C, "): momentum must be in [0, 1], got ", *opt.momentum);
+  if (opt.affine) {
+    weight = Tensor<T>({C}, T(1));
+    bias = Tensor<T>({C}, T(0));
+    dweight = Tensor<T>({C});
+    dbias = Tensor<T>({C});
+  }
+  if (opt.track_running_stats) {
+    running_mean = Tensor<T>({C}, T(0));
+    running_var = Tensor<T>({C}, T(1));
+  }
+}
+
+template <typename T>
+std::string BatchNorm1d<T>::name() const {
+  std::ostringstream os;
+  os << "BatchNorm1d(" << C_;
+  if (!opt_.affine) os << ", affine=false";
+  if (!opt_.track_running_stats) os << ", track_running_stats=false";
+  if (!opt_.momentum)
+    os << ", momentum=none";
+  else if (*opt_.momentum != 0.1)
+    os << ", momentum=" << *opt_.momentum;
+  if (opt_.eps != 1e-5) os << ", eps=" << opt_.eps;
+  return os.str() + ")";
+}
+
+template <typename T>
+Shape BatchNorm1d<T>::output_shape(const Shape& in) const {
+  if (in.size() != 2 && in.size() != 3)
+    fail(name(), ": expected a 2D (N,C) or 3D (N,C,L) input, got shape ", shape_str(in));
+  if (in[1] != C_) fail(name(), ": expected ", C_, " channels, got shape ", shape_str(in));
+  return in;
+}
+
+template <typename T>
+const Tensor<T>& BatchNorm1d<T>::forward(const Tensor<T>& x) {
+  output_shape(x.shape());
+  const int64_t N = x.dim(0), L = x.rank() == 3 ? x.dim(2) : 1;
+  const T* gamma = opt_.affine ? weight.data() : nullptr;
+  const T* beta = opt_.affine ? bias.data() : nullptr;
+  const T eps = static_cast<T>(opt_.eps);
+  x_ = &x;
+  y_.resize(x.shape());
+  mean_.resize({C_});
+  rstd_.resize({C_});
+  used_batch_stats_ = this->training_ || !opt_.track_running_stats;
+  if (!used_batch_stats_) {
+    batchnorm_forward_eval(y_.data(), x.data(), running_mean.data(), running_var.data(), gamma,
+                           beta, N, C_, L, eps);
+    for (int64_t c = 0; c < C_; ++c) {
+      mean_[c] = running_mean[c];
+      rstd_[c] = T(1) / std::sqrt(running_var[c] + eps);
+    }
+    return y_;
+  }
+  if (this->training_ && N * L <= 1)
+    fail(name(), ": expected more than 1 value per channel when training, got input shape ",
+         shape_str(x.shape()));
+  var_.resize({C_});
+  batchnorm_forward_train(y_.data(), mean_.data(), rstd_.data(), var_.data(), x.data(), gamma, beta,
+                          N, C_, L, eps);
+  if (this->training_ && opt_.track_running_stats) {
+    ++num_batches_tracked;
+    const double f =
+        opt_.momentum ? *opt_.momentum : 1.0 / static_cast<double>(num_batches_tracked);
+    const double unbias = static_cast<double>(N * L) / static_cast<double>(N * L - 1);
+    for (int64_t c = 0; c < C_; ++c) {
+      running_mean[c] = static_cast<T>((1 - f) * running_mean[c] + f * mean_[c]);
+      running_var[c] = static_cast<T>((1 - f) * running_var[c] + f * var_[c] * unbias);
+    }
+  }
+  return y_;
+}
+
+template <typename T>
+const Tensor<T>& BatchNorm1d<T>::backward(const Tensor<T>& dy) {
+  check_same_shape(name(), "output gradient", dy.shape(), y_.shape());
+  const int64_t N = x_->dim(0), L = x_->rank() == 3 ? x_->dim(2) : 1;
+  T* dx = nullptr;
+  if (this->input_grad_) {
+    dx_.resize(x_->shape());
+    dx = dx_.data();
+  } else {
+    dx_.resize({0});
+  }
+  const T* gamma = opt_.affine ? weight.data() : nullptr;
+  T* dgamma = opt_.affine ? dweight.data() : nullptr;
+  T* dbeta = opt_.affine ? dbias.data() : nullptr;
+  if (used_batch_stats_)
+    batchnorm_backward_train(dx, dgamma, dbeta, dy.data(), x_->data(), mean_.data(), rstd_.data(),
+                             gamma, N, C_, L);
+  else
+    batchnorm_backward_eval(dx, dgamma, dbeta, dy.data(), x_->data(), mean_.data(), rstd_.data(),
+                            gamma, N, C_, L);
+  return dx_;
+}
+
+template <typename T>
+std::vector<StateEntry<T>> BatchNorm1d<T>::state() {
+  std::vector<StateEntry<T>> s;
+  if (opt_.affine) {
+    s.push_back({"weight", &weight, &dweight});
+    s.push_back({"bias", &bias, &dbias});
+  }
+  if (opt_.track_running_stats) {
+    s.push_back({"running_mean", &running_mean});
+    s.push_back({"running_var", &running_var});
+    s.push_back({"num_batches_tracked", nullptr, nullptr, &num_batches_tracked});
+  }
+  return s;
+}
+
+template class BatchNorm1d<float>;
+template class BatchNorm1d<double>;
+
+}  // namespace normlab

@@ -1,0 +1,91 @@
+#include <sstream>
+
+#include "nn/shape_check.hpp"
+#include "normlab/kernels.hpp"
+#include "normlab/layers.hpp"
+
+namespace normlab {
+
+template <typename T>
+LayerNorm<T>::LayerNorm(Shape normalized_shape, LayerNormOptions opt)
+    : normalized_shape_(std::move(normalized_shape)), opt_(opt) {
+  if (normalized_shape_.empty()) fail("LayerNorm: normalized_shape must not be empty");
+  for (int64_t d : normalized_shape_)
+    if (d <= 0) fail("LayerNorm", shape_str(normalized_shape_), ": dimensions must be positive");
+  if (!(opt.eps > 0)) fail("LayerNorm", shape_str(normalized_shape_), ": eps must be positive");
+  D_ = shape_numel(normalized_shape_);
+  if (opt.elementwise_affine) {
+    weight = Tensor<T>(normalized_shape_, T(1));
+    dweight = Tensor<T>(normalized_shape_);
+    if (opt.bias) {
+      bias = Tensor<T>(normalized_shape_, T(0));
+      dbias = Tensor<T>(normalized_shape_);
+    }
+  }
+}
+
+template <typename T>
+std::string LayerNorm<T>::name() const {
+  std::ostringstream os;
+  os << "LayerNorm(";
+  for (size_t i = 0; i < normalized_shape_.size(); ++i)
+    os << (i ? "x" : "") << normalized_shape_[i];
+  if (!opt_.elementwise_affine)
+    os << ", elementwise_affine=false";
+  else if (!opt_.bias)
+    os << ", bias=false";
+  if (opt_.eps != 1e-5) os << ", eps=" << opt_.eps;
+  return os.str() + ")";
+}
+
+template <typename T>
+Shape LayerNorm<T>::output_shape(const Shape& in) const {
+  const size_t k = normalized_shape_.size();
+  if (in.size() < k ||
+      !std::equal(normalized_shape_.begin(), normalized_shape_.end(), in.end() - k))
+    fail(name(), ": expected input ending in ", shape_str(normalized_shape_), ", got shape ",
+         shape_str(in));
+  return in;
+}
+
+template <typename T>
+const Tensor<T>& LayerNorm<T>::forward(const Tensor<T>& x) {
+  output_shape(x.shape());
+  const int64_t N = x.numel() / D_;
+  x_ = &x;
+  y_.resize(x.shape());
+  mean_.resize({N});
+  rstd_.resize({N});
+  layernorm_forward(y_.data(), mean_.data(), rstd_.data(), x.data(),
+                    weight.numel() ? weight.data() : nullptr, bias.numel() ? bias.data() : nullptr,
+                    N, D_, static_cast<T>(opt_.eps));
+  return y_;
+}
+
+template <typename T>
+const Tensor<T>& LayerNorm<T>::backward(const Tensor<T>& dy) {
+  check_same_shape(name(), "output gradient", dy.shape(), y_.shape());
+  const int64_t N = x_->numel() / D_;
+  if (this->input_grad_)
+    dx_.resize(x_->shape());
+  else
+    dx_.resize({0});
+  layernorm_backward(this->input_grad_ ? dx_.data() : nullptr,
+                     weight.numel() ? dweight.data() : nullptr,
+                     bias.numel() ? dbias.data() : nullptr, dy.data(), x_->data(), mean_.data(),
+                     rstd_.data(), weight.numel() ? weight.data() : nullptr, N, D_);
+  return dx_;
+}
+
+template <typename T>
+std::vector<StateEntry<T>> LayerNorm<T>::state() {
+  std::vector<StateEntry<T>> s;
+  if (weight.numel()) s.push_back({"weight", &weight, &dweight});
+  if (bias.numel()) s.push_back({"bias", &bias, &dbias});
+  return s;
+}
+
+template class LayerNorm<float>;
+template class LayerNorm<double>;
+
+}  // namespace normlab

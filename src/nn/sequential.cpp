@@ -1,0 +1,84 @@
+#include "normlab/sequential.hpp"
+
+#include "normlab/error.hpp"
+
+namespace normlab {
+
+template <typename T>
+Sequential<T>& Sequential<T>::add(LayerPtr<T> layer, std::string child_name) {
+  if (child_name.empty()) child_name = std::to_string(layers_.size());
+  layers_.emplace_back(std::move(child_name), std::move(layer));
+  return *this;
+}
+
+template <typename T>
+std::string Sequential<T>::name() const {
+  std::string s = "Sequential(";
+  for (size_t i = 0; i < layers_.size(); ++i) s += (i ? ", " : "") + layers_[i].second->name();
+  return s + ")";
+}
+
+template <typename T>
+Shape Sequential<T>::output_shape(const Shape& in) const {
+  Shape s = in;
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    try {
+      s = layers_[i].second->output_shape(s);
+    } catch (const Error& e) {
+      fail("layer ", layers_[i].first, " (", layers_[i].second->name(),
+           ") of the network: ", e.what());
+    }
+  }
+  return s;
+}
+
+template <typename T>
+const Tensor<T>& Sequential<T>::forward(const Tensor<T>& x) {
+  if (layers_.empty()) fail("Sequential: cannot run an empty network");
+  const Tensor<T>* h = &x;
+  for (auto& [name, layer] : layers_) h = &layer->forward(*h);
+  return *h;
+}
+
+template <typename T>
+const Tensor<T>& Sequential<T>::backward(const Tensor<T>& dy) {
+  const Tensor<T>* g = &dy;
+  for (auto it = layers_.rbegin(); it != layers_.rend(); ++it) {
+    g = &it->second->backward(*g);
+    if (!it->second->input_grad()) break;  // nothing below needs gradients
+  }
+  return *g;
+}
+
+template <typename T>
+std::vector<StateEntry<T>> Sequential<T>::state() {
+  std::vector<StateEntry<T>> all;
+  for (auto& [name, layer] : layers_)
+    for (auto& e : layer->state()) {
+      e.name = name + "." + e.name;
+      all.push_back(e);
+    }
+  return all;
+}
+
+template <typename T>
+void Sequential<T>::set_training(bool on) {
+  Layer<T>::set_training(on);
+  for (auto& [name, layer] : layers_) layer->set_training(on);
+}
+
+// Without an input gradient, the leading layers up to the first one with
+// parameters need no dx either (backward stops there); later layers always do.
+template <typename T>
+void Sequential<T>::set_input_grad(bool on) {
+  Layer<T>::set_input_grad(on);
+  for (auto& [name, layer] : layers_) {
+    layer->set_input_grad(on);
+    if (!layer->state().empty()) break;
+  }
+}
+
+template class Sequential<float>;
+template class Sequential<double>;
+
+}  // namespace normlab

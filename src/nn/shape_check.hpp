@@ -1,0 +1,27 @@
+// Shape checks shared by the layers; each throws an Error naming the layer.
+#pragma once
+#include <string>
+
+#include "normlab/error.hpp"
+#include "normlab/tensor.hpp"
+
+namespace normlab {
+
+// Rows of an input (*, D) whose last dim must be D: the product of the others.
+inline int64_t rows_with_last_dim(const std::string& layer, const Shape& in, int64_t D) {
+  if (in.empty() || in.back() != D)
+    fail(layer, ": expected input with last dimension ", D, ", got shape ", shape_str(in));
+  return D == 0 ? 0 : shape_numel(in) / D;
+}
+
+inline void check_same_shape(const std::string& layer, const char* what, const Shape& got,
+                             const Shape& want) {
+  if (got != want)
+    fail(layer, ": ", what, " has shape ", shape_str(got), ", expected ", shape_str(want));
+}
+
+inline void check_positive(const std::string& layer, const char* what, int64_t v) {
+  if (v <= 0) fail(layer, ": ", what, " must be positive, got ", v);
+}
+
+}  // namespace normlab

@@ -1,0 +1,89 @@
+#include <cmath>
+
+#include "nn/shape_check.hpp"
+#include "normlab/kernels.hpp"
+#include "normlab/layers.hpp"
+
+namespace normlab {
+
+template <typename T>
+WeightNormLinear<T>::WeightNormLinear(int64_t in, int64_t out, bool has_bias, WeightNormDim dim,
+                                      Rng& rng)
+    : in_(in), out_(out), dim_(dim) {
+  check_positive("WeightNormLinear", "in_features", in);
+  check_positive("WeightNormLinear", "out_features", out);
+  // As torch.nn.utils.weight_norm(nn.Linear(in, out)): v = Linear's initial weight,
+  // g = ||v|| (per row or whole), so w = v at the start.
+  Linear<T> base(in, out, has_bias, rng);
+  weight_v = base.weight;
+  bias = base.bias;
+  const bool rows = dim == WeightNormDim::Rows;
+  weight_g = rows ? Tensor<T>({out, 1}) : Tensor<T>(Shape{});
+  norm_ = Tensor<T>({rows ? out : 1});
+  w_ = Tensor<T>({out, in});
+  weightnorm_forward(w_.data(), norm_.data(), weight_v.data(), norm_.data(), out, in, rows);
+  // With g = 1 the forward above leaves the norms in norm_; g takes them.
+  std::copy(norm_.data(), norm_.data() + norm_.numel(), weight_g.data());
+  dweight_g = Tensor<T>(weight_g.shape());
+  dweight_v = Tensor<T>({out, in});
+  if (has_bias) dbias = Tensor<T>({out});
+}
+
+template <typename T>
+std::string WeightNormLinear<T>::name() const {
+  return "WeightNormLinear(" + std::to_string(in_) + ", " + std::to_string(out_) +
+         (bias.numel() ? "" : ", bias=false") +
+         (dim_ == WeightNormDim::Whole ? ", dim=none)" : ")");
+}
+
+template <typename T>
+Shape WeightNormLinear<T>::output_shape(const Shape& in) const {
+  rows_with_last_dim(name(), in, in_);
+  Shape out = in;
+  out.back() = out_;
+  return out;
+}
+
+template <typename T>
+const Tensor<T>& WeightNormLinear<T>::forward(const Tensor<T>& x) {
+  const int64_t N = rows_with_last_dim(name(), x.shape(), in_);
+  x_ = &x;
+  weightnorm_forward(w_.data(), norm_.data(), weight_v.data(), weight_g.data(), out_, in_,
+                     dim_ == WeightNormDim::Rows);
+  y_.resize(output_shape(x.shape()));
+  linear_forward(y_.data(), x.data(), w_.data(), bias.numel() ? bias.data() : nullptr, N, in_,
+                 out_);
+  return y_;
+}
+
+template <typename T>
+const Tensor<T>& WeightNormLinear<T>::backward(const Tensor<T>& dy) {
+  check_same_shape(name(), "output gradient", dy.shape(), y_.shape());
+  const int64_t N = x_->numel() / in_;
+  if (this->input_grad_)
+    dx_.resize(x_->shape());
+  else
+    dx_.resize({0});
+  dw_.resize({out_, in_});
+  dw_.fill(T(0));
+  linear_backward(this->input_grad_ ? dx_.data() : nullptr, dw_.data(),
+                  bias.numel() ? dbias.data() : nullptr, dy.data(), x_->data(), w_.data(), N, in_,
+                  out_);
+  weightnorm_backward(dweight_v.data(), dweight_g.data(), dw_.data(), weight_v.data(),
+                      weight_g.data(), norm_.data(), out_, in_, dim_ == WeightNormDim::Rows);
+  return dx_;
+}
+
+template <typename T>
+std::vector<StateEntry<T>> WeightNormLinear<T>::state() {
+  std::vector<StateEntry<T>> s;
+  if (bias.numel()) s.push_back({"bias", &bias, &dbias});
+  s.push_back({"weight_g", &weight_g, &dweight_g});
+  s.push_back({"weight_v", &weight_v, &dweight_v});
+  return s;
+}
+
+template class WeightNormLinear<float>;
+template class WeightNormLinear<double>;
+
+}  // namespace normlab
