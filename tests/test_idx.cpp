@@ -70,6 +70,11 @@ struct BadCase {
   std::vector<std::string> expect;  // substrings of the message, besides the path
 };
 
+std::string with_byte(std::string s, size_t at, uint8_t value) {
+  s[at] = char(value);
+  return s;
+}
+
 std::string flip_byte(std::string s, size_t at) {
   s[at] = char(s[at] ^ 0x55);
   return s;
@@ -150,8 +155,9 @@ std::vector<BadCase> bad_cases() {
        flip_byte(big_gz, 15),
        1,
        {"damaged gzip stream", "incorrect data check"}},
+      // Byte 10 starts the deflate data (after gzip's 10-byte header): block type 3 is invalid.
       {"gzip-bad-block-type",
-       std::string(big_gz).replace(10, 1, "\x07"),
+       with_byte(big_gz, 10, 0x07),
        1,
        {"damaged gzip stream", "invalid block type"}},
       {"gzip-trailing-garbage",
