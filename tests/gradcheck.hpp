@@ -10,11 +10,12 @@
 //
 // Step: h_i = 1e-5 * max(1, |x_i|). For a central difference the error is about
 //   truncation h^2/6 * |L'''|  +  rounding eps * S / h,   S = sum |g_i y_i|, eps = 2^-52,
-// balanced near h = cbrt(3 eps S / |L'''|) ~ 1e-5 for unit-scale values. With the
-// small tensors used here (S ~ 10..100) both terms are ~1e-10, four orders of
-// magnitude below the tolerance, while real bugs (a missing term, a wrong eps in
-// backward, a transposed index) give relative errors of 1e-5 to 1. The divisor is
-// (x+h) - (x-h) as stored, not 2h, so rounding x+h to a double adds no error.
+// balanced near h = cbrt(3 eps S / |L'''|) ~ 1e-5 for unit-scale values, where both
+// terms are ~1e-10 relative. Measured on this suite: worst element 2e-8 for single
+// layers, 1.4e-7 for a 12-layer Sequential (norms amplify rounding), against a
+// tolerance of 1e-6; real bugs (a missing term, a wrong eps in backward, a
+// transposed index) give 1e-5 to 1. The divisor is (x+h) - (x-h) as stored, not
+// 2h, so rounding x+h to a double adds no error.
 //
 // Error per element: |a - n| / max(|a|, |n|, floor) with a the analytic and n the
 // numeric value, floor = 1e-2 * the largest |n| over ALL tensors of the check. The
