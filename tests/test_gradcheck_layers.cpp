@@ -54,6 +54,10 @@ struct BnCase {
   BatchNormOptions opt;
 };
 
+void PrintTo(const BnCase& c, std::ostream* os) {
+  *os << c.label;
+}
+
 class GradCheckBatchNorm : public ::testing::TestWithParam<BnCase> {};
 
 TEST_P(GradCheckBatchNorm, TrainAndEval) {
@@ -107,6 +111,10 @@ struct LnCase {
   LayerNormOptions opt;
 };
 
+void PrintTo(const LnCase& c, std::ostream* os) {
+  *os << c.label;
+}
+
 class GradCheckLayerNorm : public ::testing::TestWithParam<LnCase> {};
 
 TEST_P(GradCheckLayerNorm, TrainAndEval) {
@@ -141,6 +149,10 @@ struct WnCase {
   bool bias;
   WeightNormDim dim;
 };
+
+void PrintTo(const WnCase& c, std::ostream* os) {
+  *os << c.label;
+}
 
 class GradCheckWeightNorm : public ::testing::TestWithParam<WnCase> {};
 
