@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "normlab/error.hpp"
+#include "temp_dir.hpp"
 
 namespace normlab::testing {
 
@@ -56,34 +57,6 @@ inline std::string gzip(const std::string& raw) {
   if (rc != Z_STREAM_END) throw std::runtime_error("deflate");
   return out;
 }
-
-// A fresh directory under $TMPDIR, removed with everything in it at the end of the test.
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = (std::filesystem::temp_directory_path() / "normlab-test-XXXXXX").string();
-    if (!mkdtemp(tmpl.data())) throw std::runtime_error("mkdtemp failed");
-    path_ = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-
-  const std::string& path() const { return path_; }
-  // Writes `bytes` to <dir>/<name> and returns that path.
-  std::string write(const std::string& name, const std::string& bytes) const {
-    const std::string p = path_ + "/" + name;
-    std::filesystem::create_directories(std::filesystem::path(p).parent_path());
-    std::ofstream(p, std::ios::binary).write(bytes.data(), std::streamsize(bytes.size()));
-    return p;
-  }
-
- private:
-  std::string path_;
-};
 
 // The message of the normlab::Error that f throws ("" and a test failure if none).
 template <typename F>
