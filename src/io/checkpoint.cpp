@@ -5,6 +5,7 @@
 #include <cstring>
 #include <sstream>
 #include <unordered_map>
+#include <unordered_set>
 
 #include "normlab/error.hpp"
 
@@ -150,9 +151,9 @@ void unpack_state(const SafetensorsFile& file, const std::string& source,
 
   // 1. The key sets must match exactly, as load_state_dict(strict=True).
   std::vector<std::string> missing, unexpected;
-  std::unordered_map<std::string, bool> wanted;
+  std::unordered_set<std::string> wanted;
   for (const Target& t : targets) {
-    wanted[t.key] = true;
+    wanted.insert(t.key);
     if (!in_file.count(t.key)) missing.push_back(t.key);
   }
   for (const SafeTensor& t : file.tensors)
