@@ -73,6 +73,7 @@ TEST(Trainer, SmallMlpLearnsSeparableBlobs) {
   for (int64_t s = 0; s < steps; ++s) {
     const int64_t start = (s * B) % train.n;
     const StepResult r = trainer.train_step(&train.x[start * kD], &train.y[start], B, kD);
+    EXPECT_EQ(r.step, s + 1);
     EXPECT_GE(r.correct, 0);
     EXPECT_LE(r.correct, B);
     losses.push_back(r.loss);

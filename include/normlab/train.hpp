@@ -28,6 +28,7 @@ class NonFiniteError : public Error {
 };
 
 struct StepResult {
+  int64_t step = 0;     // 1-based number of this step (the optimizer's count after it)
   double loss = 0.0;    // mean cross-entropy over the batch, before the update
   int64_t correct = 0;  // rows whose argmax equals the label, before the update
 };

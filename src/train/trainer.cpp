@@ -76,6 +76,7 @@ StepResult Trainer::train_step(const Tensor<float>& x, const int32_t* labels) {
   const Tensor<float>& logits = model_.forward(x);
   check_logits(logits, N, "train_step");
   StepResult r;
+  r.step = step;
   r.loss =
       cross_entropy(logits, std::span<const int32_t>(labels, static_cast<size_t>(N)), &dlogits_);
   r.correct = count_correct(logits.data(), labels, N, logits.dim(1));
