@@ -11,6 +11,7 @@
 // PyTorch's kernels (see elementwise.hpp). This file is compiled with
 // -ffp-contract=off (no other fused multiply-adds, as in PyTorch) and
 // -fno-math-errno (so that the loop with sqrt is vectorised): CMakeLists.txt.
+// Why the rounding matches PyTorch: docs/loss.md.
 #include <cmath>
 #include <sstream>
 
