@@ -59,7 +59,13 @@ void run(DepthArgs& a) {
   check_flags(a);
   // Read the reference before the sweep, so a bad path fails fast.
   std::vector<DepthRow> reference;
-  if (!a.reference.empty()) reference = read_depth_csv(a.reference);
+  if (!a.reference.empty()) {
+    if (!std::filesystem::is_regular_file(a.reference))
+      fail("--reference ", a.reference,
+           ": no such file (PyTorch's figures are in "
+           "../shared/reference/depth_torch.csv)");
+    reference = read_depth_csv(a.reference);
+  }
   if (!a.out_dir.empty()) {
     std::error_code ec;
     std::filesystem::create_directories(a.out_dir, ec);
