@@ -61,13 +61,16 @@ class Trainer {
   Optimizer& optimizer() { return optimizer_; }
 
  private:
-  void check_logits(const Tensor<float>& logits, int64_t N, const char* where) const;
-
   Layer<float>& model_;
   Optimizer& optimizer_;
   Tensor<float> batch_;    // (N, D): the copied input batch
   Tensor<float> dlogits_;  // (N, K)
 };
+
+// Loss and accuracy of `model` over N rows in batches of batch_size, in eval
+// mode (the model's mode is restored after); `batch` is a reusable buffer.
+EvalResult evaluate(Layer<float>& model, Tensor<float>& batch, const float* x,
+                    const int32_t* labels, int64_t N, int64_t D, int64_t batch_size);
 
 // First index in [0, n) where data holds a NaN or infinity, or -1.
 int64_t first_non_finite(const float* data, int64_t n);

@@ -47,10 +47,40 @@ StepResult Trainer::train_step(const float* x, const int32_t* labels, int64_t N,
   return train_step(batch_, labels);
 }
 
-void Trainer::check_logits(const Tensor<float>& logits, int64_t N, const char* where) const {
+static void check_logits_shape(const Layer<float>& model, const Tensor<float>& logits, int64_t N,
+                               const char* where) {
   if (logits.rank() != 2 || logits.dim(0) != N)
-    fail(where, ": the model ", model_.name(), " returned shape ", shape_str(logits.shape()),
+    fail(where, ": the model ", model.name(), " returned shape ", shape_str(logits.shape()),
          " for ", N, " rows; expected logits (", N, ", classes)");
+}
+
+EvalResult evaluate(Layer<float>& model, Tensor<float>& batch, const float* x,
+                    const int32_t* labels, int64_t N, int64_t D, int64_t batchsize) {
+  if (N <= 0 || D <= 0) fail("evaluate: data must be (N, D) with N, D > 0, got (", N, ", ", D, ")");
+  if (batchsize <= 0) fail("evaluate: batch size must be positive, got ", batchsize);
+  const bool was_training = model.training();
+  model.set_training(false);
+  EvalResult r;
+  double loss_sum = 0.0;
+  try {
+    for (int64_t start = 0; start < N; start += batchsize) {
+      const int64_t b = std::min(batchsize, N - start);
+      ensure_rows(batch, b, D);
+      std::memcpy(batch.data(), x + start * D, static_cast<size_t>(b * D) * sizeof(float));
+      const Tensor<float>& logits = model.forward(batch);
+      check_logits_shape(model, logits, b, "evaluate");
+      const std::span<const int32_t> y(labels + start, static_cast<size_t>(b));
+      loss_sum += cross_entropy(logits, y) * static_cast<double>(b);
+      r.correct += count_correct(logits.data(), labels + start, b, logits.dim(1));
+    }
+  } catch (...) {
+    model.set_training(was_training);
+    throw;
+  }
+  model.set_training(was_training);
+  r.count = N;
+  r.loss = loss_sum / static_cast<double>(N);
+  return r;
 }
 
 StepResult Trainer::train_step(const Tensor<float>& x, const int32_t* labels) {
@@ -74,7 +104,7 @@ StepResult Trainer::train_step(const Tensor<float>& x, const int32_t* labels) {
   if (!model_.training()) model_.set_training(true);
   optimizer_.zero_grad();
   const Tensor<float>& logits = model_.forward(x);
-  check_logits(logits, N, "train_step");
+  check_logits_shape(model_, logits, N, "train_step");
   StepResult r;
   r.step = step;
   r.loss =
@@ -100,31 +130,7 @@ StepResult Trainer::train_step(const Tensor<float>& x, const int32_t* labels) {
 
 EvalResult Trainer::evaluate(const float* x, const int32_t* labels, int64_t N, int64_t D,
                              int64_t batch_size) {
-  if (N <= 0 || D <= 0) fail("evaluate: data must be (N, D) with N, D > 0, got (", N, ", ", D, ")");
-  if (batch_size <= 0) fail("evaluate: batch size must be positive, got ", batch_size);
-  const bool was_training = model_.training();
-  model_.set_training(false);
-  EvalResult r;
-  double loss_sum = 0.0;
-  try {
-    for (int64_t start = 0; start < N; start += batch_size) {
-      const int64_t b = std::min(batch_size, N - start);
-      ensure_rows(batch_, b, D);
-      std::memcpy(batch_.data(), x + start * D, static_cast<size_t>(b * D) * sizeof(float));
-      const Tensor<float>& logits = model_.forward(batch_);
-      check_logits(logits, b, "evaluate");
-      const std::span<const int32_t> y(labels + start, static_cast<size_t>(b));
-      loss_sum += cross_entropy(logits, y) * static_cast<double>(b);
-      r.correct += count_correct(logits.data(), labels + start, b, logits.dim(1));
-    }
-  } catch (...) {
-    model_.set_training(was_training);
-    throw;
-  }
-  model_.set_training(was_training);
-  r.count = N;
-  r.loss = loss_sum / static_cast<double>(N);
-  return r;
+  return normlab::evaluate(model_, batch_, x, labels, N, D, batch_size);
 }
 
 }  // namespace normlab

@@ -1,0 +1,37 @@
+#include "data_flags.hpp"
+
+#include <omp.h>
+
+#include <filesystem>
+
+#include "normlab/data.hpp"
+#include "normlab/error.hpp"
+
+namespace normlab::cli {
+
+void add_data_flags(CLI::App* cmd, DataFlags& flags) {
+  cmd->add_option("--dataset", flags.dataset, "mnist or fashion-mnist")->capture_default_str();
+  cmd->add_option("--data", flags.dir,
+                  "Directory with the IDX files (overrides --dataset's search)");
+}
+
+std::string resolve_data_dir(const DataFlags& flags) {
+  const auto& names = dataset_names();
+  if (std::find(names.begin(), names.end(), flags.dataset) == names.end()) {
+    std::string known;
+    for (const auto& n : names) known += (known.empty() ? "" : ", ") + n;
+    fail("--dataset '", flags.dataset, "' is not known; known datasets: ", known);
+  }
+  if (flags.dir.empty()) return default_data_dir(flags.dataset);
+  std::error_code ec;
+  if (!std::filesystem::is_directory(flags.dir, ec))
+    fail("--data ", flags.dir, ": no such directory");
+  return flags.dir;
+}
+
+void set_threads(int64_t threads) {
+  if (threads < 0 || threads > 1024) fail("--threads must be between 0 and 1024, got ", threads);
+  if (threads > 0) omp_set_num_threads(static_cast<int>(threads));
+}
+
+}  // namespace normlab::cli

@@ -1,0 +1,82 @@
+// A whole training run: data -> model -> epochs of steps -> metrics, plots and
+// checkpoints in one output directory. The CLI (`normlab train`) is a thin
+// front end over run_training(); what a person sees comes through the observer.
+//
+// The run directory holds, each written atomically:
+//   metrics.jsonl            one JSON object per finished epoch
+//   loss.png, accuracy.png   the training curves (gnuplot)
+//   model.safetensors        the model's state_dict (loads in PyTorch)
+//   checkpoint.safetensors   model + optimizer + position: what --resume needs
+//
+// Determinism: for a given seed and thread count the run is bitwise
+// reproducible, and a run resumed from any checkpoint it wrote ends with
+// exactly the weights of a run that was never stopped (the batch order of an
+// epoch depends only on (seed, epoch); the position inside the epoch and the
+// epoch's running sums are stored in the checkpoint).
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "normlab/optim.hpp"
+
+namespace normlab {
+
+struct TrainConfig {
+  std::string model = "seed001";  // spec or preset
+  std::string dataset = "mnist";  // for messages and metadata
+  std::string data_dir;           // directory with the four IDX files
+  int64_t epochs = 5;
+  int64_t batch_size = 128;
+  int64_t eval_batch_size = 1000;
+  std::string optimizer = "adam";
+  OptimizerOptions optim;
+  uint64_t seed = 0;
+  int64_t limit_train = 0;       // use only the first n training samples (0: all)
+  int64_t limit_test = 0;        // likewise for the test set
+  int64_t checkpoint_every = 0;  // also checkpoint every n steps (0: at epoch ends only)
+  bool skip_nonfinite = false;   // skip a step with a NaN/inf loss or gradient instead of stopping
+  std::string out_dir = "out/train";
+  std::string resume;  // path of a checkpoint.safetensors to continue from ("" : fresh run)
+};
+
+struct EpochMetrics {
+  int64_t epoch = 0;  // 1-based
+  int64_t steps = 0;  // optimizer steps so far in the run
+  double train_loss = 0, train_accuracy = 0;
+  double test_loss = 0, test_accuracy = 0;
+  double train_seconds = 0, eval_seconds = 0;
+  int64_t skipped_steps = 0;
+  std::vector<double> loss_curve;  // running train loss at ~20 points of the epoch
+};
+
+struct Progress {
+  int64_t epoch = 0, epochs = 0;   // 1-based epoch
+  int64_t batch = 0, batches = 0;  // batches done in this epoch
+  double running_loss = 0;         // mean train loss so far in this epoch
+  double seconds = 0;              // since this epoch started (this process)
+  double samples_per_second = 0;
+};
+
+class TrainingObserver {
+ public:
+  virtual ~TrainingObserver() = default;
+  virtual void on_start(const std::string& /*model*/, int64_t /*parameters*/,
+                        int64_t /*train_samples*/, int64_t /*test_samples*/,
+                        int64_t /*first_epoch*/) {}
+  virtual void on_progress(const Progress&) {}  // a few times a second at most
+  virtual void on_epoch(const EpochMetrics&) {}
+  virtual void on_skipped_step(int64_t /*step*/, const std::string& /*why*/) {}
+};
+
+// Runs (or resumes) the training; returns the metrics of every epoch of the
+// run, including those before a resume. Throws Error on bad configuration,
+// data or checkpoints, and on a non-finite step unless skip_nonfinite (the
+// message names the step; the last checkpoint is left as it was).
+std::vector<EpochMetrics> run_training(const TrainConfig& config, TrainingObserver& observer);
+
+// Reads the training configuration stored in a checkpoint's metadata
+// (model, seed, batch size, optimizer and its options, dataset, limits).
+TrainConfig config_from_checkpoint(const std::string& path);
+
+}  // namespace normlab

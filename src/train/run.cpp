@@ -1,0 +1,342 @@
+// The training run: see include/normlab/training_run.hpp for the contract.
+#include "normlab/training_run.hpp"
+
+#include <omp.h>
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+
+#include "normlab/atomic_file.hpp"
+#include "normlab/checkpoint.hpp"
+#include "normlab/data.hpp"
+#include "normlab/error.hpp"
+#include "normlab/model_spec.hpp"
+#include "normlab/plot.hpp"
+#include "normlab/train.hpp"
+
+namespace normlab {
+namespace {
+
+using json = nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
+
+json options_to_json(const OptimizerOptions& o) {
+  json j = json::object();
+  auto put = [&](const char* k, const auto& v) {
+    if (v) j[k] = *v;
+  };
+  put("lr", o.lr), put("beta1", o.beta1), put("beta2", o.beta2), put("eps", o.eps);
+  put("weight_decay", o.weight_decay), put("amsgrad", o.amsgrad), put("momentum", o.momentum);
+  put("dampening", o.dampening), put("nesterov", o.nesterov);
+  return j;
+}
+
+OptimizerOptions options_from_json(const json& j) {
+  OptimizerOptions o;
+  auto get = [&](const char* k, auto& v) {
+    if (j.contains(k)) v = j.at(k).get<typename std::decay_t<decltype(v)>::value_type>();
+  };
+  get("lr", o.lr), get("beta1", o.beta1), get("beta2", o.beta2), get("eps", o.eps);
+  get("weight_decay", o.weight_decay), get("amsgrad", o.amsgrad), get("momentum", o.momentum);
+  get("dampening", o.dampening), get("nesterov", o.nesterov);
+  return o;
+}
+
+json metrics_to_json(const EpochMetrics& m) {
+  return {{"epoch", m.epoch},
+          {"steps", m.steps},
+          {"train_loss", m.train_loss},
+          {"train_accuracy", m.train_accuracy},
+          {"test_loss", m.test_loss},
+          {"test_accuracy", m.test_accuracy},
+          {"train_seconds", m.train_seconds},
+          {"eval_seconds", m.eval_seconds},
+          {"skipped_steps", m.skipped_steps},
+          {"loss_curve", m.loss_curve}};
+}
+
+EpochMetrics metrics_from_json(const json& j) {
+  EpochMetrics m;
+  m.epoch = j.at("epoch"), m.steps = j.at("steps");
+  m.train_loss = j.at("train_loss"), m.train_accuracy = j.at("train_accuracy");
+  m.test_loss = j.at("test_loss"), m.test_accuracy = j.at("test_accuracy");
+  m.train_seconds = j.at("train_seconds"), m.eval_seconds = j.at("eval_seconds");
+  m.skipped_steps = j.at("skipped_steps");
+  m.loss_curve = j.at("loss_curve").get<std::vector<double>>();
+  return m;
+}
+
+// Where a run stands inside an epoch; stored in checkpoints so a resumed run
+// continues the same sums and reports the same epoch metrics.
+struct Position {
+  int64_t epoch = 0;  // 0-based epoch in progress (== completed epochs at an epoch end)
+  int64_t batch = 0;  // batches done in it
+  double loss_sum = 0;
+  int64_t correct = 0, count = 0, skipped = 0;
+  std::vector<double> curve;
+};
+
+void write_metrics(const std::string& dir, const std::vector<EpochMetrics>& history) {
+  std::string text;
+  for (const auto& m : history) text += metrics_to_json(m).dump() + "\n";
+  write_file_atomic(dir + "/metrics.jsonl", text);
+}
+
+void plot_curves(const std::string& dir, const std::vector<EpochMetrics>& history,
+                 const std::string& title) {
+  Series train{"train loss (running)", {}, {}, {}}, test{"test loss", {}, {}, {}};
+  Series acc{"test accuracy (%)", {}, {}, {}}, train_acc{"train accuracy (%)", {}, {}, {}};
+  for (const auto& m : history) {
+    const size_t k = m.loss_curve.size();
+    for (size_t i = 0; i < k; ++i) {
+      train.x.push_back(static_cast<double>(m.epoch - 1) + static_cast<double>(i + 1) / k);
+      train.y.push_back(m.loss_curve[i]);
+    }
+    test.x.push_back(static_cast<double>(m.epoch));
+    test.y.push_back(m.test_loss);
+    acc.x.push_back(static_cast<double>(m.epoch));
+    acc.y.push_back(100.0 * m.test_accuracy);
+    train_acc.x.push_back(static_cast<double>(m.epoch));
+    train_acc.y.push_back(100.0 * m.train_accuracy);
+  }
+  plot_lines(dir + "/loss.png", {title + ": loss", "epoch", "cross-entropy", true}, {train, test});
+  plot_lines(dir + "/accuracy.png", {title + ": accuracy", "epoch", "accuracy (%)", false},
+             {train_acc, acc});
+}
+
+std::string meta_json(const Metadata& meta, const std::string& key, const std::string& path) {
+  return metadata_string(meta, key, path);
+}
+
+}  // namespace
+
+TrainConfig config_from_checkpoint(const std::string& path) {
+  const SafetensorsFile file = read_safetensors(path);
+  const Metadata& meta = file.metadata;
+  TrainConfig c;
+  try {
+    const json cfg = json::parse(meta_json(meta, "train_config", path));
+    c.model = cfg.at("model");
+    c.dataset = cfg.at("dataset");
+    c.batch_size = cfg.at("batch_size");
+    c.optimizer = cfg.at("optimizer");
+    c.optim = options_from_json(cfg.at("optimizer_options"));
+    c.seed = cfg.at("seed");
+    c.limit_train = cfg.at("limit_train");
+    c.limit_test = cfg.at("limit_test");
+    c.epochs = cfg.at("epochs");
+  } catch (const json::exception& e) {
+    fail(path, ": the training configuration in the checkpoint's metadata is damaged (", e.what(),
+         ")");
+  }
+  return c;
+}
+
+std::vector<EpochMetrics> run_training(const TrainConfig& cfg, TrainingObserver& observer) {
+  if (cfg.epochs <= 0) fail("--epochs must be positive, got ", cfg.epochs);
+  if (cfg.batch_size <= 0) fail("--batch-size must be positive, got ", cfg.batch_size);
+  if (cfg.eval_batch_size <= 0)
+    fail("--eval-batch-size must be positive, got ", cfg.eval_batch_size);
+  if (cfg.limit_train < 0) fail("--limit-train must not be negative, got ", cfg.limit_train);
+  if (cfg.limit_test < 0) fail("--limit-test must not be negative, got ", cfg.limit_test);
+  if (cfg.checkpoint_every < 0)
+    fail("--checkpoint-every must not be negative, got ", cfg.checkpoint_every);
+
+  // Data first: a bad data directory should fail before anything is written.
+  Dataset train_set = load_dataset(cfg.data_dir, Split::Train);
+  Dataset test_set = load_dataset(cfg.data_dir, Split::Test);
+  const int64_t D = train_set.features();
+  if (test_set.features() != D)
+    fail(test_set.images_file(), ": images have ", test_set.features(),
+         " pixels, the training images ", D);
+  const int64_t n_train =
+      cfg.limit_train ? std::min(cfg.limit_train, train_set.size()) : train_set.size();
+  const int64_t n_test =
+      cfg.limit_test ? std::min(cfg.limit_test, test_set.size()) : test_set.size();
+  if (n_train < 2) fail("the training set needs at least 2 samples, got ", n_train);
+
+  Rng rng(cfg.seed);
+  auto model = build_model<float>(cfg.model, Shape{cfg.batch_size, D}, rng);
+  const Shape out_shape = model->output_shape({cfg.batch_size, D});
+  if (out_shape.size() != 2 || out_shape[1] != train_set.num_classes())
+    fail("model '", cfg.model, "' outputs shape ", shape_str(out_shape),
+         " for a batch; a classifier of ", cfg.dataset, " needs (N, ", train_set.num_classes(),
+         ")");
+  std::vector<StateEntry<float>> model_state = model->state();
+  auto optimizer = make_optimizer(cfg.optimizer, cfg.optim, model_state);
+  std::vector<StateEntry<float>> optim_state = optimizer->state();
+  Trainer trainer(*model, *optimizer);
+
+  std::error_code ec;
+  std::filesystem::create_directories(cfg.out_dir, ec);
+  if (ec) fail("--out ", cfg.out_dir, ": cannot create the directory: ", ec.message());
+
+  const json train_config = {{"model", cfg.model},
+                             {"model_spec", resolve_spec(cfg.model)},
+                             {"dataset", cfg.dataset},
+                             {"batch_size", cfg.batch_size},
+                             {"optimizer", cfg.optimizer},
+                             {"optimizer_options", options_to_json(cfg.optim)},
+                             {"seed", cfg.seed},
+                             {"limit_train", cfg.limit_train},
+                             {"limit_test", cfg.limit_test},
+                             {"epochs", cfg.epochs}};
+
+  Position pos;
+  std::vector<EpochMetrics> history;
+  if (!cfg.resume.empty()) {
+    const TrainConfig saved = config_from_checkpoint(cfg.resume);
+    auto differs = [&](const char* flag, const auto& mine, const auto& theirs) {
+      if (mine != theirs)
+        fail("--resume ", cfg.resume, ": the checkpoint was trained with ", flag, " ", theirs,
+             ", this run asks for ", mine, "; continue with the same settings");
+    };
+    differs("--model", cfg.model, saved.model);
+    differs("--batch-size", cfg.batch_size, saved.batch_size);
+    differs("--optimizer", cfg.optimizer, saved.optimizer);
+    differs("--seed", cfg.seed, saved.seed);
+    differs("--limit-train", cfg.limit_train, saved.limit_train);
+    differs("--optimizer options", options_to_json(cfg.optim).dump(),
+            options_to_json(saved.optim).dump());
+    const Metadata meta = load_checkpoint(cfg.resume, model_state, optim_state);
+    try {
+      const json p = json::parse(meta_json(meta, "position", cfg.resume));
+      pos.epoch = p.at("epoch"), pos.batch = p.at("batch"), pos.loss_sum = p.at("loss_sum");
+      pos.correct = p.at("correct"), pos.count = p.at("count"), pos.skipped = p.at("skipped");
+      pos.curve = p.at("curve").get<std::vector<double>>();
+      for (const auto& m : json::parse(meta_json(meta, "history", cfg.resume)))
+        history.push_back(metrics_from_json(m));
+    } catch (const json::exception& e) {
+      fail("--resume ", cfg.resume, ": the run position in the checkpoint is damaged (", e.what(),
+           ")");
+    }
+    if (pos.epoch >= cfg.epochs)
+      fail("--resume ", cfg.resume, ": the checkpoint has already finished ", pos.epoch,
+           " epochs; ask for more with --epochs (now ", cfg.epochs, ")");
+  }
+
+  int64_t n_params = 0;
+  for (const auto& e : model_state)
+    if (e.is_param()) n_params += e.value->numel();
+  observer.on_start(model->name(), n_params, n_train, n_test, pos.epoch + 1);
+
+  // The test set is converted to floats once and reused every epoch.
+  std::vector<int64_t> test_index(static_cast<size_t>(n_test));
+  for (int64_t i = 0; i < n_test; ++i) test_index[i] = i;
+  std::vector<float> test_x(static_cast<size_t>(n_test * D));
+  std::vector<int32_t> test_y(static_cast<size_t>(n_test));
+  test_set.gather(test_index, test_x.data(), test_y.data());
+
+  BatchSampler sampler(n_train, cfg.batch_size, /*shuffle=*/true, cfg.seed, LastBatch::MergeSingle);
+  Tensor<float> x({sampler.max_batch_size(), D});
+  std::vector<int32_t> y(static_cast<size_t>(sampler.max_batch_size()));
+
+  // Buffers the forward pass updates (BatchNorm running statistics): a skipped
+  // step puts them back, so a bad batch leaves no trace.
+  std::vector<std::pair<Tensor<float>*, Tensor<float>>> buffer_backup;
+  std::vector<std::pair<int64_t*, int64_t>> count_backup;
+  if (cfg.skip_nonfinite)
+    for (auto& e : model_state) {
+      if (e.value && !e.grad) buffer_backup.push_back({e.value, *e.value});
+      if (e.count) count_backup.push_back({e.count, *e.count});
+    }
+
+  auto save = [&](const Position& p) {
+    json pj = {{"epoch", p.epoch},     {"batch", p.batch}, {"loss_sum", p.loss_sum},
+               {"correct", p.correct}, {"count", p.count}, {"skipped", p.skipped},
+               {"curve", p.curve}};
+    json hj = json::array();
+    for (const auto& m : history) hj.push_back(metrics_to_json(m));
+    const Metadata meta = {{kModelSpecKey, cfg.model},
+                           {kSeedKey, std::to_string(cfg.seed)},
+                           {kEpochKey, std::to_string(p.epoch)},
+                           {kStepKey, std::to_string(optimizer->steps())},
+                           {"train_config", train_config.dump()},
+                           {"position", pj.dump()},
+                           {"history", hj.dump()}};
+    save_model(cfg.out_dir + "/model.safetensors", model_state, meta);
+    save_checkpoint(cfg.out_dir + "/checkpoint.safetensors", model_state, optim_state, meta);
+  };
+
+  for (int64_t epoch = pos.epoch; epoch < cfg.epochs; ++epoch) {
+    sampler.set_epoch(epoch);
+    const int64_t batches = sampler.num_batches();
+    const int64_t curve_every = std::max<int64_t>(1, batches / 20);
+    const auto t0 = Clock::now();
+    auto last_report = t0;
+    int64_t samples_this_process = 0;
+    for (int64_t b = pos.batch; b < batches; ++b) {
+      const auto idx = sampler.batch(b);
+      const int64_t B = static_cast<int64_t>(idx.size());
+      x.resize({B, D});
+      train_set.gather(idx, x.data(), y.data());
+      if (cfg.skip_nonfinite) {
+        for (auto& [t, copy] : buffer_backup)
+          std::copy(t->data(), t->data() + t->numel(), copy.data());
+        for (auto& [c, copy] : count_backup) copy = *c;
+      }
+      try {
+        const StepResult r = trainer.train_step(x, y.data());
+        pos.loss_sum += r.loss * static_cast<double>(B);
+        pos.correct += r.correct;
+        pos.count += B;
+      } catch (const NonFiniteError& e) {
+        if (!cfg.skip_nonfinite)
+          fail("training stopped at step ", e.step, " (epoch ", epoch + 1, ", batch ", b + 1,
+               "): ", e.what(),
+               history.empty() && epoch == 0
+                   ? ""
+                   : "; the last checkpoint in " + cfg.out_dir + " is kept");
+        for (auto& [t, copy] : buffer_backup)
+          std::copy(copy.data(), copy.data() + copy.numel(), t->data());
+        for (auto& [c, copy] : count_backup) *c = copy;
+        optimizer->zero_grad();
+        ++pos.skipped;
+        observer.on_skipped_step(e.step, e.what());
+      }
+      pos.batch = b + 1;
+      samples_this_process += B;
+      if ((b + 1) % curve_every == 0 && pos.count > 0)
+        pos.curve.push_back(pos.loss_sum / pos.count);
+      if (seconds_since(last_report) > 0.2 || b + 1 == batches) {
+        last_report = Clock::now();
+        const double s = seconds_since(t0);
+        observer.on_progress({epoch + 1, cfg.epochs, b + 1, batches,
+                              pos.count ? pos.loss_sum / pos.count : 0.0, s,
+                              s > 0 ? samples_this_process / s : 0.0});
+      }
+      if (cfg.checkpoint_every && optimizer->steps() % cfg.checkpoint_every == 0 && b + 1 < batches)
+        save(pos);
+    }
+    const double train_seconds = seconds_since(t0);
+    const auto t1 = Clock::now();
+    const EvalResult ev =
+        trainer.evaluate(test_x.data(), test_y.data(), n_test, D, cfg.eval_batch_size);
+    EpochMetrics m;
+    m.epoch = epoch + 1;
+    m.steps = optimizer->steps();
+    m.train_loss = pos.count ? pos.loss_sum / pos.count : NAN;
+    m.train_accuracy = pos.count ? static_cast<double>(pos.correct) / pos.count : 0.0;
+    m.test_loss = ev.loss;
+    m.test_accuracy = ev.accuracy();
+    m.train_seconds = train_seconds;
+    m.eval_seconds = seconds_since(t1);
+    m.skipped_steps = pos.skipped;
+    m.loss_curve = pos.curve;
+    history.push_back(m);
+    pos = Position{epoch + 1};
+    save(pos);
+    write_metrics(cfg.out_dir, history);
+    plot_curves(cfg.out_dir, history, cfg.model + " on " + cfg.dataset);
+    observer.on_epoch(m);
+  }
+  return history;
+}
+
+}  // namespace normlab
