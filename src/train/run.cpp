@@ -330,7 +330,8 @@ std::vector<EpochMetrics> run_training(const TrainConfig& cfg, TrainingObserver&
     m.skipped_steps = pos.skipped;
     m.loss_curve = pos.curve;
     history.push_back(m);
-    pos = Position{epoch + 1};
+    pos = Position{};
+    pos.epoch = epoch + 1;
     save(pos);
     write_metrics(cfg.out_dir, history);
     plot_curves(cfg.out_dir, history, cfg.model + " on " + cfg.dataset);
