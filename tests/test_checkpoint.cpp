@@ -422,7 +422,7 @@ TEST(Checkpoint, CallerMistakesAreErrors) {
 TEST(Checkpoint, ExportForPyTorch) {
   TempDir tmp;
   const char* env = std::getenv("NORMLAB_TORCH_EXPORT_DIR");
-  const std::string dir = env && *env ? env : tmp.path().string();
+  const std::string dir = env && *env ? env : tmp.path();
   auto m = small_model(5);
   save_model(dir + "/model.safetensors", m->state(), {{kModelSpecKey, "small_model(5)"}});
 

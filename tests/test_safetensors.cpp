@@ -227,7 +227,7 @@ TEST(Safetensors, ReadErrorsNameThePath) {
   TempDir dir;
   expect_error([&] { read_safetensors(dir.file("nope.safetensors")); },
                {dir.file("nope.safetensors"), "No such file"});
-  expect_error([&] { read_safetensors(dir.path().string()); }, {"is a directory"});
+  expect_error([&] { read_safetensors(dir.path()); }, {"is a directory"});
   testing::write_bytes(dir.file("t.safetensors"), std::string("\x08\0\0\0", 4));
   expect_error([&] { read_safetensors(dir.file("t.safetensors")); },
                {dir.file("t.safetensors"), "only 4 bytes"});

@@ -15,6 +15,7 @@ int main(int argc, char** argv) {
   normlab::cli::add_train_command(app);
   normlab::cli::add_eval_command(app);
   normlab::cli::add_bench_command(app);
+  normlab::cli::add_model_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -68,7 +68,9 @@ const Tensor<T>& BatchNorm1d<T>::forward(const Tensor<T>& x) {
     }
     return y_;
   }
-  if (this->training_ && N * L <= 1)
+  // Batch statistics of one value are meaningless; PyTorch refuses them in eval mode too
+  // when there are no running statistics to use instead.
+  if (N * L <= 1)
     fail(name(), ": expected more than 1 value per channel when training, got input shape ",
          shape_str(x.shape()));
   var_.resize({C_});

@@ -1,0 +1,75 @@
+// The training core: one optimizer step on a batch, and a batched evaluation,
+// over plain float buffers (x (N, D) row-major, int32 labels), for a
+// classifier whose output is logits (N, K).
+//
+//   Trainer trainer(model, *optimizer);
+//   StepResult r = trainer.train_step(x, labels, N, D);   // throws NonFiniteError
+//   EvalResult e = trainer.evaluate(x_test, y_test, N_test, D, 1000);
+//
+// No files, no printing: the loop over epochs, metrics and checkpoints live above.
+#pragma once
+#include <cstdint>
+
+#include "normlab/error.hpp"
+#include "normlab/layer.hpp"
+#include "normlab/optim.hpp"
+
+namespace normlab {
+
+// A training step met a NaN or infinity (in the input batch, the loss or a
+// gradient) before the optimizer touched the weights. `step` is the 1-based
+// number of the step that failed (the optimizer's step count + 1), so the
+// weights are those after step - 1 steps. Buffers updated by the forward pass
+// (BatchNorm's running statistics) may already hold the bad batch.
+class NonFiniteError : public Error {
+ public:
+  NonFiniteError(int64_t step, const std::string& what) : Error(what), step(step) {}
+  int64_t step;
+};
+
+struct StepResult {
+  int64_t step = 0;     // 1-based number of this step (the optimizer's count after it)
+  double loss = 0.0;    // mean cross-entropy over the batch, before the update
+  int64_t correct = 0;  // rows whose argmax equals the label, before the update
+};
+
+struct EvalResult {
+  double loss = 0.0;  // mean cross-entropy over all rows
+  int64_t correct = 0;
+  int64_t count = 0;
+  double accuracy() const { return count ? static_cast<double>(correct) / count : 0.0; }
+};
+
+class Trainer {
+ public:
+  // Both must outlive the trainer. The model's input gradient is switched off
+  // (nothing below the first layer needs dx).
+  Trainer(Layer<float>& model, Optimizer& optimizer);
+
+  // zero_grad, forward in training mode, cross-entropy, backward, finiteness
+  // checks, optimizer step. x is (N, D) (copied into a reused buffer), labels (N).
+  StepResult train_step(const float* x, const int32_t* labels, int64_t N, int64_t D);
+  // The same on a batch already in a tensor (N, ...), which must stay unchanged during the call.
+  StepResult train_step(const Tensor<float>& x, const int32_t* labels);
+
+  // Loss and accuracy over N rows in batches of batch_size, in eval mode
+  // (BatchNorm uses its running statistics); the model's mode is restored after.
+  EvalResult evaluate(const float* x, const int32_t* labels, int64_t N, int64_t D,
+                      int64_t batch_size);
+
+  Layer<float>& model() { return model_; }
+  Optimizer& optimizer() { return optimizer_; }
+
+ private:
+  void check_logits(const Tensor<float>& logits, int64_t N, const char* where) const;
+
+  Layer<float>& model_;
+  Optimizer& optimizer_;
+  Tensor<float> batch_;    // (N, D): the copied input batch
+  Tensor<float> dlogits_;  // (N, K)
+};
+
+// First index in [0, n) where data holds a NaN or infinity, or -1.
+int64_t first_non_finite(const float* data, int64_t n);
+
+}  // namespace normlab

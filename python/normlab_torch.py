@@ -1,0 +1,349 @@
+"""PyTorch twins of normlab models.
+
+build_module(spec_or_preset, input_shape) returns the torch.nn.Module that a
+normlab model spec describes, with the same state_dict keys, shapes and order
+as normlab's, so that a normlab checkpoint loads with
+`module.load_state_dict(...)`. The spec language is docs/model-spec.md; this
+file follows src/nn/model_spec.cpp and src/nn/model_presets.cpp (the test
+tests/torch/check_spec_keys.py keeps the two in step).
+
+    import normlab_torch
+    net = normlab_torch.build_module("seed001", (784,))
+    net = normlab_torch.build_module("bn-pre:depth=3,width=512,out=100", (28, 28))
+
+As a script: `python3 normlab_torch.py SPEC [--input 28x28] [--keys]` prints the
+module, or with --keys one "key<TAB>shape" line per state_dict entry, the same
+format as `normlab model SPEC --keys`.
+"""
+
+import argparse
+import math
+import re
+from collections import OrderedDict
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+MAX_FEATURES = 1 << 20
+
+
+class SpecError(ValueError):
+    pass
+
+
+# --------------------------------------------------------------------------- the seed-001 notebook's layers
+# Copied from the notebook (seeds/001), so its checkpoints carry the same keys.
+
+
+class WeightNormalizedLinear(nn.Module):
+    """w = g * v / ||v||_dim0 with a full (out, in) g; state g, weight (= v), bias."""
+
+    def __init__(self, in_features, out_features, bias=True):
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        self.g = nn.Parameter(torch.empty((out_features, in_features)))
+        self.weight = nn.Parameter(torch.empty((out_features, in_features)))
+        if bias:
+            self.bias = nn.Parameter(torch.empty(out_features))
+        else:
+            self.register_parameter("bias", None)
+        nn.init.kaiming_uniform_(self.g, a=math.sqrt(5))
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            bound = 1 / math.sqrt(in_features)
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x):
+        return F.linear(x, self.g * self.weight / torch.norm(self.weight, dim=0), self.bias)
+
+
+class NotebookBatchNorm(nn.Module):
+    """The notebook's "BatchNorm": one mean and variance over the whole tensor, scalar affine."""
+
+    def __init__(self):
+        super().__init__()
+        self.beta = nn.Parameter(torch.empty(1))
+        self.gamma = nn.Parameter(torch.empty(1))
+        nn.init.uniform_(self.beta)
+        nn.init.uniform_(self.gamma)
+
+    def forward(self, x):
+        mean = torch.mean(x)
+        diff = x - mean
+        return self.gamma * diff / torch.sqrt(torch.mean(diff * diff) + 1e-6) + self.beta
+
+
+class NotebookLayerNorm(nn.Module):
+    """The notebook's "LayerNorm": per row, scalar affine."""
+
+    def __init__(self):
+        super().__init__()
+        self.beta = nn.Parameter(torch.empty(1))
+        self.gamma = nn.Parameter(torch.empty(1))
+        nn.init.uniform_(self.beta)
+        nn.init.uniform_(self.gamma)
+
+    def forward(self, x):
+        diff = x - torch.mean(x, dim=1).reshape(-1, 1)
+        var = torch.mean(diff * diff, dim=1).reshape(-1, 1)
+        return self.gamma * diff / torch.sqrt(var + 1e-6) + self.beta
+
+
+def layer_norm(d, elementwise_affine, bias, eps):
+    # LayerNorm(bias=False) arrived in PyTorch 2.1; on older versions drop the
+    # bias parameter by hand (F.layer_norm accepts bias=None).
+    try:
+        return nn.LayerNorm(d, eps=eps, elementwise_affine=elementwise_affine, bias=bias)
+    except TypeError:
+        ln = nn.LayerNorm(d, eps=eps, elementwise_affine=elementwise_affine)
+        if elementwise_affine and not bias:
+            ln.register_parameter("bias", None)
+        return ln
+
+
+# --------------------------------------------------------------------------- presets
+
+SEED000_BLOCKS = {
+    "none": "linear(W, bias=false), relu",
+    "bn-pre": "batchnorm(affine=false), linear(W), relu",
+    "bn-post": "linear(W, bias=false), batchnorm, relu",
+    "ln-pre": "layernorm(bias=false), linear(W), relu",
+    "ln-post": "linear(W, bias=false), layernorm, relu",
+}
+SEED000_PARAMS = {"depth": (3, 0, 1000), "width": (512, 1, MAX_FEATURES), "out": (10, 1, MAX_FEATURES)}
+FIXED_PRESETS = {
+    "seed001": "wnlinear(784, 512), relu, layernorm(512), wnlinear(512, 512), relu, batchnorm(512), "
+    "wnlinear(512, 256), relu, layernorm(256), wnlinear(256, 10)",
+    "seed001-notebook": "p1: nb_wnlinear(784, 512), relu, ln1: nb_layernorm, p2: nb_wnlinear(512, 512), "
+    "relu, bn2: nb_batchnorm, p3: nb_wnlinear(512, 256), relu, ln3: nb_layernorm, "
+    "p4: nb_wnlinear(256, 10)",
+}
+
+
+def preset_names():
+    return list(FIXED_PRESETS) + list(SEED000_BLOCKS)
+
+
+def is_preset(text):
+    return text.split(":", 1)[0].strip() in preset_names()
+
+
+def preset_spec(text):
+    name, _, rest = text.partition(":")
+    name = name.strip()
+    if name in FIXED_PRESETS:
+        if rest.strip():
+            raise SpecError(f"preset {name} takes no parameters, got '{rest.strip()}'")
+        return FIXED_PRESETS[name]
+    if name not in SEED000_BLOCKS:
+        raise SpecError(f"unknown preset '{name}'; known presets: {', '.join(preset_names())}")
+    values = {k: v[0] for k, v in SEED000_PARAMS.items()}
+    if rest.strip():
+        for item in rest.split(","):
+            key, eq, value = (s.strip() for s in item.partition("="))
+            if not eq or key not in SEED000_PARAMS:
+                raise SpecError(f"preset {name}: expected key=value with a key among depth, width, out, got '{item.strip()}'")
+            _, lo, hi = SEED000_PARAMS[key]
+            if not value.isdigit() or not lo <= int(value) <= hi:
+                raise SpecError(f"preset {name}: {key} must be a whole number in {lo}..{hi}, got '{value}'")
+            values[key] = int(value)
+    block = SEED000_BLOCKS[name].replace("W", str(values["width"]))
+    return "network: [flatten" + f", {block}" * values["depth"] + f", linear({values['out']}, bias=false)]"
+
+
+def resolve_spec(text):
+    return preset_spec(text) if is_preset(text) else text
+
+
+# --------------------------------------------------------------------------- parser
+
+TOKEN = re.compile(r"\s*(?:(?P<ident>[A-Za-z_][A-Za-z0-9_]*)|(?P<number>[-+.0-9](?:[eE][-+]|[A-Za-z0-9_.])*)|(?P<punct>[()\[\],:=]))")
+LAYERS = {
+    # name: (kind, min sizes, max sizes, options)
+    "flatten": ("flatten", 0, 0, ()),
+    "linear": ("linear", 1, 2, ("bias",)),
+    "wnlinear": ("wnlinear", 1, 2, ("bias", "dim")),
+    "batchnorm": ("batchnorm", 0, 1, ("affine", "momentum", "eps", "track_running_stats")),
+    "bn": ("batchnorm", 0, 1, ("affine", "momentum", "eps", "track_running_stats")),
+    "layernorm": ("layernorm", 0, 1, ("elementwise_affine", "bias", "eps")),
+    "ln": ("layernorm", 0, 1, ("elementwise_affine", "bias", "eps")),
+    "relu": ("relu", 0, 0, ()),
+    "nb_wnlinear": ("nb_wnlinear", 1, 2, ("bias",)),
+    "nb_batchnorm": ("nb_batchnorm", 0, 0, ()),
+    "nb_layernorm": ("nb_layernorm", 0, 0, ()),
+}
+
+
+def tokenize(spec):
+    tokens, pos = [], 0
+    while pos < len(spec):
+        if spec[pos:].strip() == "":
+            break
+        m = TOKEN.match(spec, pos)
+        if not m:
+            raise SpecError(f"model spec, column {pos + 1}: unexpected character '{spec[pos:].lstrip()[0]}'")
+        kind = m.lastgroup
+        tokens.append((kind if kind != "punct" else m.group(kind), m.group(kind), m.start(kind)))
+        pos = m.end()
+    tokens.append(("end", "", len(spec)))
+    return tokens
+
+
+class Parser:
+    def __init__(self, spec):
+        self.spec, self.toks, self.i = spec, tokenize(spec), 0
+
+    def peek(self, k=0):
+        return self.toks[min(self.i + k, len(self.toks) - 1)]
+
+    def take(self):
+        t = self.peek()
+        self.i += 1
+        return t
+
+    def error(self, what):
+        t = self.peek()
+        raise SpecError(f"model spec, column {t[2] + 1}: expected {what}, found '{t[1] or 'the end'}'")
+
+    def parse(self):
+        items = self.items("end")
+        return items
+
+    def items(self, closing):
+        out = []
+        if self.peek()[0] == closing:
+            self.error("a layer")
+        while True:
+            out.append(self.item())
+            if self.peek()[0] == ",":
+                self.take()
+                if self.peek()[0] == closing:
+                    self.error("a layer after ','")
+                continue
+            if self.peek()[0] == closing:
+                return out
+            self.error("',' or " + ("']'" if closing == "]" else "the end of the spec"))
+
+    def item(self):
+        name = None
+        if self.peek()[0] in ("ident", "number") and self.peek(1)[0] == ":":
+            name = self.take()[1]
+            self.take()
+        if self.peek()[0] == "[":
+            self.take()
+            children = self.items("]")
+            self.take()
+            return {"name": name, "group": children}
+        tok = self.take()
+        if tok[0] != "ident" or tok[1].lower() not in LAYERS:
+            raise SpecError(f"model spec, column {tok[2] + 1}: unknown layer '{tok[1]}'")
+        layer = {"name": name, "layer": tok[1].lower(), "sizes": [], "options": {}}
+        if self.peek()[0] == "(":
+            self.take()
+            while self.peek()[0] != ")":
+                if self.peek()[0] == "ident" and self.peek(1)[0] == "=":
+                    key = self.take()[1].lower()
+                    self.take()
+                    layer["options"][key] = self.take()[1]
+                else:
+                    layer["sizes"].append(int(self.take()[1]))
+                if self.peek()[0] == ",":
+                    self.take()
+            self.take()
+        return layer
+
+
+def boolean(v):
+    if v.lower() not in ("true", "false"):
+        raise SpecError(f"expected true or false, got '{v}'")
+    return v.lower() == "true"
+
+
+# --------------------------------------------------------------------------- building
+
+
+def build_module(spec_or_preset, input_shape):
+    """The torch module for a spec or preset; input_shape excludes the batch dimension."""
+    spec = resolve_spec(spec_or_preset)
+    shape = [2] + list(input_shape)
+    module, _ = build_sequence(Parser(spec).parse(), shape)
+    return module
+
+
+def build_sequence(items, shape):
+    children = OrderedDict()
+    for i, item in enumerate(items):
+        name = item["name"] if item["name"] is not None else str(i)
+        if name in children:
+            raise SpecError(f"child name '{name}' is used twice")
+        if "group" in item:
+            children[name], shape = build_sequence(item["group"], shape)
+        else:
+            children[name], shape = build_layer(item, shape)
+    return nn.Sequential(children), shape
+
+
+def build_layer(item, shape):
+    kind, lo, hi, keys = LAYERS[item["layer"]]
+    sizes, opt = item["sizes"], item["options"]
+    for k in opt:
+        if k not in keys:
+            raise SpecError(f"unknown option '{k}' for {item['layer']}")
+    if not lo <= len(sizes) <= hi or any(not 0 < s <= MAX_FEATURES for s in sizes):
+        raise SpecError(f"bad sizes {sizes} for {item['layer']}")
+    bias = boolean(opt.get("bias", "true"))
+    eps = float(opt.get("eps", "1e-5"))
+    last = shape[-1]
+    if kind == "flatten":
+        return nn.Flatten(), [shape[0], math.prod(shape[1:])]
+    if kind in ("linear", "wnlinear", "nb_wnlinear"):
+        if len(sizes) == 2 and sizes[0] != last:
+            raise SpecError(f"{item['layer']}{tuple(sizes)} expects {sizes[0]} input features, got shape {shape}")
+        out = sizes[-1]
+        if kind == "linear":
+            layer = nn.Linear(last, out, bias=bias)
+        elif kind == "wnlinear":
+            dim = opt.get("dim", "0").lower()
+            layer = nn.utils.weight_norm(nn.Linear(last, out, bias=bias), dim=None if dim == "none" else 0)
+        else:
+            layer = WeightNormalizedLinear(last, out, bias=bias)
+        return layer, shape[:-1] + [out]
+    if kind == "batchnorm":
+        if sizes and sizes[0] != shape[1]:
+            raise SpecError(f"batchnorm({sizes[0]}) expects {sizes[0]} channels, got shape {shape}")
+        momentum = opt.get("momentum", "0.1")
+        return nn.BatchNorm1d(shape[1], eps=eps, momentum=None if momentum.lower() == "none" else float(momentum),
+                              affine=boolean(opt.get("affine", "true")),
+                              track_running_stats=boolean(opt.get("track_running_stats", "true"))), shape
+    if kind == "layernorm":
+        if sizes and sizes[0] != last:
+            raise SpecError(f"layernorm({sizes[0]}) normalizes over {sizes[0]} features, got shape {shape}")
+        return layer_norm(last, boolean(opt.get("elementwise_affine", "true")), bias, eps), shape
+    if kind == "relu":
+        return nn.ReLU(), shape
+    if kind == "nb_batchnorm":
+        return NotebookBatchNorm(), shape
+    if kind == "nb_layernorm":
+        return NotebookLayerNorm(), shape
+    raise SpecError(f"unhandled layer {kind}")
+
+
+def state_lines(module):
+    """'key<TAB>(d1, d2)' per state_dict entry, as `normlab model --keys` prints them."""
+    return [f"{k}\t({', '.join(str(d) for d in v.shape)})" for k, v in module.state_dict().items()]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("spec")
+    ap.add_argument("--input", default="784", help="input shape without the batch dimension, e.g. 28x28")
+    ap.add_argument("--keys", action="store_true", help="print only state_dict keys and shapes")
+    a = ap.parse_args()
+    module = build_module(a.spec, [int(d) for d in a.input.split("x")])
+    print("\n".join(state_lines(module)) if a.keys else module)
+
+
+if __name__ == "__main__":
+    main()

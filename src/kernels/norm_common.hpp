@@ -1,0 +1,79 @@
+// Pieces shared by the fast LayerNorm and BatchNorm kernels (layernorm_fast.cpp,
+// batchnorm_fast.cpp). Why the kernels look the way they do: docs/performance.md.
+#pragma once
+#include <omp.h>
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+namespace normlab::detail {
+
+// Below this many elements a kernel stays on the calling thread: waking the
+// OpenMP pool (a few microseconds) would cost more than the work.
+inline constexpr int64_t kParallelMinElems = int64_t{1} << 14;
+
+// Threads a kernel over n elements will use: the pool's size (the same GNU
+// OpenMP pool oneDNN uses, so the two never oversubscribe) or 1 for small work.
+inline int kernel_threads(int64_t n) {
+  return n >= kParallelMinElems ? omp_get_max_threads() : 1;
+}
+
+// Rows per cache block in the per-column (BatchNorm) reductions: a block of
+// about 128 KB is read once from memory and once more from L2. At most 256
+// rows, so the float sums of one block stay short chains even for few channels.
+inline int64_t block_rows(int64_t C) {
+  return std::clamp<int64_t>((int64_t{32} << 10) / C, 1, 256);
+}
+
+// A slice length rounded up to whole 64-byte lines, so threads' partial sums
+// never share a cache line.
+inline int64_t padded(int64_t n) {
+  return (n + 15) / 16 * 16;
+}
+
+// Scratch owned by the calling thread: it grows to the largest request and is
+// then reused, so the kernels allocate nothing in steady state. One buffer per
+// element type; a kernel takes it once and slices it.
+template <typename T>
+T* scratch(int64_t n) {
+  thread_local std::vector<T> buf;
+  if (static_cast<int64_t>(buf.size()) < n) buf.resize(static_cast<size_t>(n));
+  return buf.data();
+}
+
+// Mean of (x - shift) and M2 = sum (x - shift - mean)^2 over n contiguous
+// values, in two passes (the second reads from cache). Shifting by a value of
+// the data keeps large-mean inputs (1e4 + 0.01 * randn) exact: x - shift is
+// then computed without rounding and the sums see only the spread.
+template <typename T>
+struct Moments {
+  T mean, m2;
+};
+template <typename T>
+Moments<T> shifted_moments(const T* x, int64_t n, T shift) {
+  T s = 0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t i = 0; i < n; ++i) s += x[i] - shift;
+  const T m = s / static_cast<T>(n);
+  T q = 0;
+#pragma omp simd reduction(+ : q)
+  for (int64_t i = 0; i < n; ++i) {
+    const T t = x[i] - shift - m;
+    q += t * t;
+  }
+  return {m, q};
+}
+
+// Chan, Golub & LeVeque's merge of two (count, mean, M2) summaries into a.
+inline void chan_merge(double& n_a, double& mean_a, double& m2_a, double n_b, double mean_b,
+                       double m2_b) {
+  if (n_b == 0) return;
+  const double n = n_a + n_b, delta = mean_b - mean_a;
+  mean_a += delta * (n_b / n);
+  m2_a += m2_b + delta * delta * (n_a * n_b / n);
+  n_a = n;
+}
+
+}  // namespace normlab::detail

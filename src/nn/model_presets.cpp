@@ -1,0 +1,174 @@
+// Named models: the seed-001 network (standard layers and the notebook's own)
+// and the five seed-000 architectures of the depth experiment. Each preset is
+// just spec text, so `normlab model <preset>` shows exactly what it builds.
+#include <algorithm>
+#include <cctype>
+#include <functional>
+#include <map>
+
+#include "normlab/error.hpp"
+#include "normlab/model_spec.hpp"
+
+namespace normlab {
+namespace {
+
+struct Param {
+  const char* name;
+  int64_t fallback, lo, hi;
+};
+
+struct Preset {
+  const char* name;
+  std::vector<Param> params;
+  const char* what;
+  std::function<std::string(const std::map<std::string, int64_t>&)> spec;
+};
+
+// seed-000: Flatten, then `depth` blocks of width `width`, then Linear(., out, bias=False),
+// all inside a child "network" as in the notebook's MLP classes (keys network.<i>.*).
+std::string seed000(const std::string& block, const std::map<std::string, int64_t>& p) {
+  std::string s = "network: [flatten";
+  for (int64_t i = 0; i < p.at("depth"); ++i) s += ", " + block;
+  return s + ", linear(" + std::to_string(p.at("out")) + ", bias=false)]";
+}
+
+std::function<std::string(const std::map<std::string, int64_t>&)> seed000_block(
+    const std::string& pattern) {
+  return [pattern](const std::map<std::string, int64_t>& p) {
+    std::string block = pattern;
+    const std::string w = std::to_string(p.at("width"));
+    for (size_t at; (at = block.find('W')) != std::string::npos;) block.replace(at, 1, w);
+    return seed000(block, p);
+  };
+}
+
+const std::vector<Param> kSeed000Params = {
+    {"depth", 3, 0, 1000}, {"width", 512, 1, kMaxFeatures}, {"out", 10, 1, kMaxFeatures}};
+
+const std::vector<Preset>& presets() {
+  static const std::vector<Preset> table = {
+      {"seed001",
+       {},
+       "the seed-001 notebook's network from standard layers (inputs (N, 784))",
+       [](const auto&) {
+         return std::string(
+             "wnlinear(784, 512), relu, layernorm(512), wnlinear(512, 512), relu, batchnorm(512), "
+             "wnlinear(512, 256), relu, layernorm(256), wnlinear(256, 10)");
+       }},
+      {"seed001-notebook",
+       {},
+       "the seed-001 notebook's Net as written, children p1, ln1, p2, bn2, p3, ln3, p4",
+       [](const auto&) {
+         return std::string(
+             "p1: nb_wnlinear(784, 512), relu, ln1: nb_layernorm, p2: nb_wnlinear(512, 512), "
+             "relu, bn2: nb_batchnorm, p3: nb_wnlinear(512, 256), relu, ln3: nb_layernorm, "
+             "p4: nb_wnlinear(256, 10)");
+       }},
+      {"none", kSeed000Params, "seed-000: Linear(bias=False), ReLU per block",
+       seed000_block("linear(W, bias=false), relu")},
+      {"bn-pre", kSeed000Params, "seed-000: BatchNorm(affine=False), Linear, ReLU per block",
+       seed000_block("batchnorm(affine=false), linear(W), relu")},
+      {"bn-post", kSeed000Params, "seed-000: Linear(bias=False), BatchNorm, ReLU per block",
+       seed000_block("linear(W, bias=false), batchnorm, relu")},
+      {"ln-pre", kSeed000Params, "seed-000: LayerNorm(bias=False), Linear, ReLU per block",
+       seed000_block("layernorm(bias=false), linear(W), relu")},
+      {"ln-post", kSeed000Params, "seed-000: Linear(bias=False), LayerNorm, ReLU per block",
+       seed000_block("linear(W, bias=false), layernorm, relu")},
+  };
+  return table;
+}
+
+std::string trim(const std::string& s) {
+  const size_t b = s.find_first_not_of(" \t\n\r"), e = s.find_last_not_of(" \t\n\r");
+  return b == std::string::npos ? "" : s.substr(b, e - b + 1);
+}
+
+const Preset* find_preset(const std::string& text) {
+  const std::string name = trim(text.substr(0, text.find(':')));
+  for (const auto& p : presets())
+    if (name == p.name) return &p;
+  return nullptr;
+}
+
+std::string param_list(const Preset& p) {
+  std::string s;
+  for (const auto& q : p.params) {
+    if (!s.empty()) s += ',';
+    s += q.name;
+    s += '=';
+    s += std::to_string(q.fallback);
+  }
+  return s;
+}
+
+}  // namespace
+
+std::vector<std::string> preset_names() {
+  std::vector<std::string> names;
+  for (const auto& p : presets()) names.push_back(p.name);
+  return names;
+}
+
+std::string preset_help() {
+  std::string s;
+  for (const auto& p : presets()) {
+    std::string head = p.name;
+    if (!p.params.empty()) {
+      head += ':';
+      head += param_list(p);
+    }
+    head.resize(std::max<size_t>(head.size() + 2, 34), ' ');
+    s += "  " + head + p.what + "\n";
+  }
+  return s;
+}
+
+bool is_preset(const std::string& spec_or_preset) {
+  return find_preset(spec_or_preset) != nullptr;
+}
+
+std::string preset_spec(const std::string& text) {
+  const Preset* p = find_preset(text);
+  if (!p) {
+    std::string names;
+    for (const auto& n : preset_names()) names += (names.empty() ? "" : ", ") + n;
+    fail("unknown preset '", trim(text), "'; known presets: ", names);
+  }
+  std::map<std::string, int64_t> values;
+  for (const auto& q : p->params) values[q.name] = q.fallback;
+  const size_t colon = text.find(':');
+  if (colon != std::string::npos) {
+    const std::string rest = text.substr(colon + 1);
+    if (p->params.empty()) fail("preset ", p->name, " takes no parameters, got '", trim(rest), "'");
+    size_t start = 0;
+    while (start <= rest.size()) {
+      const size_t comma = std::min(rest.find(',', start), rest.size());
+      const std::string item = trim(rest.substr(start, comma - start));
+      const size_t eq = item.find('=');
+      const std::string key = trim(item.substr(0, eq));
+      const auto q = std::find_if(p->params.begin(), p->params.end(),
+                                  [&](const Param& x) { return key == x.name; });
+      if (eq == std::string::npos || q == p->params.end())
+        fail("preset ", p->name, ": expected key=value with a key among ", param_list(*p),
+             ", got '", item, "'");
+      const std::string value = trim(item.substr(eq + 1));
+      const bool digits = !value.empty() && value.size() <= 12 &&
+                          std::all_of(value.begin(), value.end(), [](char c) {
+                            return std::isdigit(static_cast<unsigned char>(c));
+                          });
+      const int64_t v = digits ? std::stoll(value) : -1;
+      if (!digits || v < q->lo || v > q->hi)
+        fail("preset ", p->name, ": ", key, " must be a whole number in ", q->lo, "..", q->hi,
+             ", got '", value, "'");
+      values[key] = v;
+      start = comma + 1;
+    }
+  }
+  return p->spec(values);
+}
+
+std::string resolve_spec(const std::string& spec_or_preset) {
+  return is_preset(spec_or_preset) ? preset_spec(spec_or_preset) : spec_or_preset;
+}
+
+}  // namespace normlab

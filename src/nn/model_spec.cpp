@@ -1,0 +1,560 @@
+// The model-spec language: lexer, recursive-descent parser and the planner
+// that infers every layer's sizes from the input shape. Grammar and layer
+// table: docs/model-spec.md.
+#include "normlab/model_spec.hpp"
+
+#include <algorithm>
+#include <cctype>
+#include <cerrno>
+#include <cmath>
+#include <cstdlib>
+#include <map>
+#include <optional>
+#include <sstream>
+
+#include "normlab/error.hpp"
+
+namespace normlab {
+
+std::string LayerPlan::child_path() const {
+  std::string s;
+  for (size_t i = 0; i < path.size(); ++i) s += (i ? "." : "") + path[i];
+  return s;
+}
+
+namespace {
+
+// ---------------------------------------------------------------- the layer table
+
+struct LayerInfo {
+  const char* name;
+  const char* alias;  // or nullptr
+  LayerKind kind;
+  int min_sizes, max_sizes;       // positional sizes: OUT, or IN and OUT; C or D for norms
+  std::vector<const char*> keys;  // accepted keyword options
+  const char* usage;
+};
+
+const std::vector<LayerInfo>& layer_table() {
+  static const std::vector<LayerInfo> table = {
+      {"flatten", nullptr, LayerKind::Flatten, 0, 0, {}, "flatten"},
+      {"linear", nullptr, LayerKind::Linear, 1, 2, {"bias"}, "linear([IN,] OUT[, bias=false])"},
+      {"wnlinear",
+       nullptr,
+       LayerKind::WeightNormLinear,
+       1,
+       2,
+       {"bias", "dim"},
+       "wnlinear([IN,] OUT[, bias=false][, dim=0|none])"},
+      {"batchnorm",
+       "bn",
+       LayerKind::BatchNorm,
+       0,
+       1,
+       {"affine", "momentum", "eps", "track_running_stats"},
+       "batchnorm([C][, affine=false][, momentum=none|F][, eps=F][, track_running_stats=false])"},
+      {"layernorm",
+       "ln",
+       LayerKind::LayerNorm,
+       0,
+       1,
+       {"elementwise_affine", "bias", "eps"},
+       "layernorm([D][, elementwise_affine=false][, bias=false][, eps=F])"},
+      {"relu", nullptr, LayerKind::ReLU, 0, 0, {}, "relu"},
+      {"nb_wnlinear",
+       nullptr,
+       LayerKind::NotebookWeightNormLinear,
+       1,
+       2,
+       {"bias"},
+       "nb_wnlinear([IN,] OUT[, bias=false])"},
+      {"nb_batchnorm", nullptr, LayerKind::NotebookBatchNorm, 0, 0, {}, "nb_batchnorm"},
+      {"nb_layernorm", nullptr, LayerKind::NotebookLayerNorm, 0, 0, {}, "nb_layernorm"},
+  };
+  return table;
+}
+
+std::string known_layers() {
+  std::string s;
+  for (const auto& l : layer_table()) {
+    s += (s.empty() ? "" : ", ") + std::string(l.name);
+    if (l.alias) s += std::string(" (") + l.alias + ")";
+  }
+  return s;
+}
+
+std::string lower(std::string s) {
+  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return s;
+}
+
+// ---------------------------------------------------------------- errors with a caret
+
+// "model spec, column 12: <what>" and, on the next lines, the spec with a caret
+// under the column (a window around it for long specs).
+[[noreturn]] void fail_at(const std::string& spec, size_t pos, const std::string& what) {
+  const size_t window = 60;
+  size_t begin = pos > window ? pos - window : 0;
+  size_t end = std::min(spec.size(), pos + window);
+  std::string excerpt = spec.substr(begin, end - begin);
+  size_t caret = pos - begin;
+  if (begin > 0) {
+    excerpt = "..." + excerpt;
+    caret += 3;
+  }
+  if (end < spec.size()) excerpt += "...";
+  fail("model spec, column ", pos + 1, ": ", what, "\n    ", excerpt, "\n    ",
+       std::string(caret, ' '), "^");
+}
+
+// ---------------------------------------------------------------- lexer
+
+struct Token {
+  enum Kind { Ident, Number, LParen, RParen, LBracket, RBracket, Comma, Colon, Equals, End };
+  Kind kind;
+  std::string text;
+  size_t pos;
+};
+
+std::string describe(const Token& t) {
+  if (t.kind == Token::End) return "the end of the spec";
+  return "'" + t.text + "'";
+}
+
+std::vector<Token> lex(const std::string& spec) {
+  std::vector<Token> out;
+  size_t i = 0;
+  auto is_ident_start = [](char c) {
+    return std::isalpha(static_cast<unsigned char>(c)) || c == '_';
+  };
+  auto is_ident = [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '_'; };
+  while (i < spec.size()) {
+    const char c = spec[i];
+    if (std::isspace(static_cast<unsigned char>(c))) {
+      ++i;
+      continue;
+    }
+    const size_t start = i;
+    Token::Kind k;
+    switch (c) {
+      case '(':
+        k = Token::LParen;
+        break;
+      case ')':
+        k = Token::RParen;
+        break;
+      case '[':
+        k = Token::LBracket;
+        break;
+      case ']':
+        k = Token::RBracket;
+        break;
+      case ',':
+        k = Token::Comma;
+        break;
+      case ':':
+        k = Token::Colon;
+        break;
+      case '=':
+        k = Token::Equals;
+        break;
+      default:
+        if (is_ident_start(c)) {
+          while (i < spec.size() && is_ident(spec[i])) ++i;
+          out.push_back({Token::Ident, spec.substr(start, i - start), start});
+          continue;
+        }
+        if (std::isdigit(static_cast<unsigned char>(c)) || c == '-' || c == '+' || c == '.') {
+          // A number as written; its form is checked where a value is expected.
+          ++i;
+          while (i < spec.size() && (is_ident(spec[i]) || spec[i] == '.' ||
+                                     ((spec[i] == '-' || spec[i] == '+') &&
+                                      (spec[i - 1] == 'e' || spec[i - 1] == 'E'))))
+            ++i;
+          out.push_back({Token::Number, spec.substr(start, i - start), start});
+          continue;
+        }
+        fail_at(spec, i, std::string("unexpected character '") + c + "'");
+    }
+    out.push_back({k, std::string(1, c), start});
+    ++i;
+  }
+  out.push_back({Token::End, "", spec.size()});
+  return out;
+}
+
+// ---------------------------------------------------------------- parse tree
+
+struct Arg {
+  std::string key;  // empty for a positional size
+  Token value;
+  size_t pos;
+};
+
+struct Node {
+  std::string name;  // explicit child name, or empty
+  size_t name_pos = 0;
+  size_t pos = 0;      // where the layer or group starts
+  std::string source;  // the item as written
+  bool is_group = false;
+  std::vector<Node> children;       // group
+  const LayerInfo* info = nullptr;  // layer
+  std::vector<Arg> args;
+};
+
+class Parser {
+ public:
+  explicit Parser(const std::string& spec) : spec_(spec), toks_(lex(spec)) {}
+
+  std::vector<Node> parse() {
+    auto items = parse_list(Token::End);
+    return items;
+  }
+
+ private:
+  const Token& peek(size_t ahead = 0) const {
+    return toks_[std::min(i_ + ahead, toks_.size() - 1)];
+  }
+  Token take() { return toks_[std::min(i_++, toks_.size() - 1)]; }
+  [[noreturn]] void expected(const std::string& what) {
+    fail_at(spec_, peek().pos, "expected " + what + ", found " + describe(peek()));
+  }
+
+  std::vector<Node> parse_list(Token::Kind closing) {
+    std::vector<Node> items;
+    if (peek().kind == closing)
+      expected(closing == Token::End ? "a layer (the spec is empty)" : "a layer inside '[ ]'");
+    while (true) {
+      items.push_back(parse_item());
+      if (peek().kind == Token::Comma) {
+        take();
+        if (peek().kind == closing) expected("a layer after ','");
+        continue;
+      }
+      if (peek().kind == closing) return items;
+      expected(closing == Token::End ? "',' or the end of the spec" : "',' or ']'");
+    }
+  }
+
+  Node parse_item() {
+    Node n;
+    if ((peek().kind == Token::Ident || peek().kind == Token::Number) &&
+        peek(1).kind == Token::Colon) {
+      const Token name = take();
+      take();  // ':'
+      if (name.kind == Token::Number && !std::all_of(name.text.begin(), name.text.end(), ::isdigit))
+        fail_at(spec_, name.pos, "child name '" + name.text + "' must be a name or a whole number");
+      n.name = name.text;
+      n.name_pos = name.pos;
+    }
+    n.pos = peek().pos;
+    if (peek().kind == Token::LBracket) {
+      take();
+      n.is_group = true;
+      n.children = parse_list(Token::RBracket);
+      take();  // ']'
+    } else if (peek().kind == Token::Ident) {
+      parse_layer(n);
+    } else {
+      expected("a layer name or '[' (known layers: " + known_layers() + ")");
+    }
+    n.source = trim(spec_.substr(n.pos, toks_[i_ - 1].pos + toks_[i_ - 1].text.size() - n.pos));
+    return n;
+  }
+
+  void parse_layer(Node& n) {
+    const Token name = take();
+    const std::string lname = lower(name.text);
+    for (const auto& l : layer_table())
+      if (lname == l.name || (l.alias && lname == l.alias)) n.info = &l;
+    if (!n.info)
+      fail_at(spec_, name.pos,
+              "unknown layer '" + name.text + "'; known layers: " + known_layers());
+    if (peek().kind != Token::LParen) return;
+    take();
+    if (peek().kind == Token::RParen) {
+      take();
+      return;
+    }
+    while (true) {
+      Arg a;
+      a.pos = peek().pos;
+      if (peek().kind == Token::Ident && peek(1).kind == Token::Equals) {
+        a.key = lower(take().text);
+        take();  // '='
+        if (peek().kind != Token::Ident && peek().kind != Token::Number)
+          expected("a value for " + a.key + " (usage: " + n.info->usage + ")");
+      } else if (peek().kind != Token::Number) {
+        expected(std::string("a size or key=value inside ") + n.info->name +
+                 "(...) (usage: " + n.info->usage + ")");
+      }
+      a.value = take();
+      n.args.push_back(a);
+      if (peek().kind == Token::Comma) {
+        take();
+        continue;
+      }
+      if (peek().kind == Token::RParen) {
+        take();
+        return;
+      }
+      expected(std::string("',' or ')' to close ") + n.info->name + "(...)");
+    }
+  }
+
+  static std::string trim(const std::string& s) {
+    size_t b = s.find_first_not_of(" \t\n\r"), e = s.find_last_not_of(" \t\n\r");
+    return b == std::string::npos ? "" : s.substr(b, e - b + 1);
+  }
+
+  const std::string& spec_;
+  std::vector<Token> toks_;
+  size_t i_ = 0;
+};
+
+// ---------------------------------------------------------------- option values
+
+struct Options {
+  std::vector<std::pair<int64_t, size_t>> sizes;  // value, position
+  bool bias = true, affine = true, track = true, elementwise_affine = true;
+  WeightNormDim wn_dim = WeightNormDim::Rows;
+  std::optional<double> momentum = 0.1;
+  std::optional<double> eps;
+};
+
+class OptionReader {
+ public:
+  OptionReader(const std::string& spec, const Node& n) : spec_(spec), n_(n) {}
+
+  Options read() {
+    Options o;
+    std::map<std::string, size_t> seen;
+    for (const Arg& a : n_.args) {
+      if (a.key.empty()) {
+        if (!seen.empty()) bad(a.pos, "a size cannot follow key=value options");
+        if (static_cast<int>(o.sizes.size()) >= n_.info->max_sizes)
+          bad(a.pos, n_.info->max_sizes == 0 ? std::string(n_.info->name) + " takes no sizes"
+                                             : "too many sizes for " + std::string(n_.info->name));
+        o.sizes.push_back({size(a), a.pos});
+        continue;
+      }
+      const auto& keys = n_.info->keys;
+      if (std::find_if(keys.begin(), keys.end(), [&](const char* k) { return a.key == k; }) ==
+          keys.end()) {
+        std::string known;
+        for (const char* k : keys) known += (known.empty() ? "" : ", ") + std::string(k);
+        bad(a.pos, "unknown option '" + a.key + "' for " + n_.info->name +
+                       (known.empty() ? " (it takes no options)" : "; expected one of: " + known));
+      }
+      if (!seen.emplace(a.key, a.pos).second) bad(a.pos, "option '" + a.key + "' is given twice");
+      if (a.key == "bias") o.bias = boolean(a);
+      if (a.key == "affine") o.affine = boolean(a);
+      if (a.key == "track_running_stats") o.track = boolean(a);
+      if (a.key == "elementwise_affine") o.elementwise_affine = boolean(a);
+      if (a.key == "dim") o.wn_dim = dim(a);
+      if (a.key == "momentum") o.momentum = momentum(a);
+      if (a.key == "eps") o.eps = eps(a);
+    }
+    if (static_cast<int>(o.sizes.size()) < n_.info->min_sizes)
+      bad(n_.pos,
+          std::string(n_.info->name) + " needs its output size, e.g. " + n_.info->name + "(512)");
+    return o;
+  }
+
+ private:
+  [[noreturn]] void bad(size_t pos, const std::string& what) {
+    fail_at(spec_, pos, "in '" + n_.source + "': " + what + " (usage: " + n_.info->usage + ")");
+  }
+
+  int64_t size(const Arg& a) {
+    const std::string& t = a.value.text;
+    const size_t sign = !t.empty() && (t[0] == '-' || t[0] == '+');
+    const bool whole = t.size() > sign && std::all_of(t.begin() + sign, t.end(), [](char c) {
+                         return std::isdigit(static_cast<unsigned char>(c));
+                       });
+    if (!whole) bad(a.pos, "size '" + t + "' is not a whole number");
+    errno = 0;
+    const long long v = std::strtoll(t.c_str(), nullptr, 10);
+    if (errno == ERANGE || v > kMaxFeatures)
+      bad(a.pos,
+          "size " + t + " is absurdly large (the limit is " + std::to_string(kMaxFeatures) + ")");
+    if (v <= 0) bad(a.pos, "size must be positive, got " + t);
+    return v;
+  }
+
+  bool boolean(const Arg& a) {
+    const std::string v = lower(a.value.text);
+    if (v == "true") return true;
+    if (v == "false") return false;
+    bad(a.pos, a.key + " must be true or false, got '" + a.value.text + "'");
+  }
+
+  WeightNormDim dim(const Arg& a) {
+    const std::string v = lower(a.value.text);
+    if (v == "0") return WeightNormDim::Rows;
+    if (v == "none") return WeightNormDim::Whole;
+    bad(a.pos,
+        "dim must be 0 (one norm per output row) or none (one norm for the whole matrix), "
+        "got '" +
+            a.value.text + "'");
+  }
+
+  std::optional<double> number(const Arg& a) {
+    if (a.value.kind != Token::Number) return std::nullopt;
+    const std::string& t = a.value.text;
+    char* end = nullptr;
+    errno = 0;
+    const double v = std::strtod(t.c_str(), &end);
+    if (end != t.c_str() + t.size() || errno == ERANGE || !std::isfinite(v)) return std::nullopt;
+    return v;
+  }
+
+  std::optional<double> momentum(const Arg& a) {
+    if (lower(a.value.text) == "none") return std::nullopt;
+    const auto v = number(a);
+    if (!v || *v < 0 || *v > 1)
+      bad(a.pos, "momentum must be none or a number in [0, 1], got '" + a.value.text + "'");
+    return v;
+  }
+
+  double eps(const Arg& a) {
+    const auto v = number(a);
+    if (!v || !(*v > 0) || *v >= 1)
+      bad(a.pos, "eps must be a number in (0, 1), got '" + a.value.text + "'");
+    return *v;
+  }
+
+  const std::string& spec_;
+  const Node& n_;
+};
+
+// ---------------------------------------------------------------- planner
+
+class Planner {
+ public:
+  Planner(const std::string& spec, const Shape& input) : spec_(spec), shape_(input) {}
+
+  std::vector<LayerPlan> plan(const std::vector<Node>& items) {
+    walk(items, {});
+    return std::move(plans_);
+  }
+
+ private:
+  // Names children as nn.Sequential does (their index) unless named in the spec.
+  void walk(const std::vector<Node>& items, const std::vector<std::string>& prefix) {
+    std::map<std::string, size_t> names;
+    for (size_t i = 0; i < items.size(); ++i) {
+      const Node& n = items[i];
+      const std::string name = n.name.empty() ? std::to_string(i) : n.name;
+      const size_t pos = n.name.empty() ? n.pos : n.name_pos;
+      if (auto [it, fresh] = names.emplace(name, pos); !fresh)
+        fail_at(spec_, pos,
+                "child name '" + name + "' is used twice (first at column " +
+                    std::to_string(it->second + 1) + "); unnamed items are named by their index");
+      auto path = prefix;
+      path.push_back(name);
+      if (n.is_group)
+        walk(n.children, path);
+      else
+        plans_.push_back(layer(n, path));
+    }
+  }
+
+  std::string from() const { return producer_.empty() ? "the model's input" : producer_; }
+
+  [[noreturn]] void mismatch(const Node& n, const std::string& what) {
+    fail_at(spec_, n.pos,
+            n.source + " " + what + ", but its input has shape " + shape_str(shape_) + " (from " +
+                from() + ")");
+  }
+
+  LayerPlan layer(const Node& n, std::vector<std::string> path) {
+    const Options o = OptionReader(spec_, n).read();
+    LayerPlan p;
+    p.kind = n.info->kind;
+    p.path = std::move(path);
+    p.source = n.source;
+    p.column = n.pos + 1;
+    p.in_shape = shape_;
+    p.bias = o.bias;
+    p.wn_dim = o.wn_dim;
+    p.bn.affine = o.affine;
+    p.bn.track_running_stats = o.track;
+    p.bn.momentum = o.momentum;
+    if (o.eps) p.bn.eps = p.ln.eps = *o.eps;
+    p.ln.elementwise_affine = o.elementwise_affine;
+    p.ln.bias = o.bias;
+    const int64_t last = shape_.back();
+    switch (p.kind) {
+      case LayerKind::Flatten: {
+        int64_t rest = 1;
+        for (size_t i = 1; i < shape_.size(); ++i) rest *= shape_[i];
+        if (rest > kMaxFeatures)
+          mismatch(n, "would give " + std::to_string(rest) + " features (limit " +
+                          std::to_string(kMaxFeatures) + ")");
+        shape_ = {shape_[0], rest};
+        break;
+      }
+      case LayerKind::Linear:
+      case LayerKind::WeightNormLinear:
+      case LayerKind::NotebookWeightNormLinear: {
+        const bool both = o.sizes.size() == 2;
+        p.in = last;
+        p.out = o.sizes.back().first;
+        if (both && o.sizes[0].first != last)
+          mismatch(n, "expects " + std::to_string(o.sizes[0].first) + " input features");
+        if (p.in * p.out > kMaxLayerWeights)
+          fail_at(spec_, n.pos,
+                  n.source + " after " + std::to_string(p.in) + " features would hold " +
+                      std::to_string(p.in * p.out) + " weights, more than the limit " +
+                      std::to_string(kMaxLayerWeights));
+        shape_.back() = p.out;
+        break;
+      }
+      case LayerKind::BatchNorm:
+        if (shape_.size() != 2 && shape_.size() != 3)
+          mismatch(n, "needs a 2-D (N, C) or 3-D (N, C, L) input");
+        p.in = p.out = shape_[1];
+        if (!o.sizes.empty() && o.sizes[0].first != p.in)
+          mismatch(n, "expects " + std::to_string(o.sizes[0].first) + " channels");
+        break;
+      case LayerKind::LayerNorm:
+        p.in = p.out = last;
+        if (!o.sizes.empty() && o.sizes[0].first != last)
+          mismatch(n, "normalizes over " + std::to_string(o.sizes[0].first) + " features");
+        break;
+      case LayerKind::ReLU:
+        break;
+      case LayerKind::NotebookBatchNorm:
+      case LayerKind::NotebookLayerNorm:
+        if (shape_.size() != 2) mismatch(n, "needs a 2-D (N, D) input (put flatten before it)");
+        p.in = p.out = last;
+        break;
+    }
+    p.out_shape = shape_;
+    if (p.kind == LayerKind::Flatten || p.in_shape != p.out_shape)
+      producer_ = n.source + " at column " + std::to_string(p.column);
+    return p;
+  }
+
+  const std::string& spec_;
+  Shape shape_;
+  std::string producer_;
+  std::vector<LayerPlan> plans_;
+};
+
+}  // namespace
+
+std::vector<LayerPlan> plan_model(const std::string& spec_or_preset, const Shape& input_shape) {
+  if (input_shape.size() < 2)
+    fail("model input shape ", shape_str(input_shape),
+         " must have a batch dimension and at least one feature dimension");
+  for (int64_t d : input_shape)
+    if (d <= 0 || d > kMaxFeatures)
+      fail("model input shape ", shape_str(input_shape), " must have dimensions in 1..",
+           kMaxFeatures);
+  const std::string spec = resolve_spec(spec_or_preset);
+  return Planner(spec, input_shape).plan(Parser(spec).parse());
+}
+
+}  // namespace normlab

@@ -1,0 +1,130 @@
+#include "normlab/train.hpp"
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstring>
+#include <sstream>
+
+#include "normlab/loss.hpp"
+
+namespace normlab {
+
+namespace {
+// (N, D) without building a temporary Shape when it already has it: a train step allocates nothing.
+void ensure_rows(Tensor<float>& t, int64_t N, int64_t D) {
+  if (t.rank() != 2 || t.dim(0) != N || t.dim(1) != D) t.resize({N, D});
+}
+}  // namespace
+
+// NaN and infinity are the floats whose exponent bits are all ones; testing
+// the bits (not std::isfinite) keeps the scan vectorised, and a block is only
+// searched element by element when it holds one.
+int64_t first_non_finite(const float* data, int64_t n) {
+  constexpr int64_t kBlock = 4096;
+  constexpr uint32_t kExponent = 0x7f800000u;
+  for (int64_t start = 0; start < n; start += kBlock) {
+    const int64_t end = std::min(n, start + kBlock);
+    uint32_t bad = 0;
+    for (int64_t i = start; i < end; ++i)
+      bad |= (std::bit_cast<uint32_t>(data[i]) & kExponent) == kExponent;
+    if (!bad) continue;
+    for (int64_t i = start; i < end; ++i)
+      if (!std::isfinite(data[i])) return i;
+  }
+  return -1;
+}
+
+Trainer::Trainer(Layer<float>& model, Optimizer& optimizer) : model_(model), optimizer_(optimizer) {
+  model_.set_input_grad(false);
+}
+
+StepResult Trainer::train_step(const float* x, const int32_t* labels, int64_t N, int64_t D) {
+  if (N <= 0 || D <= 0)
+    fail("train_step: batch must be (N, D) with N, D > 0, got (", N, ", ", D, ")");
+  ensure_rows(batch_, N, D);
+  std::memcpy(batch_.data(), x, static_cast<size_t>(N * D) * sizeof(float));
+  return train_step(batch_, labels);
+}
+
+void Trainer::check_logits(const Tensor<float>& logits, int64_t N, const char* where) const {
+  if (logits.rank() != 2 || logits.dim(0) != N)
+    fail(where, ": the model ", model_.name(), " returned shape ", shape_str(logits.shape()),
+         " for ", N, " rows; expected logits (", N, ", classes)");
+}
+
+StepResult Trainer::train_step(const Tensor<float>& x, const int32_t* labels) {
+  if (x.rank() < 1 || x.dim(0) <= 0)
+    fail("train_step: empty batch of shape ", shape_str(x.shape()));
+  const int64_t step = optimizer_.steps() + 1;
+  const int64_t N = x.dim(0);
+  auto non_finite = [step](const std::string& what) {
+    std::ostringstream os;
+    os << "training step " << step << ": " << what << "; the weights were not updated";
+    throw NonFiniteError(step, os.str());
+  };
+
+  if (const int64_t i = first_non_finite(x.data(), x.numel()); i >= 0) {
+    const int64_t D = x.numel() / N;
+    std::ostringstream os;
+    os << "the input batch holds " << x[i] << " at row " << i / D << ", column " << i % D;
+    non_finite(os.str());
+  }
+
+  if (!model_.training()) model_.set_training(true);
+  optimizer_.zero_grad();
+  const Tensor<float>& logits = model_.forward(x);
+  check_logits(logits, N, "train_step");
+  StepResult r;
+  r.step = step;
+  r.loss =
+      cross_entropy(logits, std::span<const int32_t>(labels, static_cast<size_t>(N)), &dlogits_);
+  r.correct = count_correct(logits.data(), labels, N, logits.dim(1));
+  if (!std::isfinite(r.loss)) {
+    std::ostringstream os;
+    os << "the loss is " << r.loss;
+    non_finite(os.str());
+  }
+
+  model_.backward(dlogits_);
+  for (const auto& p : optimizer_.params())
+    if (const int64_t i = first_non_finite(p.grad->data(), p.grad->numel()); i >= 0) {
+      std::ostringstream os;
+      os << "the gradient of " << p.name << " holds " << (*p.grad)[i] << " at flat index " << i;
+      non_finite(os.str());
+    }
+
+  optimizer_.step();
+  return r;
+}
+
+EvalResult Trainer::evaluate(const float* x, const int32_t* labels, int64_t N, int64_t D,
+                             int64_t batch_size) {
+  if (N <= 0 || D <= 0) fail("evaluate: data must be (N, D) with N, D > 0, got (", N, ", ", D, ")");
+  if (batch_size <= 0) fail("evaluate: batch size must be positive, got ", batch_size);
+  const bool was_training = model_.training();
+  model_.set_training(false);
+  EvalResult r;
+  double loss_sum = 0.0;
+  try {
+    for (int64_t start = 0; start < N; start += batch_size) {
+      const int64_t b = std::min(batch_size, N - start);
+      ensure_rows(batch_, b, D);
+      std::memcpy(batch_.data(), x + start * D, static_cast<size_t>(b * D) * sizeof(float));
+      const Tensor<float>& logits = model_.forward(batch_);
+      check_logits(logits, b, "evaluate");
+      const std::span<const int32_t> y(labels + start, static_cast<size_t>(b));
+      loss_sum += cross_entropy(logits, y) * static_cast<double>(b);
+      r.correct += count_correct(logits.data(), labels + start, b, logits.dim(1));
+    }
+  } catch (...) {
+    model_.set_training(was_training);
+    throw;
+  }
+  model_.set_training(was_training);
+  r.count = N;
+  r.loss = loss_sum / static_cast<double>(N);
+  return r;
+}
+
+}  // namespace normlab
