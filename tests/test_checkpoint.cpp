@@ -357,8 +357,9 @@ TEST(Checkpoint, DamagedFilesNameThePath) {
   const auto before = snapshot(m->state());
   for (const auto& [name, bytes] : files) {
     SCOPED_TRACE(name);
-    testing::write_bytes(dir.file(name), bytes);
-    expect_error([&] { load_model(dir.file(name), m->state()); }, {dir.file(name)});
+    const std::string path = dir.file(name);
+    testing::write_bytes(path, bytes);
+    expect_error([&] { load_model(path, m->state()); }, {path});
     EXPECT_EQ(snapshot(m->state()), before);
   }
   expect_error([&] { load_model(dir.file("absent.safetensors"), m->state()); },

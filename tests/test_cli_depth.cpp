@@ -71,7 +71,7 @@ TEST(CliDepth, BadFlagsNameTheFlagAndValue) {
   expect_refused({"depth", "--threads", "-2"}, {"--threads -2"});
   expect_refused({"depth", "--threads", "100000"}, {"--threads 100000"});
   expect_refused({"depth", "--width", "0"}, {"--width 0"});
-  expect_refused({"depth", "--width", "5000000"}, {"--width 5000000", "1048576"});
+  expect_refused({"depth", "--width", "5000000"}, {"--width 5000000", "between 1 and 16384"});
   expect_refused({"depth", "--outputs", "-5"}, {"--outputs -5"});
   expect_refused({"depth", "--batch", "1"}, {"--batch 1", "BatchNorm"});
   expect_refused({"depth", "--max-depth", "0", "--out", "/dev/null/sub"},

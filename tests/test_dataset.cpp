@@ -131,6 +131,19 @@ TEST(DatasetBadFiles, DamagedFileInsideALoadNamesThatFile) {
   EXPECT_EQ(msg.rfind(labels + ": truncated gzip stream", 0), 0u) << msg;
 }
 
+TEST(DatasetBadFiles, HandMadeArraysAreCheckedToo) {
+  IdxArray images{{2, 2, 2}, std::vector<uint8_t>(7)};  // one byte short
+  IdxArray labels{{2}, {1, 2}};
+  std::string msg = error_of([&] { Dataset(images, labels, "imgs", "labs"); });
+  EXPECT_NE(msg.find("imgs: 7 bytes of data for dims with product 8"), std::string::npos) << msg;
+  images.data.push_back(0);
+  msg = error_of([&] { Dataset(labels, labels, "labs-as-images", "labs"); });
+  EXPECT_NE(msg.find("labs-as-images: images must have 3 dims (N x H x W), the file has 1"),
+            std::string::npos)
+      << msg;
+  EXPECT_EQ(Dataset(images, labels, "imgs", "labs").size(), 2);
+}
+
 TEST(DatasetBadFiles, MissingDirectoryOrFiles) {
   TempDir dir;
   const std::string nowhere = dir.path() + "/nowhere";

@@ -86,6 +86,19 @@ TEST(Depth, ResultsDoNotDependOnTheThreadCount) {
   EXPECT_EQ(sel.points[3].norms, one.points[4 * 5 + 3].norms);
 }
 
+TEST(Depth, DrawsBeyondTheFirstBlockOf64UseTheirOwnStreams) {
+  DepthConfig c = small_config();
+  c.archs = {"bn-post"};
+  c.min_depth = c.max_depth = 1;
+  c.width = 16;
+  c.seeds = 70;
+  const DepthResult r = run_depth(c);
+  ASSERT_EQ(r.points.size(), 1u);
+  ASSERT_EQ(r.points[0].norms.size(), 70u);
+  for (int k : {0, 63, 64, 69})
+    EXPECT_EQ(r.points[0].norms[k], depth_output_norm(c, "bn-post", 1, k)) << k;
+}
+
 TEST(Depth, DrawsDifferAndStatisticsAreTheirs) {
   const DepthResult r = run_depth(small_config());
   const DepthPoint& p = r.points[7];

@@ -283,6 +283,15 @@ TEST(ModelSpecErrors, ShapesThatDoNotChainNameBothLayers) {
             std::string::npos);
   EXPECT_ERROR("linear(1000), linear(300000)", "column 15", "linear(300000) after 1000 features",
                "would hold 300000000 weights", "268435456");
+  // Four 2^28-weight layers reach the model's limit of 2^30; a fifth passes it.
+  const std::string big = "linear(16384), linear(16384), linear(16384), linear(16384)";
+  EXPECT_EQ(plan_error(big, {2, 16384}), "");
+  EXPECT_NE(plan_error(big + ", linear(16384)", {2, 16384})
+                .find("brings the model to 1342177280 weights, more than the limit 1073741824"),
+            std::string::npos);
+  // Flattening huge dimensions is refused without overflowing.
+  const int64_t M = int64_t(1) << 20;
+  EXPECT_NE(plan_error("flatten", {2, M, M, M, M}).find("flatten would give"), std::string::npos);
   EXPECT_NE(plan_error("bn", {2, 3, 4, 5}).find("needs a 2-D (N, C) or 3-D (N, C, L) input"),
             std::string::npos);
 }

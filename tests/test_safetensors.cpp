@@ -317,5 +317,20 @@ TEST(SafetensorsAtomicWrite, ReadOnlyDirectory) {
   EXPECT_EQ(dir.entries(), std::vector<std::string>{"m.safetensors"});
 }
 
+// The fuzzer's seeds (fuzz/corpus/checkpoint, written by fuzz_checkpoint.cpp's
+// seed mode) must stay valid files, or the fuzzer starts from nothing.
+TEST(Safetensors, FuzzSeedCorpusIsValid) {
+  const std::filesystem::path dir =
+      std::filesystem::path(NORMLAB_SOURCE_DIR) / "fuzz/corpus/checkpoint";
+  int seeds = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(dir)) {
+    SCOPED_TRACE(entry.path().string());
+    const SafetensorsFile f = read_safetensors(entry.path().string());
+    expect_same(f, parse_safetensors(serialize_safetensors(f), "re-serialized"));
+    ++seeds;
+  }
+  EXPECT_GE(seeds, 5);
+}
+
 }  // namespace
 }  // namespace normlab

@@ -43,7 +43,9 @@ void check_flags(DepthArgs& a) {
     fail("--min-depth ", a.min_depth, " is greater than --max-depth ", a.max_depth);
   check_range("--seeds", a.seeds, 1, kMaxSeeds);
   check_range("--threads", a.threads, 0, kMaxThreads, " (0: all cores)");
-  check_range("--width", a.config.width, 1, kMaxFeatures);
+  // A width x width layer must stay within one layer's weight limit (2^28).
+  check_range("--width", a.config.width, 1, 16384,
+              " (a width x width layer holds at most 2^28 weights)");
   check_range("--outputs", a.config.outputs, 1, kMaxFeatures);
   check_range("--batch", a.config.batch, 2, 65536,
               " (BatchNorm in training mode needs 2 values per channel)");

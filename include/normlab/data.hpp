@@ -21,9 +21,10 @@ namespace normlab {
 
 // IDX header: 0x00 0x00, a type byte (0x08 = unsigned byte, the only type read
 // here), a dims byte R, then R big-endian int32 dims; then the data, row-major.
-inline constexpr int kIdxMaxRank = 4;  // MNIST-style files use 1 (labels), 3 (images)
-inline constexpr int64_t kIdxMaxBytes = int64_t{1}
-                                        << 31;  // 2 GiB of data: far above any MNIST-like set
+// Caps against absurd headers: MNIST-style files use rank 1 (labels) and 3
+// (images); 2 GiB of data is far above any MNIST-like set (EMNIST: 0.7 GB).
+inline constexpr int kIdxMaxRank = 4;
+inline constexpr int64_t kIdxMaxBytes = int64_t{1} << 31;
 
 struct IdxArray {
   std::vector<int64_t> dims;  // e.g. {60000, 28, 28}; every dim >= 1
@@ -48,8 +49,9 @@ inline constexpr int kNumClasses = 10;  // MNIST digits, Fashion-MNIST garment c
 class Dataset {
  public:
   Dataset() = default;
-  // Checks images is (N, H, W), labels is (N) with the same N, every label <
-  // num_classes; messages name the two files given here.
+  // Checks images is (N, H, W), labels is (N) with the same N, each array's
+  // data has product(dims) bytes, every label < num_classes; messages name
+  // the two files given here.
   Dataset(IdxArray images, IdxArray labels, std::string images_file, std::string labels_file,
           int num_classes = kNumClasses);
 

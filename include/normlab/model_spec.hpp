@@ -52,6 +52,7 @@ struct LayerPlan {
 // Limits that make a spec "absurd" rather than merely big.
 inline constexpr int64_t kMaxFeatures = int64_t(1) << 20;      // any single size in a spec
 inline constexpr int64_t kMaxLayerWeights = int64_t(1) << 28;  // in * out of one linear layer
+inline constexpr int64_t kMaxModelWeights = int64_t(1) << 30;  // all linear layers together
 
 // Presets: "seed001", "seed001-notebook", and the seed-000 architectures "none",
 // "bn-pre", "bn-post", "ln-pre", "ln-post" (parameters depth, width, out).

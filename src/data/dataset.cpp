@@ -14,6 +14,22 @@ namespace normlab {
 
 namespace fs = std::filesystem;
 
+namespace {
+
+// read_idx guarantees this; an IdxArray built by hand might not.
+void check_size(const IdxArray& a, const std::string& file) {
+  int64_t product = 1;
+  for (int64_t d : a.dims) {
+    if (d < 1 || d > kIdxMaxBytes) fail(file, ": dim ", d, " is outside [1, ", kIdxMaxBytes, "]");
+    product *= d;
+    if (product > kIdxMaxBytes) fail(file, ": more than ", kIdxMaxBytes, " bytes of data");
+  }
+  if (static_cast<int64_t>(a.data.size()) != product)
+    fail(file, ": ", a.data.size(), " bytes of data for dims with product ", product);
+}
+
+}  // namespace
+
 Dataset::Dataset(IdxArray images, IdxArray labels, std::string images_file, std::string labels_file,
                  int num_classes)
     : num_classes_(num_classes),
@@ -25,6 +41,8 @@ Dataset::Dataset(IdxArray images, IdxArray labels, std::string images_file, std:
     fail(images_file_, ": images must have 3 dims (N x H x W), the file has ", images.dims.size());
   if (labels.dims.size() != 1)
     fail(labels_file_, ": labels must have 1 dim (N), the file has ", labels.dims.size());
+  check_size(images, images_file_);
+  check_size(labels, labels_file_);
   n_ = images.dims[0];
   h_ = images.dims[1];
   w_ = images.dims[2];

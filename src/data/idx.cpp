@@ -137,6 +137,7 @@ class GzipSource final : public ByteSource {
     return left;
   }
   const char* what() const override { return "the decompressed data"; }
+  size_t max_output() const { return 1032 * in_.size(); }  // deflate's largest expansion
 
  private:
   size_t consumed() const { return fed_ - zs_.avail_in; }
@@ -256,10 +257,14 @@ IdxArray read_body(ByteSource& src, const Header& h, std::string_view name) {
     src.read(out.data.data(), need);
     return out;
   }
-  // Decompressing: grow the buffer with the data actually produced.
+  // Decompressing. Deflate expands at most 1032:1, so a first buffer of that
+  // bound is safe against a lying header and holds a real file in one go;
+  // beyond it (only reachable with a damaged stream) the buffer grows with the data.
+  const auto* gz = static_cast<const GzipSource*>(&src);  // the only other ByteSource
   size_t got = 0;
+  size_t cap = std::min(need, gz->max_output() + (size_t{1} << 16));
   while (got < need) {
-    const size_t cap = std::min(need, std::max<size_t>(2 * got, size_t{1} << 20));
+    cap = std::min(need, std::max(cap, 2 * got));
     out.data.resize(cap);
     const size_t r = src.read(out.data.data() + got, cap - got);
     got += r;
@@ -284,18 +289,20 @@ std::string read_file(const std::string& path) {
   struct stat st {};
   if (::fstat(fd, &st) != 0) fail(path, ": cannot stat: ", std::strerror(errno));
   if (S_ISDIR(st.st_mode)) fail(path, ": is a directory, not an IDX file");
-  std::string bytes;
-  if (S_ISREG(st.st_mode)) bytes.reserve(static_cast<size_t>(st.st_size));
-  char buf[1 << 16];
+  // Read straight into the string; it grows only if the file does (or is not a regular file).
+  std::string bytes(S_ISREG(st.st_mode) ? static_cast<size_t>(st.st_size) : 0, '\0');
+  size_t used = 0;
   for (;;) {
-    const ssize_t n = ::read(fd, buf, sizeof buf);
+    if (used == bytes.size()) bytes.resize(std::max<size_t>(2 * bytes.size(), size_t{1} << 16));
+    const ssize_t n = ::read(fd, bytes.data() + used, bytes.size() - used);
     if (n < 0) {
       if (errno == EINTR) continue;
       fail(path, ": cannot read: ", std::strerror(errno));
     }
     if (n == 0) break;
-    bytes.append(buf, static_cast<size_t>(n));
+    used += static_cast<size_t>(n);
   }
+  bytes.resize(used);
   return bytes;
 }
 

@@ -212,36 +212,44 @@ DepthResult run_depth(const DepthConfig& config) {
   for (int a = 0; a < A; ++a)
     for (int d = 0; d < D; ++d)
       plans[a * D + d] = plan_model(depth_spec(c, c.archs[a], c.min_depth + d), batch_shape(c));
-  std::vector<Tensor<float>> inputs;
-  for (int k = 0; k < K; ++k) inputs.push_back(depth_inputs(c, k));
   for (const auto& plan : plans)
     for (const auto& p : plan)
       if (p.kind == LayerKind::Linear) r.weights += K * double(p.in * p.out + (p.bias ? p.out : 0));
 
-  // Task t = (k, a, d); the deepest networks go first so the last ones to finish are short.
-  const int64_t T = static_cast<int64_t>(K) * A * D;
-  std::vector<int64_t> order(static_cast<size_t>(T));
+  // Draws run in blocks, so only a block's inputs are in memory at once. Within
+  // a block, task t = (k, a, d); the deepest networks go first so the last ones
+  // to finish are short.
+  const int block = std::min(K, 64);
+  std::vector<int64_t> order(static_cast<size_t>(block) * A * D);
   std::iota(order.begin(), order.end(), 0);
   std::stable_sort(order.begin(), order.end(), [D](int64_t x, int64_t y) { return x % D > y % D; });
-  std::vector<double> norms(static_cast<size_t>(T));
+  std::vector<double> norms(static_cast<size_t>(K) * A * D);
 
   ThreadScope scope(c.threads);
   r.threads = omp_get_max_threads();
   std::exception_ptr error;
+  std::vector<Tensor<float>> inputs(static_cast<size_t>(block));
+  for (int k0 = 0; k0 < K && !error; k0 += block) {
+    const int n = std::min(block, K - k0);
+    for (int j = 0; j < n; ++j) inputs[j] = depth_inputs(c, k0 + j);
+    const int64_t T = static_cast<int64_t>(n) * A * D;
 #pragma omp parallel
-  {
-    Scratch s;
+    {
+      Scratch s;
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t i = 0; i < T; ++i) {
-      const int64_t t = order[static_cast<size_t>(i)];
-      const int k = static_cast<int>(t / (A * D)), a = static_cast<int>(t / D % A);
-      const int d = static_cast<int>(t % D);
-      try {
-        Rng rng = depth_network_rng(c, c.archs[a], c.min_depth + d, k);
-        norms[static_cast<size_t>(t)] = fresh_output_norm(plans[a * D + d], inputs[k], rng, s);
-      } catch (...) {
+      for (int64_t i = 0; i < static_cast<int64_t>(order.size()); ++i) {
+        const int64_t t = order[static_cast<size_t>(i)];
+        if (t >= T) continue;  // the last block may be short
+        const int j = static_cast<int>(t / (A * D)), a = static_cast<int>(t / D % A);
+        const int d = static_cast<int>(t % D);
+        try {
+          Rng rng = depth_network_rng(c, c.archs[a], c.min_depth + d, k0 + j);
+          norms[static_cast<size_t>(k0) * A * D + static_cast<size_t>(t)] =
+              fresh_output_norm(plans[a * D + d], inputs[j], rng, s);
+        } catch (...) {
 #pragma omp critical(normlab_depth_error)
-        if (!error) error = std::current_exception();
+          if (!error) error = std::current_exception();
+        }
       }
     }
   }

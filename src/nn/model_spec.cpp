@@ -487,11 +487,10 @@ class Planner {
     const int64_t last = shape_.back();
     switch (p.kind) {
       case LayerKind::Flatten: {
-        int64_t rest = 1;
-        for (size_t i = 1; i < shape_.size(); ++i) rest *= shape_[i];
+        int64_t rest = 1;  // stops growing past the limit, so it cannot overflow
+        for (size_t i = 1; i < shape_.size() && rest <= kMaxFeatures; ++i) rest *= shape_[i];
         if (rest > kMaxFeatures)
-          mismatch(n, "would give " + std::to_string(rest) + " features (limit " +
-                          std::to_string(kMaxFeatures) + ")");
+          mismatch(n, "would give more than " + std::to_string(kMaxFeatures) + " features");
         shape_ = {shape_[0], rest};
         break;
       }
@@ -508,6 +507,11 @@ class Planner {
                   n.source + " after " + std::to_string(p.in) + " features would hold " +
                       std::to_string(p.in * p.out) + " weights, more than the limit " +
                       std::to_string(kMaxLayerWeights));
+        total_weights_ += p.in * p.out;
+        if (total_weights_ > kMaxModelWeights)
+          fail_at(spec_, n.pos,
+                  n.source + " brings the model to " + std::to_string(total_weights_) +
+                      " weights, more than the limit " + std::to_string(kMaxModelWeights));
         shape_.back() = p.out;
         break;
       }
@@ -540,6 +544,7 @@ class Planner {
   const std::string& spec_;
   Shape shape_;
   std::string producer_;
+  int64_t total_weights_ = 0;
   std::vector<LayerPlan> plans_;
 };
 
