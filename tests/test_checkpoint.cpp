@@ -13,6 +13,7 @@
 
 #include "ckpt_test_util.hpp"
 #include "normlab/layers.hpp"
+#include "normlab/optim.hpp"
 #include "normlab/sequential.hpp"
 
 namespace normlab {
@@ -161,6 +162,41 @@ TEST(Checkpoint, ResumeCheckpointRoundTripsModelOptimizerAndMetadata) {
   EXPECT_EQ(metadata_int(meta, kStepKey, path), 1407);
   EXPECT_EQ(metadata_string(meta, kModelSpecKey, path), "m");
   EXPECT_NE(read_safetensors(path).find("optimizer.0.weight.exp_avg"), nullptr);
+}
+
+// Training steps on a fixed batch: loss = sum(y * g) for a fixed g, so dy = g.
+void train_steps(Sequential<float>& m, Optimizer& opt, int steps) {
+  m.set_training(true);
+  const Tensor<float> x = sample_input();
+  Tensor<float> g({5, 3});
+  Rng(11).fill_uniform(g.data(), g.numel(), -1.0, 1.0);
+  for (int i = 0; i < steps; ++i) {
+    opt.zero_grad();
+    m.forward(x);
+    m.backward(g);
+    opt.step();
+  }
+}
+
+// The checkpoint holds everything a run's future depends on: stopping after
+// step 3 and resuming into fresh objects ends bitwise where an unbroken run ends.
+TEST(Checkpoint, ResumeWithAdamContinuesBitwise) {
+  TempDir dir;
+  const std::string path = dir.file("checkpoint.safetensors");
+  auto a = small_model(1);
+  auto adam_a = make_optimizer("adam", {.lr = 1e-2}, a->state());
+  train_steps(*a, *adam_a, 3);
+  save_checkpoint(path, a->state(), adam_a->state(), {{kStepKey, "3"}});
+  train_steps(*a, *adam_a, 2);
+
+  auto b = small_model(2);
+  auto adam_b = make_optimizer("adam", {.lr = 1e-2}, b->state());
+  load_checkpoint(path, b->state(), adam_b->state());
+  EXPECT_EQ(adam_b->steps(), 3);
+  train_steps(*b, *adam_b, 2);
+  EXPECT_EQ(snapshot(a->state()), snapshot(b->state()));
+  EXPECT_EQ(snapshot(adam_a->state()), snapshot(adam_b->state()));
+  EXPECT_EQ(adam_b->steps(), 5);
 }
 
 // `normlab eval` may be given either file of a run.
