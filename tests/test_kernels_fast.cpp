@@ -179,6 +179,16 @@ TEST(FastKernels, BatchNormMatchesReference) {
       for (Affine af : kAffines) check_batchnorm<float>(s[0], s[1], s[2], threads, af, kTolF);
 }
 
+// Outputs of 4 MB and more are written with streaming stores from a row buffer
+// (norm_common.hpp): sizes past that threshold, rows not a multiple of 16.
+TEST(FastKernels, StreamedOutputsMatchReference) {
+  for (int threads : {1, 3}) {
+    check_layernorm<float>(1030, 1025, threads, {true, true}, kTolF);
+    check_batchnorm<float>(1030, 1025, 1, threads, {true, true}, kTolF);
+    check_batchnorm<float>(40, 31, 1057, threads, {true, true}, kTolF);
+  }
+}
+
 TEST(FastKernels, DoubleMatchesReference) {
   for (int threads : {1, 3}) {
     check_layernorm<double>(40, 1025, threads, {true, true}, 1e-11);

@@ -26,6 +26,7 @@ template <typename T>
 void forward_train_rows(T* y, T* mean, T* rstd, T* var, const T* x, const T* gamma, const T* beta,
                         int64_t N, int64_t C, T eps) {
   const int threads = detail::kernel_threads(N * C);
+  const bool stream = detail::stream_output<T>(N * C, C);
   const int64_t Cp = detail::padded(C), B = detail::block_rows(C);
   // Per thread: block mean, block M2, running mean, running M2. Shared: shift, a, b.
   T* work = detail::scratch<T>(Cp * (4 * threads + 3));
@@ -87,12 +88,15 @@ void forward_train_rows(T* y, T* mean, T* rstd, T* var, const T* x, const T* gam
       a[c] = static_cast<T>(ac);
       b[c] = static_cast<T>((beta ? beta[c] : 0.0) - m * ac);
     }
+    T* row = bm;                              // free now: the output row when streaming
     for (int64_t r = r1 - 1; r >= r0; --r) {  // newest rows first: they are still cached
       const T* xr = x + r * C;
-      T* yr = y + r * C;
+      T* yr = stream ? row : y + r * C;
 #pragma omp simd
       for (int64_t c = 0; c < C; ++c) yr[c] = (xr[c] - shift[c]) * a[c] + b[c];
+      if (stream) detail::stream_store(y + r * C, row, C);
     }
+    if (stream) detail::stream_fence();
   }
 }
 
@@ -105,10 +109,12 @@ template <typename T>
 void backward_rows(bool train, T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, const T* mean,
                    const T* rstd, const T* gamma, int64_t N, int64_t C) {
   const int threads = detail::kernel_threads(N * C);
+  const bool stream = detail::stream_output<T>(N * C, C);
   const int64_t Cp = detail::padded(C), B = detail::block_rows(C);
-  // Per thread: block sums of dy and dy * (x - mean), thread sums of both. Shared: A, Bc, Cc.
-  T* work = detail::scratch<T>(Cp * (4 * threads + 3));
-  T* A = work + 4 * Cp * threads;
+  // Per thread: block sums of dy and dy * (x - mean), thread sums of both, a dx row for
+  // streaming. Shared: A, Bc, Cc.
+  T* work = detail::scratch<T>(Cp * (5 * threads + 3));
+  T* A = work + 5 * Cp * threads;
   T* Bc = A + Cp;
   T* Cc = Bc + Cp;
   for (int64_t c = 0; c < C; ++c) A[c] = gamma ? gamma[c] * rstd[c] : rstd[c];
@@ -117,10 +123,11 @@ void backward_rows(bool train, T* dx, T* dgamma, T* dbeta, const T* dy, const T*
   {
     const int nt = omp_get_num_threads(), t = omp_get_thread_num();
     const int64_t r0 = N * t / nt, r1 = N * (t + 1) / nt;
-    T* bs = work + 4 * Cp * t;
+    T* bs = work + 5 * Cp * t;
     T* bq = bs + Cp;
     T* ts = bq + Cp;
     T* tq = ts + Cp;
+    T* row = tq + Cp;
     std::fill(ts, ts + 2 * Cp, T(0));
     for (int64_t b0 = r0; b0 < r1; b0 += B) {
       const int64_t b1 = std::min(b0 + B, r1);
@@ -134,9 +141,10 @@ void backward_rows(bool train, T* dx, T* dgamma, T* dbeta, const T* dy, const T*
           bq[c] += dyr[c] * (xr[c] - mean[c]);
         }
         if (fused_dx) {
-          T* dxr = dx + r * C;
+          T* dxr = stream ? row : dx + r * C;
 #pragma omp simd
           for (int64_t c = 0; c < C; ++c) dxr[c] = dyr[c] * A[c];
+          if (stream) detail::stream_store(dx + r * C, row, C);
         }
       }
 #pragma omp simd
@@ -150,8 +158,8 @@ void backward_rows(bool train, T* dx, T* dgamma, T* dbeta, const T* dy, const T*
     for (int64_t c = 0; c < C; ++c) {
       double sdy = 0, sdyx = 0;
       for (int u = 0; u < nt; ++u) {
-        sdy += work[4 * Cp * u + 2 * Cp + c];
-        sdyx += work[4 * Cp * u + 3 * Cp + c];
+        sdy += work[5 * Cp * u + 2 * Cp + c];
+        sdyx += work[5 * Cp * u + 3 * Cp + c];
       }
       sdyx *= rstd[c];  // sum(dy * xhat)
       if (dgamma) dgamma[c] += static_cast<T>(sdyx);
@@ -163,11 +171,13 @@ void backward_rows(bool train, T* dx, T* dgamma, T* dbeta, const T* dy, const T*
       for (int64_t r = r1 - 1; r >= r0; --r) {  // newest rows first: they are still cached
         const T* xr = x + r * C;
         const T* dyr = dy + r * C;
-        T* dxr = dx + r * C;
+        T* dxr = stream ? row : dx + r * C;
 #pragma omp simd
         for (int64_t c = 0; c < C; ++c) dxr[c] = dyr[c] * A[c] + (xr[c] - mean[c]) * Bc[c] + Cc[c];
+        if (stream) detail::stream_store(dx + r * C, row, C);
       }
     }
+    if (stream) detail::stream_fence();
   }
 }
 
@@ -257,23 +267,33 @@ void batchnorm_forward_train(T* y, T* mean, T* rstd, T* var, const T* x, const T
 template <typename T>
 void batchnorm_forward_eval(T* y, const T* x, const T* mean, const T* var, const T* gamma,
                             const T* beta, int64_t N, int64_t C, int64_t L, T eps) {
-  T* a = detail::scratch<T>(C);
+  const int threads = detail::kernel_threads(N * C * L);
+  const bool stream = detail::stream_output<T>(N * C * L, C * L);
+  const int64_t W = C * L, Wp = detail::padded(W);                             // one row of x
+  T* a = detail::scratch<T>(detail::padded(C) + (stream ? Wp * threads : 0));  // + rows to stream
+  T* rows = a + detail::padded(C);
   for (int64_t c = 0; c < C; ++c)
     a[c] = static_cast<T>((gamma ? gamma[c] : 1.0) / std::sqrt(static_cast<double>(var[c]) + eps));
-#pragma omp parallel for schedule(static) num_threads(detail::kernel_threads(N* C* L))
-  for (int64_t i = 0; i < N; ++i) {
-    const T* xr = x + i * C * L;
-    T* yr = y + i * C * L;
-    if (L == 1) {
+#pragma omp parallel num_threads(threads)
+  {
+    T* row = rows + Wp * omp_get_thread_num();
+#pragma omp for schedule(static) nowait
+    for (int64_t i = 0; i < N; ++i) {
+      const T* xr = x + i * W;
+      T* yr = stream ? row : y + i * W;
+      if (L == 1) {
 #pragma omp simd
-      for (int64_t c = 0; c < C; ++c) yr[c] = (xr[c] - mean[c]) * a[c] + (beta ? beta[c] : T(0));
-    } else {
-      for (int64_t c = 0; c < C; ++c) {
-        const T m = mean[c], ac = a[c], bc = beta ? beta[c] : T(0);
+        for (int64_t c = 0; c < C; ++c) yr[c] = (xr[c] - mean[c]) * a[c] + (beta ? beta[c] : T(0));
+      } else {
+        for (int64_t c = 0; c < C; ++c) {
+          const T m = mean[c], ac = a[c], bc = beta ? beta[c] : T(0);
 #pragma omp simd
-        for (int64_t l = 0; l < L; ++l) yr[c * L + l] = (xr[c * L + l] - m) * ac + bc;
+          for (int64_t l = 0; l < L; ++l) yr[c * L + l] = (xr[c * L + l] - m) * ac + bc;
+        }
       }
+      if (stream) detail::stream_store(y + i * W, row, W);
     }
+    if (stream) detail::stream_fence();
   }
 }
 
