@@ -179,8 +179,9 @@ TEST(FastKernels, BatchNormMatchesReference) {
       for (Affine af : kAffines) check_batchnorm<float>(s[0], s[1], s[2], threads, af, kTolF);
 }
 
-// Outputs of 4 MB and more are written with streaming stores from a row buffer
-// (norm_common.hpp): sizes past that threshold, rows not a multiple of 16.
+// Outputs of 4 MB and more are written with non-temporal stores (map_row in
+// norm_common.hpp): sizes past that threshold, rows not a multiple of 16 (so
+// every row has an unaligned head and a tail), and (N,C,L) at that size.
 TEST(FastKernels, StreamedOutputsMatchReference) {
   for (int threads : {1, 3}) {
     check_layernorm<float>(1030, 1025, threads, {true, true}, kTolF);

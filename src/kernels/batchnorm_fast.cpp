@@ -1,9 +1,9 @@
 // The default BatchNorm kernels. Statistics are per channel, i.e. reductions
 // over the rows of x, so the threads split the rows, not the channels:
-//   (N,C), L = 1: each thread walks its rows in blocks of ~128 KB, keeps
+//   (N,C), L = 1: each thread walks its rows in cache-sized blocks and keeps
 //     per-channel partial sums (for the forward: block mean and M2 from two
 //     passes over the cached block, Chan-merged into the thread's running
-//     summary), the partials are merged per channel, and a last pass over the
+//     summary); the partials are merged per channel; a last pass over the
 //     thread's rows, newest first (still in its cache), applies the per-channel
 //     multiply-add. x is read twice from memory at most, y written once.
 //   (N,C,L), L > 1: each channel's N segments of L contiguous values belong to
@@ -26,7 +26,7 @@ template <typename T>
 void forward_train_rows(T* y, T* mean, T* rstd, T* var, const T* x, const T* gamma, const T* beta,
                         int64_t N, int64_t C, T eps) {
   const int threads = detail::kernel_threads(N * C);
-  const bool stream = detail::stream_output<T>(N * C, C);
+  const bool stream = detail::stream_output<T>(N * C);
   const int64_t Cp = detail::padded(C), B = detail::block_rows(C);
   // Per thread: block mean, block M2, running mean, running M2. Shared: shift, a, b.
   T* work = detail::scratch<T>(Cp * (4 * threads + 3));
@@ -55,7 +55,7 @@ void forward_train_rows(T* y, T* mean, T* rstd, T* var, const T* x, const T* gam
       }
 #pragma omp simd
       for (int64_t c = 0; c < C; ++c) bm[c] /= nb;
-      for (int64_t r = b0; r < b1; ++r) {  // second pass: the block is in L2 now
+      for (int64_t r = b0; r < b1; ++r) {  // second pass: the block is in cache now
         const T* xr = x + r * C;
 #pragma omp simd
         for (int64_t c = 0; c < C; ++c) {
@@ -88,14 +88,11 @@ void forward_train_rows(T* y, T* mean, T* rstd, T* var, const T* x, const T* gam
       a[c] = static_cast<T>(ac);
       b[c] = static_cast<T>((beta ? beta[c] : 0.0) - m * ac);
     }
-    T* row = bm;                              // free now: the output row when streaming
-    for (int64_t r = r1 - 1; r >= r0; --r) {  // newest rows first: they are still cached
-      const T* xr = x + r * C;
-      T* yr = stream ? row : y + r * C;
-#pragma omp simd
-      for (int64_t c = 0; c < C; ++c) yr[c] = (xr[c] - shift[c]) * a[c] + b[c];
-      if (stream) detail::stream_store(y + r * C, row, C);
-    }
+    // y = (x - shift) * a + b; newest rows first: they are still in this core's caches.
+    for (int64_t r = r1 - 1; r >= r0; --r)
+      detail::map_row(
+          y + r * C, C, stream, [](auto v, auto k, auto ac, auto bc) { return (v - k) * ac + bc; },
+          x + r * C, shift, a, b);
     if (stream) detail::stream_fence();
   }
 }
@@ -109,12 +106,11 @@ template <typename T>
 void backward_rows(bool train, T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, const T* mean,
                    const T* rstd, const T* gamma, int64_t N, int64_t C) {
   const int threads = detail::kernel_threads(N * C);
-  const bool stream = detail::stream_output<T>(N * C, C);
+  const bool stream = detail::stream_output<T>(N * C);
   const int64_t Cp = detail::padded(C), B = detail::block_rows(C);
-  // Per thread: block sums of dy and dy * (x - mean), thread sums of both, a dx row for
-  // streaming. Shared: A, Bc, Cc.
-  T* work = detail::scratch<T>(Cp * (5 * threads + 3));
-  T* A = work + 5 * Cp * threads;
+  // Per thread: block sums of dy and dy * (x - mean), thread sums of both. Shared: A, Bc, Cc.
+  T* work = detail::scratch<T>(Cp * (4 * threads + 3));
+  T* A = work + 4 * Cp * threads;
   T* Bc = A + Cp;
   T* Cc = Bc + Cp;
   for (int64_t c = 0; c < C; ++c) A[c] = gamma ? gamma[c] * rstd[c] : rstd[c];
@@ -123,11 +119,10 @@ void backward_rows(bool train, T* dx, T* dgamma, T* dbeta, const T* dy, const T*
   {
     const int nt = omp_get_num_threads(), t = omp_get_thread_num();
     const int64_t r0 = N * t / nt, r1 = N * (t + 1) / nt;
-    T* bs = work + 5 * Cp * t;
+    T* bs = work + 4 * Cp * t;
     T* bq = bs + Cp;
     T* ts = bq + Cp;
     T* tq = ts + Cp;
-    T* row = tq + Cp;
     std::fill(ts, ts + 2 * Cp, T(0));
     for (int64_t b0 = r0; b0 < r1; b0 += B) {
       const int64_t b1 = std::min(b0 + B, r1);
@@ -140,12 +135,9 @@ void backward_rows(bool train, T* dx, T* dgamma, T* dbeta, const T* dy, const T*
           bs[c] += dyr[c];
           bq[c] += dyr[c] * (xr[c] - mean[c]);
         }
-        if (fused_dx) {
-          T* dxr = stream ? row : dx + r * C;
-#pragma omp simd
-          for (int64_t c = 0; c < C; ++c) dxr[c] = dyr[c] * A[c];
-          if (stream) detail::stream_store(dx + r * C, row, C);
-        }
+        if (fused_dx)
+          detail::map_row(
+              dx + r * C, C, stream, [](auto dv, auto ac) { return dv * ac; }, dyr, A);
       }
 #pragma omp simd
       for (int64_t c = 0; c < C; ++c) {
@@ -158,8 +150,8 @@ void backward_rows(bool train, T* dx, T* dgamma, T* dbeta, const T* dy, const T*
     for (int64_t c = 0; c < C; ++c) {
       double sdy = 0, sdyx = 0;
       for (int u = 0; u < nt; ++u) {
-        sdy += work[5 * Cp * u + 2 * Cp + c];
-        sdyx += work[5 * Cp * u + 3 * Cp + c];
+        sdy += work[4 * Cp * u + 2 * Cp + c];
+        sdyx += work[4 * Cp * u + 3 * Cp + c];
       }
       sdyx *= rstd[c];  // sum(dy * xhat)
       if (dgamma) dgamma[c] += static_cast<T>(sdyx);
@@ -168,14 +160,14 @@ void backward_rows(bool train, T* dx, T* dgamma, T* dbeta, const T* dy, const T*
       Cc[c] = static_cast<T>(-A[c] * sdy / N);
     }
     if (dx && train) {
-      for (int64_t r = r1 - 1; r >= r0; --r) {  // newest rows first: they are still cached
-        const T* xr = x + r * C;
-        const T* dyr = dy + r * C;
-        T* dxr = stream ? row : dx + r * C;
-#pragma omp simd
-        for (int64_t c = 0; c < C; ++c) dxr[c] = dyr[c] * A[c] + (xr[c] - mean[c]) * Bc[c] + Cc[c];
-        if (stream) detail::stream_store(dx + r * C, row, C);
-      }
+      // Newest rows first: they are still in this core's caches.
+      for (int64_t r = r1 - 1; r >= r0; --r)
+        detail::map_row(
+            dx + r * C, C, stream,
+            [](auto v, auto dv, auto m, auto ac, auto bc, auto cc) {
+              return dv * ac + (v - m) * bc + cc;
+            },
+            x + r * C, dy + r * C, mean, A, Bc, Cc);
     }
     if (stream) detail::stream_fence();
   }
@@ -267,31 +259,32 @@ void batchnorm_forward_train(T* y, T* mean, T* rstd, T* var, const T* x, const T
 template <typename T>
 void batchnorm_forward_eval(T* y, const T* x, const T* mean, const T* var, const T* gamma,
                             const T* beta, int64_t N, int64_t C, int64_t L, T eps) {
-  const int threads = detail::kernel_threads(N * C * L);
-  const bool stream = detail::stream_output<T>(N * C * L, C * L);
-  const int64_t W = C * L, Wp = detail::padded(W);                             // one row of x
-  T* a = detail::scratch<T>(detail::padded(C) + (stream ? Wp * threads : 0));  // + rows to stream
-  T* rows = a + detail::padded(C);
-  for (int64_t c = 0; c < C; ++c)
+  const bool stream = detail::stream_output<T>(N * C * L);
+  const int64_t Cp = detail::padded(C);
+  T* a = detail::scratch<T>(2 * Cp);
+  T* b = a + Cp;
+  for (int64_t c = 0; c < C; ++c) {
     a[c] = static_cast<T>((gamma ? gamma[c] : 1.0) / std::sqrt(static_cast<double>(var[c]) + eps));
-#pragma omp parallel num_threads(threads)
+    b[c] = beta ? beta[c] : T(0);
+  }
+#pragma omp parallel num_threads(detail::kernel_threads(N* C* L))
   {
-    T* row = rows + Wp * omp_get_thread_num();
 #pragma omp for schedule(static) nowait
     for (int64_t i = 0; i < N; ++i) {
-      const T* xr = x + i * W;
-      T* yr = stream ? row : y + i * W;
       if (L == 1) {
-#pragma omp simd
-        for (int64_t c = 0; c < C; ++c) yr[c] = (xr[c] - mean[c]) * a[c] + (beta ? beta[c] : T(0));
-      } else {
-        for (int64_t c = 0; c < C; ++c) {
-          const T m = mean[c], ac = a[c], bc = beta ? beta[c] : T(0);
-#pragma omp simd
-          for (int64_t l = 0; l < L; ++l) yr[c * L + l] = (xr[c * L + l] - m) * ac + bc;
-        }
+        detail::map_row(
+            y + i * C, C, stream,
+            [](auto v, auto m, auto ac, auto bc) { return (v - m) * ac + bc; }, x + i * C, mean, a,
+            b);
+        continue;
       }
-      if (stream) detail::stream_store(y + i * W, row, W);
+      for (int64_t c = 0; c < C; ++c) {
+        const T m = mean[c], ac = a[c], bc = b[c];
+        const T* xs = x + (i * C + c) * L;
+        T* ys = y + (i * C + c) * L;
+#pragma omp simd
+        for (int64_t l = 0; l < L; ++l) ys[l] = (xs[l] - m) * ac + bc;
+      }
     }
     if (stream) detail::stream_fence();
   }

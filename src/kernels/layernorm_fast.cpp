@@ -12,17 +12,13 @@ namespace normlab {
 template <typename T>
 void layernorm_forward(T* y, T* mean, T* rstd, const T* x, const T* gamma, const T* beta, int64_t N,
                        int64_t D, T eps) {
-  const int threads = detail::kernel_threads(N * D);
-  const bool stream = detail::stream_output<T>(N * D, D);
-  const int64_t Dp = detail::padded(D);
-  T* rows = stream ? detail::scratch<T>(Dp * threads) : nullptr;  // per thread: one output row
-#pragma omp parallel num_threads(threads)
+  const bool stream = detail::stream_output<T>(N * D);
+#pragma omp parallel num_threads(detail::kernel_threads(N* D))
   {
-    T* row = stream ? rows + Dp * omp_get_thread_num() : nullptr;
 #pragma omp for schedule(static) nowait
     for (int64_t n = 0; n < N; ++n) {
       const T* xr = x + n * D;
-      T* yr = stream ? row : y + n * D;
+      T* yr = y + n * D;
       // Moments around the row's first value (exact centring for large means, see
       // shifted_moments); m is the mean of x - shift.
       const T shift = xr[0];
@@ -30,18 +26,20 @@ void layernorm_forward(T* y, T* mean, T* rstd, const T* x, const T* gamma, const
       const T r = T(1) / std::sqrt(m2 / static_cast<T>(D) + eps);
       mean[n] = shift + m;
       rstd[n] = r;
-      if (gamma && beta) {
-#pragma omp simd
-        for (int64_t d = 0; d < D; ++d) yr[d] = (xr[d] - shift - m) * (r * gamma[d]) + beta[d];
-      } else if (gamma) {
-#pragma omp simd
-        for (int64_t d = 0; d < D; ++d) yr[d] = (xr[d] - shift - m) * (r * gamma[d]);
-      } else {
-        const T b0 = -m * r;  // normalize folded into one multiply-add: y = (x - shift) * r + b0
-#pragma omp simd
-        for (int64_t d = 0; d < D; ++d) yr[d] = (xr[d] - shift) * r + (beta ? beta[d] + b0 : b0);
-      }
-      if (stream) detail::stream_store(y + n * D, row, D);
+      // Normalize and affine in one multiply-add per element (gamma varies along the row).
+      if (gamma && beta)
+        detail::map_row(
+            yr, D, stream, [=](auto v, auto g, auto b) { return (v - shift - m) * (r * g) + b; },
+            xr, gamma, beta);
+      else if (gamma)
+        detail::map_row(
+            yr, D, stream, [=](auto v, auto g) { return (v - shift - m) * (r * g); }, xr, gamma);
+      else if (beta)
+        detail::map_row(
+            yr, D, stream, [=](auto v, auto b) { return (v - shift) * r + (b - m * r); }, xr, beta);
+      else
+        detail::map_row(
+            yr, D, stream, [=](auto v) { return (v - shift) * r - m * r; }, xr);
     }
     if (stream) detail::stream_fence();
   }
@@ -55,15 +53,13 @@ template <typename T>
 void layernorm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, const T* mean,
                         const T* rstd, const T* gamma, int64_t N, int64_t D) {
   const int threads = detail::kernel_threads(N * D);
-  const bool stream = detail::stream_output<T>(N * D, D);
+  const bool stream = detail::stream_output<T>(N * D);
   const int64_t Dp = detail::padded(D);
-  // Per thread: dgamma (D) and dbeta (D) partial sums, one dx row for streaming.
-  T* partial = detail::scratch<T>(3 * Dp * threads);
+  T* partial = detail::scratch<T>(2 * Dp * threads);  // per thread: dgamma (D), dbeta (D)
 #pragma omp parallel num_threads(threads)
   {
-    T* dg = partial + 3 * Dp * omp_get_thread_num();
+    T* dg = partial + 2 * Dp * omp_get_thread_num();
     T* db = dg + Dp;
-    T* row = db + Dp;
     std::fill(dg, dg + 2 * Dp, T(0));
 #pragma omp for schedule(static)
     for (int64_t n = 0; n < N; ++n) {
@@ -81,15 +77,17 @@ void layernorm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, con
         db[d] += dyr[d];
       }
       if (!dx) continue;
-      const T mg = sum_g / static_cast<T>(D), mgx = sum_gx / static_cast<T>(D);
-      T* dxr = stream ? row : dx + n * D;
-#pragma omp simd
-      for (int64_t d = 0; d < D; ++d) {
-        const T xhat = (xr[d] - m) * r;
-        const T g = gamma ? dyr[d] * gamma[d] : dyr[d];
-        dxr[d] = r * (g - mg - xhat * mgx);
-      }
-      if (stream) detail::stream_store(dx + n * D, row, D);
+      // dx = g * r + (x - m) * c1 + c0, with c1 = -r * r * mean(g xhat), c0 = -r * mean(g)
+      const T c1 = -r * r * sum_gx / static_cast<T>(D), c0 = -r * sum_g / static_cast<T>(D);
+      if (gamma)
+        detail::map_row(
+            dx + n * D, D, stream,
+            [=](auto v, auto dv, auto gm) { return dv * gm * r + (v - m) * c1 + c0; }, xr, dyr,
+            gamma);
+      else
+        detail::map_row(
+            dx + n * D, D, stream, [=](auto v, auto dv) { return dv * r + (v - m) * c1 + c0; }, xr,
+            dyr);
     }
     if (stream) detail::stream_fence();
     // The threads' partial sums, added into the accumulating parameter gradients.
@@ -98,8 +96,8 @@ void layernorm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, con
     for (int64_t d = 0; d < D; ++d) {
       T sg = 0, sb = 0;
       for (int t = 0; t < nt; ++t) {
-        sg += partial[3 * Dp * t + d];
-        sb += partial[3 * Dp * t + Dp + d];
+        sg += partial[2 * Dp * t + d];
+        sb += partial[2 * Dp * t + Dp + d];
       }
       if (dgamma) dgamma[d] += sg;
       if (dbeta) dbeta[d] += sb;

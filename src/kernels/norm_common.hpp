@@ -3,14 +3,11 @@
 #pragma once
 #include <omp.h>
 
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-#endif
-
 #include <algorithm>
-#include <cstddef>
 #include <cstdint>
 #include <vector>
+
+#include "kernels/simd.hpp"
 
 namespace normlab::detail {
 
@@ -24,6 +21,17 @@ inline int kernel_threads(int64_t n) {
   return n >= kParallelMinElems ? omp_get_max_threads() : 1;
 }
 
+// Outputs of at least this many bytes are written with non-temporal stores
+// (map_row): they would not stay in the cores' L2 anyway, and a plain store
+// first reads each destination line (a third of a copy's memory traffic).
+// Smaller outputs stay in cache for the next layer.
+inline constexpr int64_t kStreamMinBytes = int64_t{4} << 20;
+
+template <typename T>
+bool stream_output(int64_t n) {
+  return n * static_cast<int64_t>(sizeof(T)) >= kStreamMinBytes;
+}
+
 // Rows per cache block in the per-column (BatchNorm) reductions: a block of
 // about 128 KB is read once from memory and once more from L2. At most 256
 // rows, so the float sums of one block stay short chains even for few channels.
@@ -35,56 +43,6 @@ inline int64_t block_rows(int64_t C) {
 // never share a cache line.
 inline int64_t padded(int64_t n) {
   return (n + 15) / 16 * 16;
-}
-
-// Outputs of at least this many bytes are written with non-temporal (streaming)
-// stores: they will not stay in the 2-core L2s anyway, and a streaming store
-// skips reading each destination line before overwriting it, which a plain
-// store does (a third of a copy's memory traffic). Smaller outputs stay in
-// cache for the next layer.
-inline constexpr int64_t kStreamMinBytes = int64_t{4} << 20;
-
-// Whether a kernel writing n values in rows of `row` values streams them. The
-// row is staged in a per-thread buffer first, so very long rows (beyond L2) don't.
-template <typename T>
-bool stream_output(int64_t n, int64_t row) {
-  return n * static_cast<int64_t>(sizeof(T)) >= kStreamMinBytes && row <= (int64_t{1} << 16);
-}
-
-// dst[0, n) = src[0, n) with streaming stores where the CPU has them (AVX-512,
-// AVX), a plain copy otherwise. The kernels compute a row into an L1 buffer and
-// stream it out, so their loops stay plain `omp simd` loops.
-template <typename T>
-void stream_store(T* dst, const T* src, int64_t n) {
-#if defined(__AVX512F__) || defined(__AVX__)
-#if defined(__AVX512F__)
-  using Vec = __m512i;
-  auto stream = [](T* d, const T* s) {
-    _mm512_stream_si512(reinterpret_cast<Vec*>(d), _mm512_loadu_si512(s));
-  };
-#else
-  using Vec = __m256i;
-  auto stream = [](T* d, const T* s) {
-    _mm256_stream_si256(reinterpret_cast<Vec*>(d),
-                        _mm256_loadu_si256(reinterpret_cast<const Vec*>(s)));
-  };
-#endif
-  constexpr int64_t V = sizeof(Vec) / sizeof(T);
-  int64_t i = 0;
-  for (; i < n && reinterpret_cast<uintptr_t>(dst + i) % sizeof(Vec) != 0; ++i) dst[i] = src[i];
-  for (; i + V <= n; i += V) stream(dst + i, src + i);
-  for (; i < n; ++i) dst[i] = src[i];
-#else
-  std::copy(src, src + n, dst);
-#endif
-}
-
-// Orders this thread's streaming stores before what follows (e.g. the barrier
-// after which other threads read them).
-inline void stream_fence() {
-#if defined(__x86_64__) || defined(__i386__)
-  _mm_sfence();
-#endif
 }
 
 // Scratch owned by the calling thread: it grows to the largest request and is
@@ -107,17 +65,17 @@ struct Moments {
 };
 template <typename T>
 Moments<T> shifted_moments(const T* x, int64_t n, T shift) {
-  T s = 0;
-#pragma omp simd reduction(+ : s)
-  for (int64_t i = 0; i < n; ++i) s += x[i] - shift;
-  const T m = s / static_cast<T>(n);
-  T q = 0;
-#pragma omp simd reduction(+ : q)
-  for (int64_t i = 0; i < n; ++i) {
-    const T t = x[i] - shift - m;
-    q += t * t;
-  }
-  return {m, q};
+  const T m = sum_row<T>(
+                  n, [=](auto v) { return v - shift; }, x) /
+              static_cast<T>(n);
+  const T m2 = sum_row<T>(
+      n,
+      [=](auto v) {
+        const auto t = v - shift - m;
+        return t * t;
+      },
+      x);
+  return {m, m2};
 }
 
 // Chan, Golub & LeVeque's merge of two (count, mean, M2) summaries into a.
