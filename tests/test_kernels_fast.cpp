@@ -15,12 +15,35 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <cstdlib>
+#include <new>
 #include <string>
 #include <vector>
 
 #include "normlab/kernels.hpp"
 #include "normlab/rng.hpp"
+
+// Counts operator new calls (replacing the global one for this test binary), to
+// check that the kernels allocate nothing once warm. malloc/free underneath;
+// GCC 12 cannot see that the pairs match.
+std::atomic<long> g_allocations{0};
+
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
+void* operator new(std::size_t n) {
+  ++g_allocations;
+  if (void* p = std::malloc(n ? n : 1)) return p;
+  throw std::bad_alloc();
+}
+void operator delete(void* p) noexcept {
+  std::free(p);
+}
+void operator delete(void* p, std::size_t) noexcept {
+  std::free(p);
+}
+#pragma GCC diagnostic pop
 
 namespace normlab {
 namespace {
@@ -196,6 +219,32 @@ TEST(FastKernels, DoubleMatchesReference) {
     check_batchnorm<double>(100, 1025, 1, threads, {true, true}, 1e-11);
     check_batchnorm<double>(16, 5, 300, threads, {true, true}, 1e-11);
   }
+}
+
+// After one call per shape (scratch grows once), further calls allocate nothing.
+TEST(FastKernels, NoAllocationOnceWarm) {
+  Threads guard(2);
+  const int64_t N = 300, D = 1025;
+  auto x = randn<float>(N * D, 31), dy = randn<float>(N * D, 32);
+  std::vector<float> y(N * D), dx(N * D), g(D, 1.f), b(D, 0.f), dg(D), db(D), m(N + D), r(N + D),
+      v(D, 1.f);
+  auto all = [&] {
+    layernorm_forward(y.data(), m.data(), r.data(), x.data(), g.data(), b.data(), N, D, 1e-5f);
+    layernorm_backward(dx.data(), dg.data(), db.data(), dy.data(), x.data(), m.data(), r.data(),
+                       g.data(), N, D);
+    batchnorm_forward_train(y.data(), m.data(), r.data(), v.data(), x.data(), g.data(), b.data(), N,
+                            D, int64_t{1}, 1e-5f);
+    batchnorm_backward_train(dx.data(), dg.data(), db.data(), dy.data(), x.data(), m.data(),
+                             r.data(), g.data(), N, D, int64_t{1});
+    batchnorm_forward_eval(y.data(), x.data(), m.data(), v.data(), g.data(), b.data(), N, D,
+                           int64_t{1}, 1e-5f);
+    batchnorm_backward_eval(dx.data(), dg.data(), db.data(), dy.data(), x.data(), m.data(),
+                            r.data(), g.data(), N, D, int64_t{1});
+  };
+  all();
+  const long before = g_allocations.load();
+  for (int i = 0; i < 3; ++i) all();
+  EXPECT_EQ(g_allocations.load() - before, 0);
 }
 
 // randn * 0.01 + 1e4: computing E[x^2] - E[x]^2, or centring with a rounded
