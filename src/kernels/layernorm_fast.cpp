@@ -22,8 +22,8 @@ void layernorm_forward(T* y, T* mean, T* rstd, const T* x, const T* gamma, const
       // Moments around the row's first value (exact centring for large means, see
       // shifted_moments); m is the mean of x - shift.
       const T shift = xr[0];
-      const auto [m, m2] = detail::shifted_moments(xr, D, shift);
-      const T r = T(1) / std::sqrt(m2 / static_cast<T>(D) + eps);
+      const detail::Moments<T> mo = detail::shifted_moments(xr, D, shift);
+      const T m = mo.mean, r = T(1) / std::sqrt(mo.m2 / static_cast<T>(D) + eps);
       mean[n] = shift + m;
       rstd[n] = r;
       // Normalize and affine in one multiply-add per element (gamma varies along the row).
