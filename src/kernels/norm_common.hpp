@@ -32,12 +32,10 @@ bool stream_output(int64_t n) {
   return n * static_cast<int64_t>(sizeof(T)) >= kStreamMinBytes;
 }
 
-// Rows per cache block in the per-column (BatchNorm) reductions: a block of
-// about 128 KB is read once from memory and once more from L2. At most 256
-// rows, so the float sums of one block stay short chains even for few channels.
-inline int64_t block_rows(int64_t C) {
-  return std::clamp<int64_t>((int64_t{32} << 10) / C, 1, 256);
-}
+// Rows per block in the per-channel (BatchNorm) sums: float partial sums over
+// a block, added into double per-thread totals, so no float sum runs over more
+// than kBlockRows / 4 terms (the blocks are summed four rows at a time).
+inline constexpr int64_t kBlockRows = 64;
 
 // A slice length rounded up to whole 64-byte lines, so threads' partial sums
 // never share a cache line.
@@ -47,8 +45,8 @@ inline int64_t padded(int64_t n) {
 
 // Scratch owned by the calling thread: it grows to the largest request and is
 // then reused, so the kernels allocate nothing in steady state. One buffer per
-// element type; a kernel takes it once and slices it.
-template <typename T>
+// element type and slot; a kernel takes each at most once and slices it.
+template <typename T, int Slot = 0>
 T* scratch(int64_t n) {
   thread_local std::vector<T> buf;
   if (static_cast<int64_t>(buf.size()) < n) buf.resize(static_cast<size_t>(n));
