@@ -47,8 +47,8 @@ void layernorm_forward(T* y, T* mean, T* rstd, const T* x, const T* gamma, const
 
 // Per row, with g = dy * gamma and xhat = (x - mean) * rstd:
 //   dx = rstd * (g - mean(g) - xhat * mean(g * xhat))     (docs/derivations.md)
-// One pass over the row gathers both means and the row's share of dgamma and
-// dbeta (into this thread's partial sums); a second pass, from L1, writes dx.
+// The row is read from memory once (the pass that adds its share of dgamma and
+// dbeta into this thread's partial sums); the two row sums and dx work on it in L1.
 template <typename T>
 void layernorm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, const T* mean,
                         const T* rstd, const T* gamma, int64_t N, int64_t D) {
@@ -66,28 +66,36 @@ void layernorm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, con
       const T* xr = x + n * D;
       const T* dyr = dy + n * D;
       const T m = mean[n], r = rstd[n];
-      T sum_g = 0, sum_gx = 0;
-#pragma omp simd reduction(+ : sum_g, sum_gx)
+      // The row's share of dgamma (dy * xhat) and dbeta (dy); this pass brings the row into L1.
+#pragma omp simd
       for (int64_t d = 0; d < D; ++d) {
-        const T xhat = (xr[d] - m) * r;
-        const T g = gamma ? dyr[d] * gamma[d] : dyr[d];
-        sum_g += g;
-        sum_gx += g * xhat;
-        dg[d] += dyr[d] * xhat;
+        dg[d] += dyr[d] * ((xr[d] - m) * r);
         db[d] += dyr[d];
       }
       if (!dx) continue;
-      // dx = g * r + (x - m) * c1 + c0, with c1 = -r * r * mean(g xhat), c0 = -r * mean(g)
-      const T c1 = -r * r * sum_gx / static_cast<T>(D), c0 = -r * sum_g / static_cast<T>(D);
-      if (gamma)
+      // With g = dy * gamma: dx = g * r + (x - m) * c1 + c0, where
+      // c1 = -r^3 * mean(g * (x - m)) and c0 = -r * mean(g).
+      const T inv_d = T(1) / static_cast<T>(D);
+      if (gamma) {
+        const T sg = detail::sum_row<T>(
+            D, [](auto dv, auto gm) { return dv * gm; }, dyr, gamma);
+        const T sgx = detail::sum_row<T>(
+            D, [=](auto v, auto dv, auto gm) { return dv * gm * (v - m); }, xr, dyr, gamma);
+        const T c1 = -r * r * r * sgx * inv_d, c0 = -r * sg * inv_d;
         detail::map_row(
             dx + n * D, D, stream,
             [=](auto v, auto dv, auto gm) { return dv * gm * r + (v - m) * c1 + c0; }, xr, dyr,
             gamma);
-      else
+      } else {
+        const T sg = detail::sum_row<T>(
+            D, [](auto dv) { return dv; }, dyr);
+        const T sgx = detail::sum_row<T>(
+            D, [=](auto v, auto dv) { return dv * (v - m); }, xr, dyr);
+        const T c1 = -r * r * r * sgx * inv_d, c0 = -r * sg * inv_d;
         detail::map_row(
             dx + n * D, D, stream, [=](auto v, auto dv) { return dv * r + (v - m) * c1 + c0; }, xr,
             dyr);
+      }
     }
     if (stream) detail::stream_fence();
     // The threads' partial sums, added into the accumulating parameter gradients.

@@ -45,12 +45,16 @@ inline int64_t padded(int64_t n) {
 
 // Scratch owned by the calling thread: it grows to the largest request and is
 // then reused, so the kernels allocate nothing in steady state. One buffer per
-// element type and slot; a kernel takes each at most once and slices it.
+// element type and slot; a kernel takes each at most once and slices it. The
+// start is 64-byte aligned, so slices of padded() lengths never share a line.
 template <typename T, int Slot = 0>
 T* scratch(int64_t n) {
   thread_local std::vector<T> buf;
-  if (static_cast<int64_t>(buf.size()) < n) buf.resize(static_cast<size_t>(n));
-  return buf.data();
+  const int64_t extra = 64 / sizeof(T);
+  if (static_cast<int64_t>(buf.size()) < n + extra) buf.resize(static_cast<size_t>(n + extra));
+  T* p = buf.data();
+  while (reinterpret_cast<uintptr_t>(p) % 64 != 0) ++p;
+  return p;
 }
 
 // Mean of (x - shift) and M2 = sum (x - shift - mean)^2 over n contiguous
