@@ -11,12 +11,15 @@
 // kernel keeps the ratio honest when the machine is shared.
 #include <benchmark/benchmark.h>
 
+#include <omp.h>
+
 #include <chrono>
 #include <functional>
 #include <oneapi/dnnl/dnnl.hpp>
 #include <string>
 #include <unordered_map>
 
+#include "kernels/simd.hpp"
 #include "normlab/kernel_bench.hpp"
 
 namespace {
@@ -52,6 +55,38 @@ void bm_copy(benchmark::State& state) {
   const int64_t n = b.shape.N * b.shape.D;
   run_and_report(state, b, nb::pass_bytes(nb::Pass::forward, b.shape),
                  [&] { nb::parallel_copy(b.y.data(), b.x.data(), n); });
+}
+
+// The machine's other ceilings, same threads and shapes: one read of x (a sum),
+// and a copy with non-temporal stores (no read of the destination first, as
+// the kernels write outputs of 4 MB and more). GB/s counts the bytes moved.
+void bm_read(benchmark::State& state) {
+  nb::NormBuffers b(shape_of(state));
+  const int64_t n = b.shape.N * b.shape.D;
+  float sink = 0;
+  run_and_report(state, b, static_cast<double>(n) * sizeof(float), [&] {
+    float s = 0;
+#pragma omp parallel for reduction(+ : s) schedule(static)
+    for (int64_t r = 0; r < b.shape.N; ++r)
+      s += normlab::detail::sum_row<float>(
+          b.shape.D, [](auto v) { return v; }, b.x.data() + r * b.shape.D);
+    sink += s;
+  });
+  benchmark::DoNotOptimize(sink);
+}
+
+void bm_copy_nt(benchmark::State& state) {
+  nb::NormBuffers b(shape_of(state));
+  run_and_report(state, b, nb::pass_bytes(nb::Pass::forward, b.shape), [&] {
+#pragma omp parallel
+    {
+      const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+      const int64_t n = b.shape.N * b.shape.D, lo = n * t / nt, hi = n * (t + 1) / nt;
+      normlab::detail::map_row(
+          b.y.data() + lo, hi - lo, true, [](auto v) { return v; }, b.x.data() + lo);
+      normlab::detail::stream_fence();
+    }
+  });
 }
 
 void bm_normlab(benchmark::State& state, nb::Kernel k, nb::Pass p) {
@@ -123,6 +158,8 @@ void register_all() {
     bm->ArgNames({"N", "D"})->UseRealTime()->Unit(benchmark::kMicrosecond);
   };
   add("copy", bm_copy);
+  add("read", bm_read);
+  add("copy_nt", bm_copy_nt);
   const nb::Pass passes[] = {nb::Pass::forward, nb::Pass::forward_backward};
   for (nb::Kernel k : nb::all_kernels())
     for (nb::Pass p : passes)

@@ -21,6 +21,7 @@ void layernorm_forward(T* y, T* mean, T* rstd, const T* x, const T* gamma, const
       T* yr = y + n * D;
       // Moments around the row's first value (exact centring for large means, see
       // shifted_moments); m is the mean of x - shift.
+      if (n + 1 < N) detail::prefetch_row(xr + D, D);
       const T shift = xr[0];
       const detail::Moments<T> mo = detail::shifted_moments(xr, D, shift);
       const T m = mo.mean, r = T(1) / std::sqrt(mo.m2 / static_cast<T>(D) + eps);
@@ -66,6 +67,10 @@ void layernorm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, con
       const T* xr = x + n * D;
       const T* dyr = dy + n * D;
       const T m = mean[n], r = rstd[n];
+      if (n + 1 < N) {
+        detail::prefetch_row(xr + D, D);
+        detail::prefetch_row(dyr + D, D);
+      }
       // The row's share of dgamma (dy * xhat) and dbeta (dy); this pass brings the row into L1.
 #pragma omp simd
       for (int64_t d = 0; d < D; ++d) {
