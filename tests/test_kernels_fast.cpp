@@ -23,28 +23,9 @@
 #include <string>
 #include <vector>
 
+#include "alloc_counter.hpp"
 #include "normlab/kernels.hpp"
 #include "normlab/rng.hpp"
-
-// Counts operator new calls (replacing the global one for this test binary), to
-// check that the kernels allocate nothing once warm. malloc/free underneath;
-// GCC 12 cannot see that the pairs match.
-std::atomic<long> g_allocations{0};
-
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
-void* operator new(std::size_t n) {
-  ++g_allocations;
-  if (void* p = std::malloc(n ? n : 1)) return p;
-  throw std::bad_alloc();
-}
-void operator delete(void* p) noexcept {
-  std::free(p);
-}
-void operator delete(void* p, std::size_t) noexcept {
-  std::free(p);
-}
-#pragma GCC diagnostic pop
 
 namespace normlab {
 namespace {
@@ -243,9 +224,10 @@ TEST(FastKernels, NoAllocationOnceWarm) {
                             r.data(), g.data(), N, D, int64_t{1});
   };
   all();
-  const long before = g_allocations.load();
-  for (int i = 0; i < 3; ++i) all();
-  EXPECT_EQ(g_allocations.load() - before, 0);
+  EXPECT_EQ(normlab::testing::allocations_during([&] {
+              for (int i = 0; i < 3; ++i) all();
+            }),
+            0);
 }
 
 // randn * 0.01 + 1e4: computing E[x^2] - E[x]^2, or centring with a rounded

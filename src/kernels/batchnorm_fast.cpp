@@ -46,9 +46,11 @@ void add_shifted_sums(T* s1, T* s2, const T* x, const T* K, int64_t r0, int64_t 
   }
 }
 
-// The rows [r0, r1): s[c] += sum dy, q[c] += sum dy * (x - mean[c]); four rows per step.
+// The rows [r0, r1): s[c] += sum dy, q[c] += sum dy * (x - mean[c]),
+// p[c] += sum (x - mean[c]); four rows per step. p measures how far the saved
+// (float-rounded) mean is from the data's: see backward_rows.
 template <typename T>
-void add_grad_sums(T* s, T* q, const T* dy, const T* x, const T* mean, int64_t r0, int64_t r1,
+void add_grad_sums(T* s, T* q, T* p, const T* dy, const T* x, const T* mean, int64_t r0, int64_t r1,
                    int64_t C) {
   int64_t r = r0;
   for (; r + 4 <= r1; r += 4) {
@@ -56,17 +58,21 @@ void add_grad_sums(T* s, T* q, const T* dy, const T* x, const T* mean, int64_t r
     const T *x1 = x0 + C, *x2 = x1 + C, *x3 = x2 + C, *g1 = g0 + C, *g2 = g1 + C, *g3 = g2 + C;
 #pragma omp simd
     for (int64_t c = 0; c < C; ++c) {
+      const T d0 = x0[c] - mean[c], d1 = x1[c] - mean[c], d2 = x2[c] - mean[c],
+              d3 = x3[c] - mean[c];
       s[c] += (g0[c] + g1[c]) + (g2[c] + g3[c]);
-      q[c] += (g0[c] * (x0[c] - mean[c]) + g1[c] * (x1[c] - mean[c])) +
-              (g2[c] * (x2[c] - mean[c]) + g3[c] * (x3[c] - mean[c]));
+      q[c] += (g0[c] * d0 + g1[c] * d1) + (g2[c] * d2 + g3[c] * d3);
+      p[c] += (d0 + d1) + (d2 + d3);
     }
   }
   for (; r < r1; ++r) {
     const T *xr = x + r * C, *gr = dy + r * C;
 #pragma omp simd
     for (int64_t c = 0; c < C; ++c) {
+      const T d = xr[c] - mean[c];
       s[c] += gr[c];
-      q[c] += gr[c] * (xr[c] - mean[c]);
+      q[c] += gr[c] * d;
+      p[c] += d;
     }
   }
 }
@@ -79,6 +85,16 @@ void flush_block(double* t1, double* t2, T* b1, T* b2, int64_t C) {
     t1[c] += b1[c];
     t2[c] += b2[c];
     b1[c] = b2[c] = T(0);
+  }
+}
+template <typename T>
+void flush_block(double* t1, double* t2, double* t3, T* b1, T* b2, T* b3, int64_t C) {
+#pragma omp simd
+  for (int64_t c = 0; c < C; ++c) {
+    t1[c] += b1[c];
+    t2[c] += b2[c];
+    t3[c] += b3[c];
+    b1[c] = b2[c] = b3[c] = T(0);
   }
 }
 
@@ -165,11 +181,11 @@ void backward_rows(bool train, T* dx, T* dgamma, T* dbeta, const T* dy, const T*
   const int threads = detail::kernel_threads(N * C);
   const bool stream = detail::stream_output<T>(N * C);
   const int64_t Cp = detail::padded(C);
-  // Per thread: block sums of dy and dy * (x - mean) (T), their totals (double).
-  // Shared: A, Bc, Cc.
-  T* work = detail::scratch<T>(Cp * (2 * threads + 3));
-  double* totals = detail::scratch<double, 1>(2 * Cp * threads);
-  T* A = work + 2 * Cp * threads;
+  // Per thread: block sums of dy, dy * (x - mean) and x - mean (T), their
+  // totals (double). Shared: A, Bc, Cc.
+  T* work = detail::scratch<T>(Cp * (3 * threads + 3));
+  double* totals = detail::scratch<double, 1>(3 * Cp * threads);
+  T* A = work + 3 * Cp * threads;
   T* Bc = A + Cp;
   T* Cc = Bc + Cp;
   for (int64_t c = 0; c < C; ++c) A[c] = gamma ? gamma[c] * rstd[c] : rstd[c];
@@ -177,16 +193,18 @@ void backward_rows(bool train, T* dx, T* dgamma, T* dbeta, const T* dy, const T*
   {
     const int nt = omp_get_num_threads(), t = omp_get_thread_num();
     const int64_t r0 = N * t / nt, r1 = N * (t + 1) / nt;
-    T* bs = work + 2 * Cp * t;
+    T* bs = work + 3 * Cp * t;
     T* bq = bs + Cp;
-    double* ts = totals + 2 * Cp * t;
+    T* bp = bq + Cp;
+    double* ts = totals + 3 * Cp * t;
     double* tq = ts + Cp;
-    std::fill(bs, bs + 2 * Cp, T(0));
-    std::fill(ts, ts + 2 * Cp, 0.0);
+    double* tp = tq + Cp;
+    std::fill(bs, bs + 3 * Cp, T(0));
+    std::fill(ts, ts + 3 * Cp, 0.0);
     for (int64_t b0 = r0; b0 < r1; b0 += detail::kBlockRows) {
       const int64_t b1 = std::min(b0 + detail::kBlockRows, r1);
-      add_grad_sums(bs, bq, dy, x, mean, b0, b1, C);
-      flush_block(ts, tq, bs, bq, C);
+      add_grad_sums(bs, bq, bp, dy, x, mean, b0, b1, C);
+      flush_block(ts, tq, tp, bs, bq, bp, C);
       if (dx && !train)  // eval: dx = A * dy while the block is in cache
         for (int64_t r = b0; r < b1; ++r)
           detail::map_row(
@@ -195,16 +213,24 @@ void backward_rows(bool train, T* dx, T* dgamma, T* dbeta, const T* dy, const T*
 #pragma omp barrier
 #pragma omp for schedule(static)
     for (int64_t c = 0; c < C; ++c) {
-      double sdy = 0, sdyx = 0;
+      double sdy = 0, sdyx = 0, sx = 0;
       for (int u = 0; u < nt; ++u) {
-        sdy += totals[2 * Cp * u + c];
-        sdyx += totals[2 * Cp * u + Cp + c];
+        sdy += totals[3 * Cp * u + c];
+        sdyx += totals[3 * Cp * u + Cp + c];
+        sx += totals[3 * Cp * u + 2 * Cp + c];
       }
-      sdyx *= rstd[c];  // sum(dy * xhat)
+      // Training: the saved mean is the batch mean rounded to T; for inputs like
+      // 1e4 + 0.01 * randn that rounding is a few % of the spread. The exact
+      // mean is mean + delta with delta = mean(x - mean), so every (x - mean)
+      // becomes (x - mean) - delta: sdyx loses delta * sdy and the dx map's
+      // constant absorbs -delta * Bc. Eval statistics are constants: no delta.
+      const double delta = train ? sx / N : 0.0;
+      sdyx = (sdyx - delta * sdy) * rstd[c];  // sum(dy * xhat)
       if (dgamma) dgamma[c] += static_cast<T>(sdyx);
       if (dbeta) dbeta[c] += static_cast<T>(sdy);
-      Bc[c] = static_cast<T>(-A[c] * static_cast<double>(rstd[c]) * sdyx / N);
-      Cc[c] = static_cast<T>(-A[c] * sdy / N);
+      const double bc = -A[c] * static_cast<double>(rstd[c]) * sdyx / N;
+      Bc[c] = static_cast<T>(bc);
+      Cc[c] = static_cast<T>(-A[c] * sdy / N - delta * bc);
     }
     if (dx && train)
       detail::rows_newest_first<T>(r0, r1, 2 * C, [&](int64_t r) {  // x and dy rows
@@ -255,30 +281,34 @@ void backward_segments(bool train, T* dx, T* dgamma, T* dbeta, const T* dy, cons
 #pragma omp parallel for schedule(static) num_threads(detail::kernel_threads(N* C* L))
   for (int64_t c = 0; c < C; ++c) {
     const T m = mean[c], A = gamma ? gamma[c] * rstd[c] : rstd[c];
-    double sdy = 0, sdyx = 0;
+    double sdy = 0, sdyx = 0, sx = 0;
     for (int64_t i = 0; i < N; ++i) {
       const T* xs = x + (i * C + c) * L;
       const T* dys = dy + (i * C + c) * L;
-      T s = 0, q = 0;
-#pragma omp simd reduction(+ : s, q)
+      T s = 0, q = 0, p = 0;
+#pragma omp simd reduction(+ : s, q, p)
       for (int64_t l = 0; l < L; ++l) {
         s += dys[l];
         q += dys[l] * (xs[l] - m);
+        p += xs[l] - m;
       }
       sdy += s;
       sdyx += q;
+      sx += p;
       if (dx && !train) {
         T* dxs = dx + (i * C + c) * L;
 #pragma omp simd
         for (int64_t l = 0; l < L; ++l) dxs[l] = dys[l] * A;
       }
     }
-    sdyx *= rstd[c];
+    const double delta = train ? sx / M : 0.0;  // the saved mean's rounding: see backward_rows
+    sdyx = (sdyx - delta * sdy) * rstd[c];
     if (dgamma) dgamma[c] += static_cast<T>(sdyx);
     if (dbeta) dbeta[c] += static_cast<T>(sdy);
     if (!dx || !train) continue;
-    const T Bc = static_cast<T>(-A * static_cast<double>(rstd[c]) * sdyx / M);
-    const T Cc = static_cast<T>(-A * sdy / M);
+    const double bc = -A * static_cast<double>(rstd[c]) * sdyx / M;
+    const T Bc = static_cast<T>(bc);
+    const T Cc = static_cast<T>(-A * sdy / M - delta * bc);
     for (int64_t i = 0; i < N; ++i) {
       const T* xs = x + (i * C + c) * L;
       const T* dys = dy + (i * C + c) * L;
