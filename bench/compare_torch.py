@@ -62,77 +62,86 @@ def pass_bytes(pass_name, n, d):
     return (2 if pass_name == "fwd" else 5) * n * d * 4
 
 
-def torch_times(torch, shapes, repeats, min_time):
-    """{(N, D, kernel, pass): seconds} and {(N, D): copy GB/s} for PyTorch."""
-    F = torch.nn.functional
-    times, copy_gbps = {}, {}
-    g = torch.Generator().manual_seed(0)
-    for n, d in shapes:
-        x = torch.randn(n, d, generator=g)
-        dy = torch.randn(n, d, generator=g)
-        out = torch.empty_like(x)
-        copy_s = median_seconds(lambda: out.copy_(x), repeats, min_time)
-        copy_gbps[(n, d)] = pass_bytes("fwd", n, d) / copy_s / 1e9
+class TorchOps:
+    """PyTorch's copy, layer_norm and batch_norm (training) at one shape, timed."""
+
+    def __init__(self, torch, n, d):
+        F = torch.nn.functional
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.randn(n, d, generator=g)
+        self.dy = torch.randn(n, d, generator=g)
+        self.out = torch.empty_like(self.x)
+        self.xg = self.x.clone().requires_grad_()
         weight = torch.rand(d, generator=g).add_(0.5).requires_grad_()
         bias = torch.rand(d, generator=g).sub_(0.5).requires_grad_()
         running_mean, running_var = torch.zeros(d), torch.ones(d)
-        xg = x.clone().requires_grad_()
+        self.no_grad = torch.no_grad
+        self.fns = {
+            "layernorm": lambda inp: F.layer_norm(inp, (d,), weight, bias, 1e-5),
+            "batchnorm": lambda inp: F.batch_norm(inp, running_mean, running_var, weight, bias,
+                                                  True, 0.1, 1e-5),
+        }
 
-        def ln(inp):
-            return F.layer_norm(inp, (d,), weight, bias, 1e-5)
-
-        def bn(inp):
-            return F.batch_norm(inp, running_mean, running_var, weight, bias, True, 0.1, 1e-5)
-
-        for name, fn in (("layernorm", ln), ("batchnorm", bn)):
-            with torch.no_grad():
-                times[(n, d, name, "fwd")] = median_seconds(lambda: fn(x), repeats, min_time)
-
-            def fwd_bwd():
-                fn(xg).backward(dy)
-
-            times[(n, d, name, "fwd+bwd")] = median_seconds(fwd_bwd, repeats, min_time)
-    return times, copy_gbps
+    def sample(self, min_time):
+        """One sample of each: {(kernel, pass): seconds}, and the copy's seconds."""
+        times = {}
+        copy_s = median_seconds(lambda: self.out.copy_(self.x), 1, min_time)
+        for name, fn in self.fns.items():
+            with self.no_grad():
+                times[(name, "fwd")] = median_seconds(lambda: fn(self.x), 1, min_time)
+            times[(name, "fwd+bwd")] = median_seconds(lambda: fn(self.xg).backward(self.dy), 1,
+                                                      min_time)
+        return times, copy_s
 
 
-def normlab_times(binary, threads, shapes, repeats, min_time):
-    """The same figures from `normlab bench --csv`."""
-    cmd = [binary, "bench", "--csv", "--threads", str(threads), "--repeats", str(repeats),
-           "--min-time", str(min_time), "--kernels", "layernorm,batchnorm",
-           "--shapes", ",".join(f"{n}x{d}" for n, d in shapes)]
+def normlab_sample(binary, threads, n, d, min_time):
+    """One sample of each from `normlab bench --csv`: {(kernel, pass): seconds}, copy seconds."""
+    cmd = [binary, "bench", "--csv", "--threads", str(threads), "--repeats", "1",
+           "--min-time", str(min_time), "--kernels", "layernorm,batchnorm", "--shapes", f"{n}x{d}"]
     run = subprocess.run(cmd, capture_output=True, text=True)
     if run.returncode != 0:
         sys.exit(f"compare_torch.py: error: {' '.join(cmd)} failed ({run.returncode}):\n"
                  f"{run.stderr}")
-    times, copy_gbps = {}, {}
+    times, copy_s = {}, None
     for row in csv.DictReader(io.StringIO(run.stdout)):
-        n, d = int(row["N"]), int(row["D"])
-        copy_gbps[(n, d)] = float(row["copy_gbps"])
-        if row["kernel"] != "copy":
-            times[(n, d, row["kernel"], row["pass"])] = float(row["seconds"])
-    return times, copy_gbps
+        if row["kernel"] == "copy":
+            copy_s = float(row["seconds"])
+        else:
+            times[(row["kernel"], row["pass"])] = float(row["seconds"])
+    return times, copy_s
 
 
 def kernel_rows(args):
+    """Rounds of (PyTorch, normlab) samples per shape, so both sides see the same
+    moments of a shared machine; medians over the rounds."""
     import torch
 
     torch.set_num_threads(args.threads)
-    shapes = parse_shapes(args.shapes)
-    t_times, t_copy = torch_times(torch, shapes, args.repeats, args.min_time)
-    n_times, n_copy = normlab_times(args.normlab, args.threads, shapes, args.repeats,
-                                    args.min_time)
     rows = []
-    for (n, d, kernel, pass_name), t_s in t_times.items():
-        n_s = n_times[(n, d, kernel, pass_name)]
-        gb = pass_bytes(pass_name, n, d) / 1e9
-        rows.append({
-            "shape": f"{n}x{d}", "kernel": kernel, "pass": pass_name,
-            "torch": fmt_time(t_s), "normlab": fmt_time(n_s),
-            "speed-up": f"{t_s / n_s:.2f}x",
-            "torch %copy": f"{100 * gb / t_s / t_copy[(n, d)]:.0f}%",
-            "normlab %copy": f"{100 * gb / n_s / n_copy[(n, d)]:.0f}%",
-            "copy GB/s t/n": f"{t_copy[(n, d)]:.1f}/{n_copy[(n, d)]:.1f}",
-        })
+    for n, d in parse_shapes(args.shapes):
+        ops = TorchOps(torch, n, d)
+        t_samples, n_samples, t_copy, n_copy = {}, {}, [], []
+        for _ in range(args.repeats):
+            t, tc = ops.sample(args.min_time)
+            m, mc = normlab_sample(args.normlab, args.threads, n, d, args.min_time)
+            t_copy.append(tc)
+            n_copy.append(mc)
+            for key in t:
+                t_samples.setdefault(key, []).append(t[key])
+                n_samples.setdefault(key, []).append(m[key])
+        tc, nc = statistics.median(t_copy), statistics.median(n_copy)
+        for (kernel, pass_name), ts in t_samples.items():
+            t_s, n_s = statistics.median(ts), statistics.median(n_samples[(kernel, pass_name)])
+            ratio = pass_bytes(pass_name, n, d) / pass_bytes("fwd", n, d)  # bytes vs the copy's
+            rows.append({
+                "shape": f"{n}x{d}", "kernel": kernel, "pass": pass_name,
+                "torch": fmt_time(t_s), "normlab": fmt_time(n_s),
+                "speed-up": f"{t_s / n_s:.2f}x",
+                "torch %copy": f"{100 * ratio * tc / t_s:.0f}%",
+                "normlab %copy": f"{100 * ratio * nc / n_s:.0f}%",
+                "copy GB/s t/n": f"{pass_bytes('fwd', n, d) / tc / 1e9:.1f}/"
+                                 f"{pass_bytes('fwd', n, d) / nc / 1e9:.1f}",
+            })
     return rows
 
 
@@ -153,7 +162,8 @@ def print_rows(rows):
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--threads", type=int, default=2, help="threads for both (default 2)")
-    p.add_argument("--repeats", type=int, default=5, help="samples per figure; medians shown")
+    p.add_argument("--repeats", type=int, default=5,
+                   help="rounds of samples (PyTorch, then normlab, per shape); medians shown")
     p.add_argument("--min-time", type=float, default=0.05, help="seconds per sample")
     p.add_argument("--shapes", default=DEFAULT_SHAPES, help=f"NxD list (default {DEFAULT_SHAPES})")
     p.add_argument("--normlab", default=os.path.join(REPO, "build", "normlab"),
@@ -177,7 +187,9 @@ def main():
     except ImportError:
         sys.exit("compare_torch.py: error: PyTorch is not importable; run with /usr/bin/python3 "
                  "(Debian's python3-torch)")
-    print(f"PyTorch {torch.__version__} vs normlab, float, {args.threads} thread(s), "
+    torch.set_num_threads(args.threads)
+    print(f"PyTorch {torch.__version__} ({torch.get_num_threads()} threads) vs normlab, float, "
+          f"{args.threads} thread(s), "
           f"OPENBLAS_CORETYPE={os.environ['OPENBLAS_CORETYPE']}; median of {args.repeats}; "
           "%copy = effective GB/s / the same side's copy GB/s")
     print_rows(kernel_rows(args))

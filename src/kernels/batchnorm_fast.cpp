@@ -6,8 +6,9 @@
 //     per-channel multiply-add. x is read twice, y written once.
 //   (N,C,L), L > 1: each channel's N segments of L contiguous values belong to
 //     one thread (OpenMP over channels); segment moments are Chan-merged.
-// Large means stay exact by shifting every channel by one of its own values
-// (see shifted_moments). Derivations: docs/derivations.md; why: docs/performance.md.
+// Large means stay exact by summing x - shift with a shift near each channel's
+// mean (a value of the data or a block mean, see shifted_moments). Derivations:
+// docs/derivations.md; why: docs/performance.md.
 #include <cmath>
 
 #include "kernels/norm_common.hpp"
@@ -99,7 +100,7 @@ void flush_block(double* t1, double* t2, double* t3, T* b1, T* b2, T* b3, int64_
 }
 
 // Statistics in one pass over x: each thread sums x - K and (x - K)^2 per
-// channel, with K its first block's mean (two extra passes over that cached
+// channel, with K its first block's mean (one extra pass over that cached
 // block). With K within a few standard deviations of the mean the one-pass
 // variance S2 - S1^2 / n loses almost nothing, and large means stay exact;
 // the threads' (n, mean, M2) are then Chan-merged in double.

@@ -48,8 +48,9 @@ void layernorm_forward(T* y, T* mean, T* rstd, const T* x, const T* gamma, const
 
 // Per row, with g = dy * gamma and xhat = (x - mean) * rstd:
 //   dx = rstd * (g - mean(g) - xhat * mean(g * xhat))     (docs/derivations.md)
-// The row is read from memory once (the pass that adds its share of dgamma and
-// dbeta into this thread's partial sums); the two row sums and dx work on it in L1.
+// The row is read from memory once (by the first row sum); the second sum, the
+// row's share of dgamma and dbeta (into this thread's partial sums) and dx work
+// on it in L1. Without dx, the sums are skipped.
 template <typename T>
 void layernorm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, const T* mean,
                         const T* rstd, const T* gamma, int64_t N, int64_t D) {
@@ -73,40 +74,43 @@ void layernorm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, con
       }
       // The saved mean is the row mean rounded to T; for inputs like 1e4 + 0.01 * randn
       // that rounding is a few % of the spread. The exact mean is m + delta with
-      // delta = mean(x - m), so every (x - m) below becomes (x - m) - delta.
+      // delta = mean(x - m), so every (x - m) below becomes xc = (x - m) - delta.
+      // With g = dy * gamma: dx = g * r + xc * c1 + c0, where c1 = -r^3 * mean(g * xc)
+      // and c0 = -r * mean(g); folded: (x - m) * c1 + (c0 - delta * c1). The row sums
+      // come first: loads only, so the row streams in from memory at full speed.
       const T inv_d = T(1) / static_cast<T>(D);
       const T delta = detail::sum_row<T>(
                           D, [=](auto v) { return v - m; }, xr) *
                       inv_d;
-      // The row's share of dgamma (dy * xhat) and dbeta (dy); the row is now in L1.
+      T sg = 0, sgx = 0;
+      if (dx && gamma) {
+        sg = detail::sum_row<T>(
+            D, [](auto dv, auto gm) { return dv * gm; }, dyr, gamma);
+        sgx = detail::sum_row<T>(
+            D, [=](auto v, auto dv, auto gm) { return dv * gm * (v - m); }, xr, dyr, gamma);
+      } else if (dx) {
+        sg = detail::sum_row<T>(
+            D, [](auto dv) { return dv; }, dyr);
+        sgx = detail::sum_row<T>(
+            D, [=](auto v, auto dv) { return dv * (v - m); }, xr, dyr);
+      }
+      // The row's share of dgamma (dy * xhat) and dbeta (dy), from L1.
 #pragma omp simd
       for (int64_t d = 0; d < D; ++d) {
         dg[d] += dyr[d] * (((xr[d] - m) - delta) * r);
         db[d] += dyr[d];
       }
       if (!dx) continue;
-      // With g = dy * gamma and xc = x - m - delta: dx = g * r + xc * c1 + c0, where
-      // c1 = -r^3 * mean(g * xc) and c0 = -r * mean(g); folded: (x - m) * c1 + (c0 - delta * c1).
-      if (gamma) {
-        const T sg = detail::sum_row<T>(
-            D, [](auto dv, auto gm) { return dv * gm; }, dyr, gamma);
-        const T sgx = detail::sum_row<T>(
-            D, [=](auto v, auto dv, auto gm) { return dv * gm * (v - m); }, xr, dyr, gamma);
-        const T c1 = -r * r * r * (sgx - delta * sg) * inv_d, c0 = -r * sg * inv_d - delta * c1;
+      const T c1 = -r * r * r * (sgx - delta * sg) * inv_d, c0 = -r * sg * inv_d - delta * c1;
+      if (gamma)
         detail::map_row(
             dx + n * D, D, stream,
             [=](auto v, auto dv, auto gm) { return dv * gm * r + (v - m) * c1 + c0; }, xr, dyr,
             gamma);
-      } else {
-        const T sg = detail::sum_row<T>(
-            D, [](auto dv) { return dv; }, dyr);
-        const T sgx = detail::sum_row<T>(
-            D, [=](auto v, auto dv) { return dv * (v - m); }, xr, dyr);
-        const T c1 = -r * r * r * (sgx - delta * sg) * inv_d, c0 = -r * sg * inv_d - delta * c1;
+      else
         detail::map_row(
             dx + n * D, D, stream, [=](auto v, auto dv) { return dv * r + (v - m) * c1 + c0; }, xr,
             dyr);
-      }
     }
     if (stream) detail::stream_fence();
     // The threads' partial sums, added into the accumulating parameter gradients.
