@@ -275,7 +275,8 @@ IdxArray read_body(ByteSource& src, const Header& h, std::string_view name) {
 }
 
 std::string read_file(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused below).
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) fail(path, ": cannot open: ", std::strerror(errno));
   struct Closer {
     int fd;
@@ -284,8 +285,10 @@ std::string read_file(const std::string& path) {
   struct stat st {};
   if (::fstat(fd, &st) != 0) fail(path, ": cannot stat: ", std::strerror(errno));
   if (S_ISDIR(st.st_mode)) fail(path, ": is a directory, not an IDX file");
+  if (!S_ISREG(st.st_mode))
+    fail(path, ": not a regular file (a pipe, socket or device, which could block or never end)");
   std::string bytes;
-  if (S_ISREG(st.st_mode)) bytes.reserve(static_cast<size_t>(st.st_size));
+  bytes.reserve(static_cast<size_t>(st.st_size));
   char buf[1 << 16];
   for (;;) {
     const ssize_t n = ::read(fd, buf, sizeof buf);
