@@ -82,7 +82,9 @@ class KillResume : public ::testing::Test {
         EXPECT_TRUE(!r.exited && r.signal == SIGKILL) << r.status() << "\n" << r.err;
         // Killed mid-write, the half-written temporary stays until the next run
         // (which removes it; expect_same_as_reference checks that).
-        if (mid_write) EXPECT_TRUE(fs::exists(tmp)) << "not killed during the write";
+        if (mid_write) {
+          EXPECT_TRUE(fs::exists(tmp)) << "not killed during the write";
+        }
         return !r.exited;
       }
       std::this_thread::sleep_for(std::chrono::microseconds(200));
