@@ -370,6 +370,10 @@ std::vector<EpochMetrics> run_training(const TrainConfig& cfg, TrainingObserver&
         optimizer->zero_grad();
         ++pos.skipped;
         observer.on_skipped_step(e.step, e.what());
+      } catch (const Error& e) {  // e.g. BatchNorm on a batch of one: say where and which batch
+        fail("training stopped at step ", optimizer->steps() + 1, " (epoch ", epoch + 1, ", batch ",
+             b + 1, " of ", B, " samples, --batch-size ", cfg.batch_size, "): ", e.what(),
+             saved ? "; the last checkpoint in " + cfg.out_dir + " is kept" : "");
       }
       pos.batch = b + 1;
       samples_this_process += B;
