@@ -5,6 +5,7 @@
 
 #include "normlab/error.hpp"
 #include "normlab/kernels.hpp"
+#include "normlab/profile.hpp"
 
 namespace normlab {
 
@@ -13,6 +14,7 @@ void gemm<float>(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, fl
                  const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
                  int64_t ldc) {
   if (M == 0 || N == 0) return;
+  const profile::Scope timer("sgemm");
   const dnnl_status_t st = dnnl_sgemm(trans_a ? 'T' : 'N', trans_b ? 'T' : 'N', M, N, K, alpha, A,
                                       lda, B, ldb, beta, C, ldc);
   if (st != dnnl_success)

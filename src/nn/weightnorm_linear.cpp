@@ -3,6 +3,7 @@
 #include "nn/shape_check.hpp"
 #include "normlab/kernels.hpp"
 #include "normlab/layers.hpp"
+#include "normlab/profile.hpp"
 
 namespace normlab {
 
@@ -48,8 +49,11 @@ template <typename T>
 const Tensor<T>& WeightNormLinear<T>::forward(const Tensor<T>& x) {
   const int64_t N = rows_with_last_dim(name(), x.shape(), in_);
   x_ = &x;
-  weightnorm_forward(w_.data(), norm_.data(), weight_v.data(), weight_g.data(), out_, in_,
-                     dim_ == WeightNormDim::Rows);
+  {
+    const profile::Scope timer("weightnorm forward");
+    weightnorm_forward(w_.data(), norm_.data(), weight_v.data(), weight_g.data(), out_, in_,
+                       dim_ == WeightNormDim::Rows);
+  }
   y_.resize(output_shape(x.shape()));
   linear_forward(y_.data(), x.data(), w_.data(), bias.numel() ? bias.data() : nullptr, N, in_,
                  out_);
@@ -69,6 +73,7 @@ const Tensor<T>& WeightNormLinear<T>::backward(const Tensor<T>& dy) {
   linear_backward(this->input_grad_ ? dx_.data() : nullptr, dw_.data(),
                   bias.numel() ? dbias.data() : nullptr, dy.data(), x_->data(), w_.data(), N, in_,
                   out_);
+  const profile::Scope timer("weightnorm backward");
   weightnorm_backward(dweight_v.data(), dweight_g.data(), dw_.data(), weight_v.data(),
                       weight_g.data(), norm_.data(), out_, in_, dim_ == WeightNormDim::Rows);
   return dx_;
