@@ -47,9 +47,18 @@ void weightnorm_backward(T* dv, T* dg, const T* dw, const T* v, const T* g, cons
   }
 }
 
+// Per-column sums in double, in a buffer each thread keeps (a training step allocates nothing).
+namespace {
+std::vector<double>& column_sums(int64_t I) {
+  thread_local std::vector<double> sums;
+  sums.assign(static_cast<size_t>(I), 0.0);
+  return sums;
+}
+}  // namespace
+
 template <typename T>
 void weightnorm_columns_forward(T* w, T* norm, const T* v, const T* g, int64_t O, int64_t I) {
-  std::vector<double> ss(static_cast<size_t>(I), 0.0);
+  std::vector<double>& ss = column_sums(I);
   for (int64_t o = 0; o < O; ++o)
     for (int64_t i = 0; i < I; ++i) ss[i] += static_cast<double>(v[o * I + i]) * v[o * I + i];
   for (int64_t i = 0; i < I; ++i) norm[i] = static_cast<T>(std::sqrt(ss[i]));
@@ -62,7 +71,7 @@ void weightnorm_columns_forward(T* w, T* norm, const T* v, const T* g, int64_t O
 template <typename T>
 void weightnorm_columns_backward(T* dv, T* dg, const T* dw, const T* v, const T* g, const T* norm,
                                  int64_t O, int64_t I) {
-  std::vector<double> s(static_cast<size_t>(I), 0.0);
+  std::vector<double>& s = column_sums(I);
   for (int64_t o = 0; o < O; ++o)
     for (int64_t i = 0; i < I; ++i)
       s[i] += static_cast<double>(dw[o * I + i]) * g[o * I + i] * v[o * I + i];
