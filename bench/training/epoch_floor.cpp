@@ -10,9 +10,14 @@
 //   dx        dx (B,in)  = dy (B,out) @ w          skipped for the first layer
 //   dw        dw (out,in) += dy^T @ x
 // which is what linear_forward / linear_backward call (src/kernels/linear.cpp).
-// Prints the seconds of each repeat, the median, the GFLOP and GFLOP/s, and a
-// breakdown per call (a last line `floor_seconds=... gflop=...` for scripts).
+// Each repeat runs the epoch twice, interleaved: through normlab's gemm (each
+// thread multiplies its own slice, src/kernels/gemm.cpp) and through
+// dnnl_sgemm called directly (oneDNN's own threading). The floor is the
+// faster median. Prints the seconds of each repeat, the medians, GFLOP and
+// GFLOP/s, a breakdown per call, and a last line `floor_seconds=... gflop=...`
+// for scripts.
 #include <omp.h>
+#include <oneapi/dnnl/dnnl.h>
 
 #include <algorithm>
 #include <array>
@@ -125,7 +130,15 @@ int run(int argc, char** argv) {
 
   // calls[l][k]: seconds in layer l's forward (k=0), dx (1), dw (2) over the timed epoch.
   std::vector<std::array<double, 3>> calls(L, {0, 0, 0});
-  auto epoch = [&](bool per_call) {
+  // The product through normlab (raw = false) or straight to oneDNN.
+  auto product = [](bool raw, bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float* A,
+                    int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+    if (!raw) return gemm<float>(ta, tb, M, N, K, 1.0f, A, lda, B, ldb, beta, C, ldc);
+    if (dnnl_sgemm(ta ? 'T' : 'N', tb ? 'T' : 'N', M, N, K, 1.0f, A, lda, B, ldb, beta, C, ldc) !=
+        dnnl_success)
+      fail("dnnl_sgemm failed for M=", M, " N=", N, " K=", K);
+  };
+  auto epoch = [&](bool per_call, bool raw) {
     auto timed = [&](size_t l, int k, auto&& f) {
       if (!per_call) return f();
       const auto t0 = Clock::now();
@@ -136,8 +149,8 @@ int run(int argc, char** argv) {
       for (size_t l = 0; l < L; ++l) {
         const int64_t I = layers[l].in, O = layers[l].out;
         timed(l, 0, [&] {
-          gemm<float>(false, true, B, O, I, 1.0f, buf.act[l].data(), I, buf.w[l].data(), I, 1.0f,
-                      buf.act[l + 1].data(), O);
+          product(raw, false, true, B, O, I, buf.act[l].data(), I, buf.w[l].data(), I, 1.0f,
+                  buf.act[l + 1].data(), O);
         });
       }
       for (size_t l = L; l-- > 0;) {
@@ -145,8 +158,8 @@ int run(int argc, char** argv) {
         // dy of layer l lives in grad[l]; its dx goes to grad[l-1] (the dy of the layer below).
         if (l > 0)
           timed(l, 1, [&] {
-            gemm<float>(false, false, B, I, O, 1.0f, buf.grad[l].data(), O, buf.w[l].data(), I,
-                        0.0f, buf.grad[l - 1].data(), I);
+            product(raw, false, false, B, I, O, buf.grad[l].data(), O, buf.w[l].data(), I, 0.0f,
+                    buf.grad[l - 1].data(), I);
           });
         timed(l, 2, [&] {
           gemm<float>(true, false, O, I, B, 1.0f, buf.grad[l].data(), O, buf.act[l].data(), I, 1.0f,
@@ -160,20 +173,29 @@ int run(int argc, char** argv) {
       "model %s: %zu linear layers, %zu batches of up to %lld rows (%lld samples), %d threads\n",
       model_spec.c_str(), L, sizes.size(), static_cast<long long>(max_b),
       static_cast<long long>(samples), omp_get_max_threads());
-  epoch(false);  // warm-up: oneDNN's JIT kernels, page faults
-  std::vector<double> seconds;
+  epoch(false, false);  // warm-up: oneDNN's JIT kernels, page faults
+  epoch(false, true);
+  std::vector<double> ours, onednn;
   for (int64_t r = 0; r < repeats; ++r) {
-    const auto t0 = Clock::now();
-    epoch(false);
-    seconds.push_back(elapsed(t0));
-    std::printf("  repeat %lld: %.3f s  %.1f GFLOP/s\n", static_cast<long long>(r + 1),
-                seconds.back(), flop / seconds.back() / 1e9);
+    auto t0 = Clock::now();
+    epoch(false, false);
+    ours.push_back(elapsed(t0));
+    t0 = Clock::now();
+    epoch(false, true);
+    onednn.push_back(elapsed(t0));
+    std::printf(
+        "  repeat %lld: normlab gemm %.3f s (%.1f GFLOP/s), oneDNN threads %.3f s (%.1f GFLOP/s)\n",
+        static_cast<long long>(r + 1), ours.back(), flop / ours.back() / 1e9, onednn.back(),
+        flop / onednn.back() / 1e9);
   }
-  std::vector<double> sorted = seconds;
-  std::sort(sorted.begin(), sorted.end());
-  const double median = sorted[sorted.size() / 2];
+  auto median = [](std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+  };
+  const double ours_median = median(ours), onednn_median = median(onednn);
+  const double floor = std::min(ours_median, onednn_median);
 
-  epoch(true);  // one more epoch timing every call (adds ~1 us per call)
+  epoch(true, ours_median > onednn_median);  // the faster way again, timing every call
   std::printf("\n%-34s %10s %10s %10s\n", "per call kind (one timed epoch)", "ms/epoch", "GFLOP",
               "GFLOP/s");
   const char* kind[3] = {"forward", "dx", "dw"};
@@ -188,10 +210,13 @@ int run(int argc, char** argv) {
       std::printf("%-34s %10.1f %10.2f %10.1f\n", label, calls[l][k] * 1e3, f / 1e9,
                   f / calls[l][k] / 1e9);
     }
-  std::printf("\nepoch floor: %.3f s (median of %lld), %.1f GFLOP, %.1f GFLOP/s\n", median,
-              static_cast<long long>(repeats), flop / 1e9, flop / median / 1e9);
-  std::printf("floor_seconds=%.4f gflop=%.2f gflops=%.1f\n", median, flop / 1e9,
-              flop / median / 1e9);
+  std::printf("\nmedians of %lld: normlab gemm %.3f s, oneDNN's threads %.3f s\n",
+              static_cast<long long>(repeats), ours_median, onednn_median);
+  std::printf("epoch floor: %.3f s, %.1f GFLOP, %.1f GFLOP/s\n", floor, flop / 1e9,
+              flop / floor / 1e9);
+  std::printf(
+      "floor_seconds=%.4f gflop=%.2f gflops=%.1f normlab_gemm_seconds=%.4f onednn_seconds=%.4f\n",
+      floor, flop / 1e9, flop / floor / 1e9, ours_median, onednn_median);
   return 0;
 }
 

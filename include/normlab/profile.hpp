@@ -9,8 +9,8 @@
 // Scopes nest: each records its inclusive time under its parent's entry, so
 // "layer 0 forward" and its child "sgemm" are separate rows and the report
 // shows both inclusive and exclusive (self) time. Off by default, a Scope
-// costs one load of a flag. Only the serial code of the main thread is
-// timed: a Scope opened inside an OpenMP parallel region does nothing.
+// costs one load of a flag. Only the main thread is timed (outside parallel
+// regions, or as thread 0 of an outermost one); other threads' Scopes do nothing.
 // After the first step (which registers the rows) timing allocates nothing.
 #pragma once
 #include <atomic>

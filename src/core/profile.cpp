@@ -22,7 +22,7 @@ struct Node {
   double child_seconds = 0;
 };
 
-// Touched only by serial code of the main thread (Scope refuses parallel regions).
+// Touched only by the main thread (Scope ignores every other thread).
 std::vector<Node> g_nodes;
 int g_current = -1;  // innermost open scope
 
@@ -39,7 +39,8 @@ void reset() {
 
 void Scope::open(const char* phase, const void* key, std::string (*label)(const void*),
                  const void* label_arg) {
-  if (omp_in_parallel()) return;
+  // The main thread only: outside parallel regions, or as thread 0 of an outermost one.
+  if (omp_get_level() > 1 || omp_get_thread_num() != 0) return;
   int found = -1;
   for (int i = 0; i < static_cast<int>(g_nodes.size()); ++i) {
     const Node& n = g_nodes[i];
