@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <exception>
 #include <utility>
 
 namespace normlab::detail {
@@ -31,6 +32,38 @@ inline std::pair<int64_t, int64_t> slice_of(int64_t n, int64_t align, int t, int
   const int64_t per = ((n + threads - 1) / threads + align - 1) / align * align;
   const int64_t begin = std::min(n, per * t);
   return {begin, std::min(n, begin + per)};
+}
+
+// Runs body(t, team) for t in [0, team) on `threads` threads: in one
+// parallel region if threads > 1 (team is the size OpenMP gave it), else
+// body(0, 1) directly. An exception thrown by a body is rethrown here, once
+// all threads are done, instead of ending the program.
+template <typename Body>
+void run_threads(int threads, const Body& body) {
+  if (threads <= 1) {
+    body(0, 1);
+    return;
+  }
+  std::exception_ptr error;
+#pragma omp parallel num_threads(threads)
+  {
+    try {
+      body(omp_get_thread_num(), omp_get_num_threads());
+    } catch (...) {
+#pragma omp critical(normlab_run_threads)
+      if (!error) error = std::current_exception();
+    }
+  }
+  if (error) std::rethrow_exception(error);
+}
+
+// slice(begin, end) over [0, n) split as slice_of(n, align, ...) on `threads` threads.
+template <typename Slice>
+void run_slices(int threads, int64_t n, int64_t align, const Slice& slice) {
+  run_threads(threads, [&](int t, int team) {
+    const auto [begin, end] = slice_of(n, align, t, team);
+    slice(begin, end);
+  });
 }
 
 }  // namespace normlab::detail

@@ -49,14 +49,18 @@ template <typename T>
 const Tensor<T>& WeightNormLinear<T>::forward(const Tensor<T>& x) {
   const int64_t N = rows_with_last_dim(*this, x.shape(), in_);
   x_ = &x;
+  y_.resize_last(x.shape(), out_);
+  const T* b = bias.numel() ? bias.data() : nullptr;
+  if (dim_ == WeightNormDim::Rows) {
+    weightnorm_linear_forward(y_.data(), w_.data(), norm_.data(), x.data(), weight_v.data(),
+                              weight_g.data(), b, N, in_, out_);
+    return y_;
+  }
   {
     const profile::Scope timer("weightnorm forward");
-    weightnorm_forward(w_.data(), norm_.data(), weight_v.data(), weight_g.data(), out_, in_,
-                       dim_ == WeightNormDim::Rows);
+    weightnorm_forward(w_.data(), norm_.data(), weight_v.data(), weight_g.data(), out_, in_, false);
   }
-  y_.resize_last(x.shape(), out_);
-  linear_forward(y_.data(), x.data(), w_.data(), bias.numel() ? bias.data() : nullptr, N, in_,
-                 out_);
+  linear_forward(y_.data(), x.data(), w_.data(), b, N, in_, out_);
   return y_;
 }
 
@@ -69,13 +73,20 @@ const Tensor<T>& WeightNormLinear<T>::backward(const Tensor<T>& dy) {
   else
     dx_.resize({0});
   dw_.resize({out_, in_});
+  T* dx = this->input_grad_ ? dx_.data() : nullptr;
+  T* db = bias.numel() ? dbias.data() : nullptr;
+  if (dim_ == WeightNormDim::Rows) {
+    // dw_ is scratch: the fused kernel overwrites it.
+    weightnorm_linear_backward(dx, dw_.data(), dweight_v.data(), dweight_g.data(), db, dy.data(),
+                               x_->data(), w_.data(), weight_v.data(), weight_g.data(),
+                               norm_.data(), N, in_, out_);
+    return dx_;
+  }
   dw_.fill(T(0));
-  linear_backward(this->input_grad_ ? dx_.data() : nullptr, dw_.data(),
-                  bias.numel() ? dbias.data() : nullptr, dy.data(), x_->data(), w_.data(), N, in_,
-                  out_);
+  linear_backward(dx, dw_.data(), db, dy.data(), x_->data(), w_.data(), N, in_, out_);
   const profile::Scope timer("weightnorm backward");
   weightnorm_backward(dweight_v.data(), dweight_g.data(), dw_.data(), weight_v.data(),
-                      weight_g.data(), norm_.data(), out_, in_, dim_ == WeightNormDim::Rows);
+                      weight_g.data(), norm_.data(), out_, in_, false);
   return dx_;
 }
 
