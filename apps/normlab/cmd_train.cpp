@@ -63,6 +63,9 @@ class ConsoleObserver : public TrainingObserver {
         static_cast<long long>(m.epoch), m.train_loss, 100 * m.train_accuracy, m.test_loss,
         100 * m.test_accuracy, m.train_seconds, m.eval_seconds,
         m.skipped_steps ? (" skipped " + std::to_string(m.skipped_steps) + " steps").c_str() : "");
+    if (!m.profile.empty())
+      std::printf("where epoch %lld's training time went:\n%s", static_cast<long long>(m.epoch),
+                  m.profile.c_str());
     std::fflush(stdout);
   }
 
@@ -117,6 +120,9 @@ void add_train_command(CLI::App& app) {
   cmd->add_option("--on-nonfinite", *on_nonfinite,
                   "stop: end the run at a NaN/inf loss or gradient; skip: skip that step")
       ->capture_default_str();
+  cmd->add_flag(
+      "--profile", cfg->profile,
+      "Print where each epoch's training time goes (timers around every phase of a step)");
   cmd->add_option("--progress", *progress, "auto (a bar on a terminal), always or never")
       ->capture_default_str();
 

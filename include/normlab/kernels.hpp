@@ -87,6 +87,22 @@ template <typename T>
 void weightnorm_columns_backward(T* dv, T* dg, const T* dw, const T* v, const T* g, const T* norm,
                                  int64_t O, int64_t I);
 
+// ---- WeightNormLinear with per-row norms, fused: w = g v / ||v|| per row, y = x w^T + b ----
+// The results of weightnorm_forward(per_row) then linear_forward, computed
+// slice by slice of output rows o: each thread normalizes its rows of w and
+// multiplies them into its columns of y while they are in its cache.
+// y (N,O), w (O,I) and norm (O) are written; b may be null.
+template <typename T>
+void weightnorm_linear_forward(T* y, T* w, T* norm, const T* x, const T* v, const T* g, const T* b,
+                               int64_t N, int64_t I, int64_t O);
+// From dy (N,O): dx (N,I) = dy w (null skips it); dw (O,I) = dy^T x is
+// OVERWRITTEN (a scratch buffer, not a parameter gradient) and carried into
+// dv (O,I) +=, dg (O) += as weightnorm_backward(per_row); db (O) += sum_n dy (may be null).
+template <typename T>
+void weightnorm_linear_backward(T* dx, T* dw, T* dv, T* dg, T* db, const T* dy, const T* x,
+                                const T* w, const T* v, const T* g, const T* norm, int64_t N,
+                                int64_t I, int64_t O);
+
 namespace ref {
 // Plain, obviously-correct versions with the same contracts as above.
 template <typename T>

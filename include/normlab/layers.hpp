@@ -54,6 +54,7 @@ class BatchNorm1d : public Layer<T> {
   int64_t num_batches_tracked = 0;
 
  private:
+  void check_input(const Shape& in) const;  // output_shape's checks, without the copy
   int64_t C_;
   BatchNormOptions opt_;
   const Tensor<T>* x_ = nullptr;
@@ -83,6 +84,7 @@ class LayerNorm : public Layer<T> {
   Tensor<T> weight, bias, dweight, dbias;
 
  private:
+  void check_input(const Shape& in) const;  // output_shape's checks, without the copy
   Shape normalized_shape_;
   int64_t D_;
   LayerNormOptions opt_;

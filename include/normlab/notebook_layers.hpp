@@ -46,6 +46,7 @@ class NotebookScalarNorm : public Layer<T> {
   Tensor<T> beta, gamma, dbeta, dgamma;  // (1) each; the notebook registers beta first
 
  private:
+  void check_input(const Shape& in) const;  // output_shape's checks, without the copy
   Over over_;
   const Tensor<T>* x_ = nullptr;
   Tensor<T> xhat_, y_, dxhat_, dx_, mean_, rstd_;

@@ -3,6 +3,7 @@
 // from step to step: resize() to an unchanged element count never allocates.
 #pragma once
 #include <cstdint>
+#include <initializer_list>
 #include <span>
 #include <string>
 #include <vector>
@@ -33,7 +34,14 @@ class Tensor {
   const T& operator[](int64_t i) const { return data_[i]; }
 
   // Sets the shape; keeps the storage when the element count allows (contents then unspecified).
+  // The dims are copied into the tensor's own shape storage, so once a tensor has
+  // had its largest size and rank, resizing allocates nothing (hot paths use the
+  // braced form, which builds no temporary Shape).
   void resize(const Shape& shape);
+  void resize(std::initializer_list<int64_t> shape);
+  // The shape `like` with its last dimension replaced by `last` (a linear layer's
+  // output for an input shaped `like`); `like` must have rank >= 1.
+  void resize_last(const Shape& like, int64_t last);
   // Same elements, new shape with the same element count.
   void reshape(const Shape& shape);
   void fill(T value);

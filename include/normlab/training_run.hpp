@@ -40,6 +40,7 @@ struct TrainConfig {
   int64_t limit_test = 0;        // likewise for the test set
   int64_t checkpoint_every = 0;  // also checkpoint every n steps (0: at epoch ends only)
   bool skip_nonfinite = false;   // skip a step with a NaN/inf loss or gradient instead of stopping
+  bool profile = false;          // time the phases of every step (EpochMetrics::profile)
   std::string out_dir = "out/train";
   std::string resume;  // path of a checkpoint.safetensors to continue from ("" : fresh run)
 };
@@ -52,6 +53,7 @@ struct EpochMetrics {
   double train_seconds = 0, eval_seconds = 0;
   int64_t skipped_steps = 0;
   std::vector<double> loss_curve;  // running train loss at ~20 points of the epoch
+  std::string profile;  // with TrainConfig::profile: where train_seconds went (profile::report)
 };
 
 struct Progress {

@@ -1,8 +1,10 @@
-// WeightNorm: w = g * v / ||v||. Weight matrices are small next to the
-// activations (one pass per step), so these stay plain loops, in double sums.
+// WeightNorm: w = g * v / ||v||. Per-row norms (the common case) share their
+// row code with the fused WeightNormLinear kernels (weightnorm_rows.hpp); the
+// whole-matrix norm and the notebook's per-column norms sum in double.
 #include <cmath>
 #include <vector>
 
+#include "kernels/weightnorm_rows.hpp"
 #include "normlab/kernels.hpp"
 
 namespace normlab {
@@ -11,13 +13,7 @@ template <typename T>
 void weightnorm_forward(T* w, T* norm, const T* v, const T* g, int64_t O, int64_t I, bool per_row) {
   if (per_row) {
 #pragma omp parallel for schedule(static) if (O * I > (1 << 16))
-    for (int64_t o = 0; o < O; ++o) {
-      double ss = 0;
-      for (int64_t i = 0; i < I; ++i) ss += static_cast<double>(v[o * I + i]) * v[o * I + i];
-      norm[o] = static_cast<T>(std::sqrt(ss));
-      const T scale = static_cast<T>(g[o] / std::sqrt(ss));
-      for (int64_t i = 0; i < I; ++i) w[o * I + i] = v[o * I + i] * scale;
-    }
+    for (int64_t o = 0; o < O; ++o) detail::weightnorm_rows_forward(w, norm, v, g, I, o, o + 1);
   } else {
     double ss = 0;
     for (int64_t k = 0; k < O * I; ++k) ss += static_cast<double>(v[k]) * v[k];
@@ -32,24 +28,31 @@ void weightnorm_forward(T* w, T* norm, const T* v, const T* g, int64_t O, int64_
 template <typename T>
 void weightnorm_backward(T* dv, T* dg, const T* dw, const T* v, const T* g, const T* norm,
                          int64_t O, int64_t I, bool per_row) {
-  const int64_t groups = per_row ? O : 1, len = per_row ? I : O * I;
-#pragma omp parallel for schedule(static) if (O * I > (1 << 16) && per_row)
-  for (int64_t o = 0; o < groups; ++o) {
-    const T* vr = v + o * len;
-    const T* dwr = dw + o * len;
-    T* dvr = dv + o * len;
-    double s = 0;
-    for (int64_t i = 0; i < len; ++i) s += static_cast<double>(dwr[i]) * vr[i];
-    const double n = norm[o];
-    dg[o] += static_cast<T>(s / n);
-    const double a = g[o] / n, b = g[o] * s / (n * n * n);
-    for (int64_t i = 0; i < len; ++i) dvr[i] += static_cast<T>(a * dwr[i] - b * vr[i]);
+  if (per_row) {
+#pragma omp parallel for schedule(static) if (O * I > (1 << 16))
+    for (int64_t o = 0; o < O; ++o)
+      detail::weightnorm_rows_backward(dv, dg, dw, v, g, norm, I, o, o + 1);
+    return;
   }
+  double s = 0;
+  for (int64_t k = 0; k < O * I; ++k) s += static_cast<double>(dw[k]) * v[k];
+  const double n = norm[0];
+  dg[0] += static_cast<T>(s / n);
+  const double a = g[0] / n, b = g[0] * s / (n * n * n);
+  for (int64_t k = 0; k < O * I; ++k) dv[k] += static_cast<T>(a * dw[k] - b * v[k]);
 }
+
+namespace {
+std::vector<double>& column_sums(int64_t I) {
+  thread_local std::vector<double> sums;
+  sums.assign(static_cast<size_t>(I), 0.0);
+  return sums;
+}
+}  // namespace
 
 template <typename T>
 void weightnorm_columns_forward(T* w, T* norm, const T* v, const T* g, int64_t O, int64_t I) {
-  std::vector<double> ss(static_cast<size_t>(I), 0.0);
+  std::vector<double>& ss = column_sums(I);
   for (int64_t o = 0; o < O; ++o)
     for (int64_t i = 0; i < I; ++i) ss[i] += static_cast<double>(v[o * I + i]) * v[o * I + i];
   for (int64_t i = 0; i < I; ++i) norm[i] = static_cast<T>(std::sqrt(ss[i]));
@@ -62,7 +65,7 @@ void weightnorm_columns_forward(T* w, T* norm, const T* v, const T* g, int64_t O
 template <typename T>
 void weightnorm_columns_backward(T* dv, T* dg, const T* dw, const T* v, const T* g, const T* norm,
                                  int64_t O, int64_t I) {
-  std::vector<double> s(static_cast<size_t>(I), 0.0);
+  std::vector<double>& s = column_sums(I);
   for (int64_t o = 0; o < O; ++o)
     for (int64_t i = 0; i < I; ++i)
       s[i] += static_cast<double>(dw[o * I + i]) * g[o * I + i] * v[o * I + i];

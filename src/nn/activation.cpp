@@ -13,7 +13,7 @@ const Tensor<T>& ReLU<T>::forward(const Tensor<T>& x) {
 
 template <typename T>
 const Tensor<T>& ReLU<T>::backward(const Tensor<T>& dy) {
-  check_same_shape(name(), "output gradient", dy.shape(), y_.shape());
+  check_same_shape(*this, "output gradient", dy.shape(), y_.shape());
   dx_.resize(dy.shape());
   relu_backward(dx_.data(), dy.data(), y_.data(), dy.numel());
   return dx_;
@@ -29,15 +29,18 @@ Shape Flatten<T>::output_shape(const Shape& in) const {
 
 template <typename T>
 const Tensor<T>& Flatten<T>::forward(const Tensor<T>& x) {
+  if (x.rank() == 0) output_shape(x.shape());  // throws the message
   in_shape_ = x.shape();
-  y_.resize(output_shape(x.shape()));
+  int64_t rest = 1;
+  for (int i = 1; i < x.rank(); ++i) rest *= x.dim(i);
+  y_.resize({x.dim(0), rest});
   std::copy(x.data(), x.data() + x.numel(), y_.data());
   return y_;
 }
 
 template <typename T>
 const Tensor<T>& Flatten<T>::backward(const Tensor<T>& dy) {
-  check_same_shape(name(), "output gradient", dy.shape(), y_.shape());
+  check_same_shape(*this, "output gradient", dy.shape(), y_.shape());
   dx_.resize(in_shape_);
   std::copy(dy.data(), dy.data() + dy.numel(), dx_.data());
   return dx_;

@@ -42,15 +42,20 @@ std::string BatchNorm1d<T>::name() const {
 
 template <typename T>
 Shape BatchNorm1d<T>::output_shape(const Shape& in) const {
-  if (in.size() != 2 && in.size() != 3)
-    fail(name(), ": expected a 2D (N,C) or 3D (N,C,L) input, got shape ", shape_str(in));
-  if (in[1] != C_) fail(name(), ": expected ", C_, " channels, got shape ", shape_str(in));
+  check_input(in);
   return in;
 }
 
 template <typename T>
+void BatchNorm1d<T>::check_input(const Shape& in) const {
+  if (in.size() != 2 && in.size() != 3)
+    fail(name(), ": expected a 2D (N,C) or 3D (N,C,L) input, got shape ", shape_str(in));
+  if (in[1] != C_) fail(name(), ": expected ", C_, " channels, got shape ", shape_str(in));
+}
+
+template <typename T>
 const Tensor<T>& BatchNorm1d<T>::forward(const Tensor<T>& x) {
-  output_shape(x.shape());
+  check_input(x.shape());
   const int64_t N = x.dim(0), L = x.rank() == 3 ? x.dim(2) : 1;
   const T* gamma = opt_.affine ? weight.data() : nullptr;
   const T* beta = opt_.affine ? bias.data() : nullptr;
@@ -96,7 +101,7 @@ const Tensor<T>& BatchNorm1d<T>::forward(const Tensor<T>& x) {
 
 template <typename T>
 const Tensor<T>& BatchNorm1d<T>::backward(const Tensor<T>& dy) {
-  check_same_shape(name(), "output gradient", dy.shape(), y_.shape());
+  check_same_shape(*this, "output gradient", dy.shape(), y_.shape());
   const int64_t N = x_->dim(0), L = x_->rank() == 3 ? x_->dim(2) : 1;
   T* dx = nullptr;
   if (this->input_grad_) {

@@ -41,17 +41,22 @@ std::string LayerNorm<T>::name() const {
 
 template <typename T>
 Shape LayerNorm<T>::output_shape(const Shape& in) const {
+  check_input(in);
+  return in;
+}
+
+template <typename T>
+void LayerNorm<T>::check_input(const Shape& in) const {
   const size_t k = normalized_shape_.size();
   if (in.size() < k ||
       !std::equal(normalized_shape_.begin(), normalized_shape_.end(), in.end() - k))
     fail(name(), ": expected input ending in ", shape_str(normalized_shape_), ", got shape ",
          shape_str(in));
-  return in;
 }
 
 template <typename T>
 const Tensor<T>& LayerNorm<T>::forward(const Tensor<T>& x) {
-  output_shape(x.shape());
+  check_input(x.shape());
   const int64_t N = x.numel() / D_;
   x_ = &x;
   y_.resize(x.shape());
@@ -70,7 +75,7 @@ const Tensor<T>& LayerNorm<T>::forward(const Tensor<T>& x) {
 
 template <typename T>
 const Tensor<T>& LayerNorm<T>::backward(const Tensor<T>& dy) {
-  check_same_shape(name(), "output gradient", dy.shape(), y_.shape());
+  check_same_shape(*this, "output gradient", dy.shape(), y_.shape());
   const int64_t N = x_->numel() / D_;
   if (this->input_grad_)
     dx_.resize(x_->shape());

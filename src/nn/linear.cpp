@@ -30,7 +30,7 @@ std::string Linear<T>::name() const {
 
 template <typename T>
 Shape Linear<T>::output_shape(const Shape& in) const {
-  rows_with_last_dim(name(), in, in_);
+  rows_with_last_dim(*this, in, in_);
   Shape out = in;
   out.back() = out_;
   return out;
@@ -38,9 +38,9 @@ Shape Linear<T>::output_shape(const Shape& in) const {
 
 template <typename T>
 const Tensor<T>& Linear<T>::forward(const Tensor<T>& x) {
-  const int64_t N = rows_with_last_dim(name(), x.shape(), in_);
+  const int64_t N = rows_with_last_dim(*this, x.shape(), in_);
   x_ = &x;
-  y_.resize(output_shape(x.shape()));
+  y_.resize_last(x.shape(), out_);
   linear_forward(y_.data(), x.data(), weight.data(), bias.numel() ? bias.data() : nullptr, N, in_,
                  out_);
   return y_;
@@ -48,7 +48,7 @@ const Tensor<T>& Linear<T>::forward(const Tensor<T>& x) {
 
 template <typename T>
 const Tensor<T>& Linear<T>::backward(const Tensor<T>& dy) {
-  check_same_shape(name(), "output gradient", dy.shape(), y_.shape());
+  check_same_shape(*this, "output gradient", dy.shape(), y_.shape());
   const int64_t N = x_->numel() / in_;
   if (this->input_grad_)
     dx_.resize(x_->shape());

@@ -39,7 +39,7 @@ std::string NotebookWeightNormLinear<T>::name() const {
 
 template <typename T>
 Shape NotebookWeightNormLinear<T>::output_shape(const Shape& in) const {
-  rows_with_last_dim(name(), in, in_);
+  rows_with_last_dim(*this, in, in_);
   Shape out = in;
   out.back() = out_;
   return out;
@@ -47,10 +47,10 @@ Shape NotebookWeightNormLinear<T>::output_shape(const Shape& in) const {
 
 template <typename T>
 const Tensor<T>& NotebookWeightNormLinear<T>::forward(const Tensor<T>& x) {
-  const int64_t N = rows_with_last_dim(name(), x.shape(), in_);
+  const int64_t N = rows_with_last_dim(*this, x.shape(), in_);
   x_ = &x;
   weightnorm_columns_forward(w_.data(), norm_.data(), weight.data(), g.data(), out_, in_);
-  y_.resize(output_shape(x.shape()));
+  y_.resize_last(x.shape(), out_);
   linear_forward(y_.data(), x.data(), w_.data(), bias.numel() ? bias.data() : nullptr, N, in_,
                  out_);
   return y_;
@@ -58,7 +58,7 @@ const Tensor<T>& NotebookWeightNormLinear<T>::forward(const Tensor<T>& x) {
 
 template <typename T>
 const Tensor<T>& NotebookWeightNormLinear<T>::backward(const Tensor<T>& dy) {
-  check_same_shape(name(), "output gradient", dy.shape(), y_.shape());
+  check_same_shape(*this, "output gradient", dy.shape(), y_.shape());
   const int64_t N = x_->numel() / in_;
   if (this->input_grad_)
     dx_.resize(x_->shape());
@@ -97,8 +97,13 @@ std::string NotebookScalarNorm<T>::name() const {
 }
 
 template <typename T>
-Shape NotebookScalarNorm<T>::output_shape(const Shape& in) const {
+void NotebookScalarNorm<T>::check_input(const Shape& in) const {
   if (in.size() != 2) fail(name(), ": expected a 2D (N,D) input, got shape ", shape_str(in));
+}
+
+template <typename T>
+Shape NotebookScalarNorm<T>::output_shape(const Shape& in) const {
+  check_input(in);
   return in;
 }
 
@@ -106,7 +111,7 @@ Shape NotebookScalarNorm<T>::output_shape(const Shape& in) const {
 // each row), then a scalar affine; the layer keeps xhat for the scalar gradients.
 template <typename T>
 const Tensor<T>& NotebookScalarNorm<T>::forward(const Tensor<T>& x) {
-  output_shape(x.shape());
+  check_input(x.shape());
   const int64_t groups = over_ == Over::Tensor ? 1 : x.dim(0);
   const int64_t len = groups ? x.numel() / groups : 0;
   x_ = &x;
@@ -124,7 +129,7 @@ const Tensor<T>& NotebookScalarNorm<T>::forward(const Tensor<T>& x) {
 
 template <typename T>
 const Tensor<T>& NotebookScalarNorm<T>::backward(const Tensor<T>& dy) {
-  check_same_shape(name(), "output gradient", dy.shape(), y_.shape());
+  check_same_shape(*this, "output gradient", dy.shape(), y_.shape());
   const int64_t groups = over_ == Over::Tensor ? 1 : x_->dim(0);
   const int64_t len = groups ? x_->numel() / groups : 0;
   double sg = 0, sb = 0;

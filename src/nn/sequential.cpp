@@ -1,6 +1,7 @@
 #include "normlab/sequential.hpp"
 
 #include "normlab/error.hpp"
+#include "normlab/profile.hpp"
 
 namespace normlab {
 
@@ -36,7 +37,11 @@ template <typename T>
 const Tensor<T>& Sequential<T>::forward(const Tensor<T>& x) {
   if (layers_.empty()) fail("Sequential: cannot run an empty network");
   const Tensor<T>* h = &x;
-  for (auto& [name, layer] : layers_) h = &layer->forward(*h);
+  for (auto& [name, layer] : layers_) {
+    const profile::Scope timer("forward", layer.get(),
+                               [&] { return "layer " + name + " " + layer->name() + " forward"; });
+    h = &layer->forward(*h);
+  }
   return *h;
 }
 
@@ -44,6 +49,9 @@ template <typename T>
 const Tensor<T>& Sequential<T>::backward(const Tensor<T>& dy) {
   const Tensor<T>* g = &dy;
   for (auto it = layers_.rbegin(); it != layers_.rend(); ++it) {
+    const profile::Scope timer("backward", it->second.get(), [&] {
+      return "layer " + it->first + " " + it->second->name() + " backward";
+    });
     g = &it->second->backward(*g);
     if (!it->second->input_grad()) break;  // nothing below needs gradients
   }

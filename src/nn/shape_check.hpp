@@ -1,4 +1,6 @@
 // Shape checks shared by the layers; each throws an Error naming the layer.
+// They take the layer itself and build its name only to report an error, so a
+// check in a training step allocates nothing.
 #pragma once
 #include <string>
 
@@ -8,16 +10,17 @@
 namespace normlab {
 
 // Rows of an input (*, D) whose last dim must be D: the product of the others.
-inline int64_t rows_with_last_dim(const std::string& layer, const Shape& in, int64_t D) {
+template <typename L>
+int64_t rows_with_last_dim(const L& layer, const Shape& in, int64_t D) {
   if (in.empty() || in.back() != D)
-    fail(layer, ": expected input with last dimension ", D, ", got shape ", shape_str(in));
+    fail(layer.name(), ": expected input with last dimension ", D, ", got shape ", shape_str(in));
   return D == 0 ? 0 : shape_numel(in) / D;
 }
 
-inline void check_same_shape(const std::string& layer, const char* what, const Shape& got,
-                             const Shape& want) {
+template <typename L>
+void check_same_shape(const L& layer, const char* what, const Shape& got, const Shape& want) {
   if (got != want)
-    fail(layer, ": ", what, " has shape ", shape_str(got), ", expected ", shape_str(want));
+    fail(layer.name(), ": ", what, " has shape ", shape_str(got), ", expected ", shape_str(want));
 }
 
 inline void check_positive(const std::string& layer, const char* what, int64_t v) {

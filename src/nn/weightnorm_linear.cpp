@@ -3,6 +3,7 @@
 #include "nn/shape_check.hpp"
 #include "normlab/kernels.hpp"
 #include "normlab/layers.hpp"
+#include "normlab/profile.hpp"
 
 namespace normlab {
 
@@ -38,7 +39,7 @@ std::string WeightNormLinear<T>::name() const {
 
 template <typename T>
 Shape WeightNormLinear<T>::output_shape(const Shape& in) const {
-  rows_with_last_dim(name(), in, in_);
+  rows_with_last_dim(*this, in, in_);
   Shape out = in;
   out.back() = out_;
   return out;
@@ -46,31 +47,46 @@ Shape WeightNormLinear<T>::output_shape(const Shape& in) const {
 
 template <typename T>
 const Tensor<T>& WeightNormLinear<T>::forward(const Tensor<T>& x) {
-  const int64_t N = rows_with_last_dim(name(), x.shape(), in_);
+  const int64_t N = rows_with_last_dim(*this, x.shape(), in_);
   x_ = &x;
-  weightnorm_forward(w_.data(), norm_.data(), weight_v.data(), weight_g.data(), out_, in_,
-                     dim_ == WeightNormDim::Rows);
-  y_.resize(output_shape(x.shape()));
-  linear_forward(y_.data(), x.data(), w_.data(), bias.numel() ? bias.data() : nullptr, N, in_,
-                 out_);
+  y_.resize_last(x.shape(), out_);
+  const T* b = bias.numel() ? bias.data() : nullptr;
+  if (dim_ == WeightNormDim::Rows) {
+    weightnorm_linear_forward(y_.data(), w_.data(), norm_.data(), x.data(), weight_v.data(),
+                              weight_g.data(), b, N, in_, out_);
+    return y_;
+  }
+  {
+    const profile::Scope timer("weightnorm forward");
+    weightnorm_forward(w_.data(), norm_.data(), weight_v.data(), weight_g.data(), out_, in_, false);
+  }
+  linear_forward(y_.data(), x.data(), w_.data(), b, N, in_, out_);
   return y_;
 }
 
 template <typename T>
 const Tensor<T>& WeightNormLinear<T>::backward(const Tensor<T>& dy) {
-  check_same_shape(name(), "output gradient", dy.shape(), y_.shape());
+  check_same_shape(*this, "output gradient", dy.shape(), y_.shape());
   const int64_t N = x_->numel() / in_;
   if (this->input_grad_)
     dx_.resize(x_->shape());
   else
     dx_.resize({0});
   dw_.resize({out_, in_});
+  T* dx = this->input_grad_ ? dx_.data() : nullptr;
+  T* db = bias.numel() ? dbias.data() : nullptr;
+  if (dim_ == WeightNormDim::Rows) {
+    // dw_ is scratch: the fused kernel overwrites it.
+    weightnorm_linear_backward(dx, dw_.data(), dweight_v.data(), dweight_g.data(), db, dy.data(),
+                               x_->data(), w_.data(), weight_v.data(), weight_g.data(),
+                               norm_.data(), N, in_, out_);
+    return dx_;
+  }
   dw_.fill(T(0));
-  linear_backward(this->input_grad_ ? dx_.data() : nullptr, dw_.data(),
-                  bias.numel() ? dbias.data() : nullptr, dy.data(), x_->data(), w_.data(), N, in_,
-                  out_);
+  linear_backward(dx, dw_.data(), db, dy.data(), x_->data(), w_.data(), N, in_, out_);
+  const profile::Scope timer("weightnorm backward");
   weightnorm_backward(dweight_v.data(), dweight_g.data(), dw_.data(), weight_v.data(),
-                      weight_g.data(), norm_.data(), out_, in_, dim_ == WeightNormDim::Rows);
+                      weight_g.data(), norm_.data(), out_, in_, false);
   return dx_;
 }
 

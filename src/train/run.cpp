@@ -17,6 +17,7 @@
 #include "normlab/error.hpp"
 #include "normlab/model_spec.hpp"
 #include "normlab/plot.hpp"
+#include "normlab/profile.hpp"
 #include "normlab/train.hpp"
 
 namespace normlab {
@@ -343,11 +344,19 @@ std::vector<EpochMetrics> run_training(const TrainConfig& cfg, TrainingObserver&
     const auto t0 = Clock::now();
     auto last_report = t0;
     int64_t samples_this_process = 0;
+    const int64_t first_batch = pos.batch;
+    if (cfg.profile) {
+      profile::reset();
+      profile::set_enabled(true);
+    }
     for (int64_t b = pos.batch; b < batches; ++b) {
       const auto idx = sampler.batch(b);
       const int64_t B = static_cast<int64_t>(idx.size());
-      x.resize({B, D});
-      train_set.gather(idx, x.data(), y.data());
+      {
+        const profile::Scope timer("data");
+        x.resize({B, D});
+        train_set.gather(idx, x.data(), y.data());
+      }
       if (faults.count(epoch * batches + b + 1)) x.data()[0] = NAN;
       if (cfg.skip_nonfinite) {
         for (auto& [t, copy] : buffer_backup)
@@ -390,6 +399,7 @@ std::vector<EpochMetrics> run_training(const TrainConfig& cfg, TrainingObserver&
         save(pos);
     }
     const double train_seconds = seconds_since(t0);
+    profile::set_enabled(false);
     const auto t1 = Clock::now();
     const EvalResult ev =
         trainer.evaluate(test_x.data(), test_y.data(), n_test, D, cfg.eval_batch_size);
@@ -404,6 +414,7 @@ std::vector<EpochMetrics> run_training(const TrainConfig& cfg, TrainingObserver&
     m.eval_seconds = seconds_since(t1);
     m.skipped_steps = pos.skipped;
     m.loss_curve = pos.curve;
+    if (cfg.profile) m.profile = profile::report(train_seconds, batches - first_batch);
     history.push_back(m);
     pos = Position{};
     pos.epoch = epoch + 1;

@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "normlab/loss.hpp"
+#include "normlab/profile.hpp"
 
 namespace normlab {
 
@@ -94,36 +95,56 @@ StepResult Trainer::train_step(const Tensor<float>& x, const int32_t* labels) {
     throw NonFiniteError(step, os.str());
   };
 
-  if (const int64_t i = first_non_finite(x.data(), x.numel()); i >= 0) {
-    const int64_t D = x.numel() / N;
-    std::ostringstream os;
-    os << "the input batch holds " << x[i] << " at row " << i / D << ", column " << i % D;
-    non_finite(os.str());
+  {
+    const profile::Scope timer("input check");
+    if (const int64_t i = first_non_finite(x.data(), x.numel()); i >= 0) {
+      const int64_t D = x.numel() / N;
+      std::ostringstream os;
+      os << "the input batch holds " << x[i] << " at row " << i / D << ", column " << i % D;
+      non_finite(os.str());
+    }
   }
 
   if (!model_.training()) model_.set_training(true);
-  optimizer_.zero_grad();
-  const Tensor<float>& logits = model_.forward(x);
-  check_logits_shape(model_, logits, N, "train_step");
+  {
+    const profile::Scope timer("zero_grad");
+    optimizer_.zero_grad();
+  }
+  const Tensor<float>* logits = nullptr;
+  {
+    const profile::Scope timer("model forward");
+    logits = &model_.forward(x);
+  }
+  check_logits_shape(model_, *logits, N, "train_step");
   StepResult r;
   r.step = step;
-  r.loss =
-      cross_entropy(logits, std::span<const int32_t>(labels, static_cast<size_t>(N)), &dlogits_);
-  r.correct = count_correct(logits.data(), labels, N, logits.dim(1));
+  {
+    const profile::Scope timer("loss");
+    r.loss =
+        cross_entropy(*logits, std::span<const int32_t>(labels, static_cast<size_t>(N)), &dlogits_);
+    r.correct = count_correct(logits->data(), labels, N, logits->dim(1));
+  }
   if (!std::isfinite(r.loss)) {
     std::ostringstream os;
     os << "the loss is " << r.loss;
     non_finite(os.str());
   }
 
-  model_.backward(dlogits_);
-  for (const auto& p : optimizer_.params())
-    if (const int64_t i = first_non_finite(p.grad->data(), p.grad->numel()); i >= 0) {
-      std::ostringstream os;
-      os << "the gradient of " << p.name << " holds " << (*p.grad)[i] << " at flat index " << i;
-      non_finite(os.str());
-    }
+  {
+    const profile::Scope timer("model backward");
+    model_.backward(dlogits_);
+  }
+  {
+    const profile::Scope timer("gradient check");
+    for (const auto& p : optimizer_.params())
+      if (const int64_t i = first_non_finite(p.grad->data(), p.grad->numel()); i >= 0) {
+        std::ostringstream os;
+        os << "the gradient of " << p.name << " holds " << (*p.grad)[i] << " at flat index " << i;
+        non_finite(os.str());
+      }
+  }
 
+  const profile::Scope timer("optimizer");
   optimizer_.step();
   return r;
 }
