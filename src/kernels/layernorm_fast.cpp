@@ -101,7 +101,8 @@ void layernorm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, con
         db[d] += dyr[d];
       }
       if (!dx) continue;
-      const T c1 = -r * r * r * (sgx - delta * sg) * inv_d, c0 = -r * sg * inv_d - delta * c1;
+      // Multiplied in this order so that r^3 never underflows on its own (spreads near 1e17).
+      const T c1 = -((((sgx - delta * sg) * inv_d) * r) * r) * r, c0 = -r * sg * inv_d - delta * c1;
       if (gamma)
         detail::map_row(
             dx + n * D, D, stream,
