@@ -8,7 +8,10 @@
 //
 // No files, no printing: the loop over epochs, metrics and checkpoints live above.
 #pragma once
+#include <atomic>
 #include <cstdint>
+#include <utility>
+#include <vector>
 
 #include "normlab/error.hpp"
 #include "normlab/layer.hpp"
@@ -63,8 +66,12 @@ class Trainer {
  private:
   Layer<float>& model_;
   Optimizer& optimizer_;
-  Tensor<float> batch_;    // (N, D): the copied input batch
-  Tensor<float> dlogits_;  // (N, K)
+  // (parameter index, flat index) of the first NaN/inf in the gradients, or (-1, -1).
+  std::pair<int64_t, int64_t> first_non_finite_gradient();
+
+  Tensor<float> batch_;                      // (N, D): the copied input batch
+  Tensor<float> dlogits_;                    // (N, K)
+  std::vector<std::atomic<char>> bad_grad_;  // per parameter, set by the parallel scan
 };
 
 // Loss and accuracy of `model` over N rows in batches of batch_size, in eval

@@ -58,17 +58,20 @@ Dataset::Dataset(IdxArray images, IdxArray labels, std::string images_file, std:
 }
 
 void Dataset::gather(std::span<const int64_t> indices, float* x, int32_t* y) const {
-  const int64_t d = features();
-  for (size_t b = 0; b < indices.size(); ++b) {
-    const int64_t i = indices[b];
-    if (i < 0 || i >= n_)
-      fail("Dataset(", images_file_, ")::gather: index ", i, " (batch row ", b, ") is outside [0, ",
-           n_, ")");
-    const uint8_t* src = pixels_.data() + i * d;
-    float* dst = x + static_cast<int64_t>(b) * d;
+  const int64_t d = features(), B = static_cast<int64_t>(indices.size());
+  for (int64_t b = 0; b < B; ++b)
+    if (indices[b] < 0 || indices[b] >= n_)
+      fail("Dataset(", images_file_, ")::gather: index ", indices[b], " (batch row ", b,
+           ") is outside [0, ", n_, ")");
+  // A training batch (128 x 784) converts on two threads in half the time.
+#pragma omp parallel for schedule(static) if (B * d >= (1 << 16))
+  for (int64_t b = 0; b < B; ++b) {
+    const uint8_t* src = pixels_.data() + indices[b] * d;
+    float* dst = x + b * d;
     // Division, not * (1/255): bit-identical to ToTensor's img.float().div(255).
+#pragma omp simd
     for (int64_t k = 0; k < d; ++k) dst[k] = static_cast<float>(src[k]) / 255.0f;
-    y[b] = labels_[i];
+    y[b] = labels_[indices[b]];
   }
 }
 

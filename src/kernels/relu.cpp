@@ -2,15 +2,19 @@
 
 namespace normlab {
 
+// A batch of activations (128 x 512: 0.25 MB in, 0.25 MB out) is worth
+// splitting: one thread moves it well below the caches' speed.
+constexpr int64_t kParallelMin = 1 << 15;
+
 template <typename T>
 void relu_forward(T* y, const T* x, int64_t n) {
-#pragma omp simd
+#pragma omp parallel for simd schedule(static) if (n >= kParallelMin)
   for (int64_t i = 0; i < n; ++i) y[i] = x[i] > T(0) ? x[i] : T(0);
 }
 
 template <typename T>
 void relu_backward(T* dx, const T* dy, const T* y, int64_t n) {
-#pragma omp simd
+#pragma omp parallel for simd schedule(static) if (n >= kParallelMin)
   for (int64_t i = 0; i < n; ++i) dx[i] = y[i] > T(0) ? dy[i] : T(0);
 }
 

@@ -2,6 +2,7 @@
 
 #include "normlab/error.hpp"
 #include "normlab/optim.hpp"
+#include "optim/elementwise.hpp"
 
 namespace normlab {
 
@@ -27,8 +28,14 @@ void Optimizer::set_lr(double lr) {
   lr_ = lr;
 }
 
+// One parallel region over all gradients: for the seed-001 MLP a 3 MB fill,
+// which one thread writes at well below the memory's speed.
 void Optimizer::zero_grad() {
-  for (auto& p : params_) p.grad->fill(0.0f);
+  parallel_tensor_ranges(
+      params_.size(), [&](size_t i) { return params_[i].grad->numel(); },
+      [&](size_t i, int64_t begin, int64_t end) {
+        std::fill(params_[i].grad->data() + begin, params_[i].grad->data() + end, 0.0f);
+      });
 }
 
 std::vector<Tensor<float>> Optimizer::zeros_like_params() const {

@@ -288,12 +288,27 @@ std::vector<EpochMetrics> run_training(const TrainConfig& cfg, TrainingObserver&
     if (e.is_param()) n_params += e.value->numel();
   observer.on_start(model->name(), n_params, n_train, n_test, pos.epoch + 1);
 
-  // The test set is converted to floats once and reused every epoch.
+  // The test set stays as bytes too: each evaluation batch is converted when it is used.
   std::vector<int64_t> test_index(static_cast<size_t>(n_test));
   for (int64_t i = 0; i < n_test; ++i) test_index[i] = i;
-  std::vector<float> test_x(static_cast<size_t>(n_test * D));
-  std::vector<int32_t> test_y(static_cast<size_t>(n_test));
-  test_set.gather(test_index, test_x.data(), test_y.data());
+  const int64_t eval_rows = std::min(cfg.eval_batch_size, n_test);
+  std::vector<float> eval_x(static_cast<size_t>(eval_rows * D));
+  std::vector<int32_t> eval_y(static_cast<size_t>(eval_rows));
+  auto evaluate_test_set = [&] {
+    EvalResult total;
+    double loss_sum = 0;
+    for (int64_t start = 0; start < n_test; start += eval_rows) {
+      const int64_t b = std::min(eval_rows, n_test - start);
+      test_set.gather(std::span<const int64_t>(test_index.data() + start, static_cast<size_t>(b)),
+                      eval_x.data(), eval_y.data());
+      const EvalResult r = trainer.evaluate(eval_x.data(), eval_y.data(), b, D, b);
+      loss_sum += r.loss * static_cast<double>(r.count);
+      total.correct += r.correct;
+      total.count += r.count;
+    }
+    total.loss = loss_sum / static_cast<double>(total.count);
+    return total;
+  };
 
   Tensor<float> x({sampler.max_batch_size(), D});
   std::vector<int32_t> y(static_cast<size_t>(sampler.max_batch_size()));
@@ -401,8 +416,7 @@ std::vector<EpochMetrics> run_training(const TrainConfig& cfg, TrainingObserver&
     const double train_seconds = seconds_since(t0);
     profile::set_enabled(false);
     const auto t1 = Clock::now();
-    const EvalResult ev =
-        trainer.evaluate(test_x.data(), test_y.data(), n_test, D, cfg.eval_batch_size);
+    const EvalResult ev = evaluate_test_set();
     EpochMetrics m;
     m.epoch = epoch + 1;
     m.steps = optimizer->steps();

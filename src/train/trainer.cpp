@@ -8,6 +8,7 @@
 
 #include "normlab/loss.hpp"
 #include "normlab/profile.hpp"
+#include "optim/elementwise.hpp"
 
 namespace normlab {
 
@@ -36,8 +37,27 @@ int64_t first_non_finite(const float* data, int64_t n) {
   return -1;
 }
 
-Trainer::Trainer(Layer<float>& model, Optimizer& optimizer) : model_(model), optimizer_(optimizer) {
+Trainer::Trainer(Layer<float>& model, Optimizer& optimizer)
+    : model_(model), optimizer_(optimizer), bad_grad_(optimizer.params().size()) {
   model_.set_input_grad(false);
+}
+
+// All gradients are scanned in one parallel region; only a tensor found to
+// hold a NaN or infinity is searched again for the first one.
+std::pair<int64_t, int64_t> Trainer::first_non_finite_gradient() {
+  const auto& params = optimizer_.params();
+  for (auto& flag : bad_grad_) flag.store(0, std::memory_order_relaxed);
+  parallel_tensor_ranges(
+      params.size(), [&](size_t i) { return params[i].grad->numel(); },
+      [&](size_t i, int64_t begin, int64_t end) {
+        if (first_non_finite(params[i].grad->data() + begin, end - begin) >= 0)
+          bad_grad_[i].store(1, std::memory_order_relaxed);
+      });
+  for (size_t i = 0; i < params.size(); ++i)
+    if (bad_grad_[i].load(std::memory_order_relaxed))
+      return {static_cast<int64_t>(i),
+              first_non_finite(params[i].grad->data(), params[i].grad->numel())};
+  return {-1, -1};
 }
 
 StepResult Trainer::train_step(const float* x, const int32_t* labels, int64_t N, int64_t D) {
@@ -136,12 +156,12 @@ StepResult Trainer::train_step(const Tensor<float>& x, const int32_t* labels) {
   }
   {
     const profile::Scope timer("gradient check");
-    for (const auto& p : optimizer_.params())
-      if (const int64_t i = first_non_finite(p.grad->data(), p.grad->numel()); i >= 0) {
-        std::ostringstream os;
-        os << "the gradient of " << p.name << " holds " << (*p.grad)[i] << " at flat index " << i;
-        non_finite(os.str());
-      }
+    if (const auto [k, i] = first_non_finite_gradient(); k >= 0) {
+      const auto& p = optimizer_.params()[k];
+      std::ostringstream os;
+      os << "the gradient of " << p.name << " holds " << (*p.grad)[i] << " at flat index " << i;
+      non_finite(os.str());
+    }
   }
 
   const profile::Scope timer("optimizer");

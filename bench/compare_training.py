@@ -1,0 +1,160 @@
+#!/usr/bin/python3
+"""Training and the depth sweep side by side with PyTorch 1.13, in one invocation.
+
+    OPENBLAS_CORETYPE=SkylakeX /usr/bin/python3 bench/compare_training.py [--threads 2]
+        [--epochs 1] [--repeats 3] [--data DIR] [--build build]
+
+Runs, one after the other and --repeats times interleaved:
+  * PyTorch: bench/torch_train.py (the seed-001 MLP from nn.Linear + weight_norm,
+    LayerNorm, BatchNorm1d; Adam, batch 128, shuffled MNIST);
+  * normlab: `normlab train --model seed001` with the same recipe;
+  * the matrix-product floor: build/bench/normlab_epoch_floor, exactly the
+    sgemm calls of one such epoch and nothing else;
+  * the seed-000 depth sweep (5 architectures, depths 0-29, fresh networks, one
+    seed): a PyTorch twin of the notebook's loop, and `normlab depth`;
+and prints medians: seconds per epoch, speed-up over PyTorch, ratio to the
+floor, and each process's peak resident memory (from wait4's rusage).
+Every process gets the same thread count; none runs while another does.
+"""
+import argparse, os, re, statistics, subprocess, sys, tempfile, time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+# The PyTorch twin of the notebook's depth loop (docs/depth.md): fresh networks,
+# 5 architectures x depths 0-29, one batch of 5 standard-normal 28x28 inputs.
+TORCH_DEPTH = r'''
+import sys, time, torch, torch.nn as nn
+torch.set_num_threads(int(sys.argv[1]))
+def ln_nobias(d):
+    m = nn.LayerNorm(d); m.register_parameter("bias", None); return m
+def mlp(kind, depth):
+    layers, d = [nn.Flatten()], 784
+    for _ in range(depth):
+        if kind == "none": layers += [nn.Linear(d, 512, bias=False), nn.ReLU()]
+        if kind == "bn-pre": layers += [nn.BatchNorm1d(d, affine=False), nn.Linear(d, 512), nn.ReLU()]
+        if kind == "bn-post": layers += [nn.Linear(d, 512, bias=False), nn.BatchNorm1d(512), nn.ReLU()]
+        if kind == "ln-pre": layers += [ln_nobias(d), nn.Linear(d, 512), nn.ReLU()]
+        if kind == "ln-post": layers += [nn.Linear(d, 512, bias=False), nn.LayerNorm(512), nn.ReLU()]
+        d = 512
+    return nn.Sequential(*layers, nn.Linear(d, 100, bias=False))
+torch.manual_seed(0)
+t = time.perf_counter()
+x = torch.randn(5, 28, 28)
+for kind in ["none", "bn-pre", "bn-post", "ln-pre", "ln-post"]:
+    for depth in range(30):
+        mlp(kind, depth)(x).norm().item()
+print(f"sweep {time.perf_counter() - t:.4f} s")
+'''
+
+
+def run(cmd, env):
+    """Runs cmd to completion; returns (output, wall seconds, peak RSS in MB)."""
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
+    out = p.stdout.read()
+    _, status, usage = os.wait4(p.pid, 0)  # this child's own rusage, not all children's
+    p.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - t0
+    if p.returncode != 0:
+        sys.exit(f"compare_training: `{' '.join(cmd)}` failed with status {p.returncode}:\n{out}")
+    return out, wall, usage.ru_maxrss / 1024.0  # Linux reports kilobytes
+
+
+def numbers(pattern, text, what):
+    found = [float(m) for m in re.findall(pattern, text)]
+    if not found:
+        sys.exit(f"compare_training: no {what} in this output:\n{text}")
+    return found
+
+
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--epochs", type=int, default=1, help="epochs per training run (1; 5 for the memory target)")
+    ap.add_argument("--repeats", type=int, default=3, help="runs of each, interleaved; medians are reported")
+    ap.add_argument("--data", default=os.path.join(ROOT, "..", "shared", "data", "mnist"))
+    ap.add_argument("--build", default=os.path.join(ROOT, "build"), help="normlab's build directory")
+    ap.add_argument("--skip-depth", action="store_true")
+    args = ap.parse_args()
+    if args.threads < 1 or args.epochs < 1 or args.repeats < 1:
+        sys.exit("compare_training: --threads, --epochs and --repeats must be at least 1")
+    normlab = os.path.join(args.build, "normlab")
+    floor_tool = os.path.join(args.build, "bench", "normlab_epoch_floor")
+    for path in (normlab, floor_tool):
+        if not os.access(path, os.X_OK):
+            sys.exit(f"compare_training: {path} not found; build first: "
+                     "cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release && ninja -C build")
+    if not os.path.isdir(args.data):
+        sys.exit(f"compare_training: no MNIST directory at {args.data} (give --data)")
+
+    env = dict(os.environ)
+    env.setdefault("OPENBLAS_CORETYPE", "SkylakeX")  # else Debian's OpenBLAS runs PyTorch on SSE2 kernels
+    env["OMP_NUM_THREADS"] = str(args.threads)
+    t = str(args.threads)
+    out_dir = tempfile.mkdtemp(prefix="normlab-compare-")
+    jobs = {
+        "torch": [sys.executable, os.path.join(HERE, "torch_train.py"), "--model", "seed001",
+                  "--epochs", str(args.epochs), "--threads", t, "--data", args.data],
+        "normlab": [normlab, "train", "--model", "seed001", "--epochs", str(args.epochs),
+                    "--threads", t, "--data", args.data, "--out", out_dir, "--progress", "never"],
+        "floor": [floor_tool, "--model", "seed001", "--repeats", "3"],
+    }
+    if not args.skip_depth:
+        jobs["torch depth"] = [sys.executable, "-c", TORCH_DEPTH, t]
+        jobs["normlab depth"] = [normlab, "depth", "--threads", t]
+    patterns = {  # seconds reported by each program (per epoch, or for the sweep)
+        "torch": r"test acc [0-9.]+%\s+([0-9.]+) s",
+        "normlab": r"test acc [0-9.]+%\s+([0-9.]+) s \(",
+        "floor": r"floor_seconds=([0-9.]+)",
+        "torch depth": r"sweep ([0-9.]+) s",
+    }
+    seconds = {k: [] for k in jobs}
+    rss = {k: [] for k in jobs}
+    load_before = os.getloadavg()[0]
+    for r in range(args.repeats):
+        for name, cmd in jobs.items():
+            out, wall, peak = run(cmd, env)
+            # normlab depth's figure is the whole process, start-up included.
+            seconds[name] += [wall] if name == "normlab depth" else numbers(patterns[name], out, name)
+            rss[name].append(peak)
+            print(f"  run {r + 1}/{args.repeats} {name:13s} {seconds[name][-1]:8.3f} s {peak:6.0f} MB",
+                  file=sys.stderr, flush=True)
+    load_after = os.getloadavg()[0]
+
+    med = {k: statistics.median(v) for k, v in seconds.items()}
+    peak = {k: max(v) for k, v in rss.items()}
+    import torch
+    print(f"machine: {cpu_name()}, {os.cpu_count()} CPUs; {args.threads} threads; "
+          f"load average {load_before:.2f} before, {load_after:.2f} after")
+    print(f"PyTorch {torch.__version__}, OPENBLAS_CORETYPE={env['OPENBLAS_CORETYPE']}; "
+          f"medians of {args.repeats} runs x {args.epochs} epoch(s)\n")
+    print(f"{'seed001, one MNIST epoch (batch 128)':44s} {'s/epoch':>9s} {'vs PyTorch':>11s} {'vs floor':>9s} {'peak RSS':>9s}")
+    rows = [("PyTorch 1.13 (standard layers)", "torch"), ("normlab train", "normlab"),
+            ("matrix products alone (floor)", "floor")]
+    for label, k in rows:
+        print(f"{label:44s} {med[k]:9.3f} {med['torch'] / med[k]:10.1f}x {med[k] / med['floor']:8.2f}x "
+              f"{peak[k]:6.0f} MB")
+    if not args.skip_depth:
+        print(f"\n{'seed000 depth sweep (5 archs, depths 0-29)':44s} {'seconds':>9s} {'vs PyTorch':>11s} {'':>9s} {'peak RSS':>9s}")
+        for label, k in [("PyTorch 1.13 (fresh nn.Sequential per depth)", "torch depth"),
+                         ("normlab depth (whole process)", "normlab depth")]:
+            print(f"{label:44s} {med[k]:9.3f} {med['torch depth'] / med[k]:10.1f}x {'':>9s} {peak[k]:6.0f} MB")
+    if load_before > args.threads + 0.5:
+        print(f"\nwarning: the load average was {load_before:.1f} when this started: other jobs shared "
+              "the CPUs, so the times are inflated (the ratios less so).")
+
+
+if __name__ == "__main__":
+    main()
