@@ -72,8 +72,12 @@ Zero or large values with a documented meaning run and do what the help says:
 `--eval-batch-size 1048576` (one batch of everything), `--weight-decay 0`, SGD
 `--momentum 0`, `--epochs 003` (3, decimal: CLI11 alone read 010 as octal 8),
 `--epochs +2`, `eval --threads 0 --batch-size 1`, `depth --min-depth 0
---max-depth 0 --seed 0`, `model --input 1`. The unreadable-directory case
-(`BadInputs.UnreadableDataDirectory`) runs only as a user other than root.
+--max-depth 0 --seed 0`, `model --input 1`.
+
+The unreadable data directory (mode 000, `BadInputs.UnreadableDataDirectory`)
+is skipped as root, whom permissions do not stop; run as another user
+(`runuser -u nobody -- build/tests/normlab_tests --gtest_filter='BadInputs.*'`)
+it passes with `data directory <dir> cannot be read (permission denied)`.
 
 ## Training that cannot silently go wrong
 
