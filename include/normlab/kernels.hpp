@@ -87,21 +87,26 @@ template <typename T>
 void weightnorm_columns_backward(T* dv, T* dg, const T* dw, const T* v, const T* g, const T* norm,
                                  int64_t O, int64_t I);
 
-// ---- WeightNormLinear with per-row norms, fused: w = g v / ||v|| per row, y = x w^T + b ----
-// The results of weightnorm_forward(per_row) then linear_forward, computed
-// slice by slice of output rows o: each thread normalizes its rows of w and
-// multiplies them into its columns of y while they are in its cache.
-// y (N,O), w (O,I) and norm (O) are written; b may be null.
+// ---- WeightNormLinear with per-row norms, fused, without forming w ----
+// With w = g v / ||v|| per row (PyTorch dim=0), x w^T = (x v^T) * s column by
+// column, s_o = g_o / ||v_o||, so the layer never writes w: the forward keeps
+// z = x v^T (N,O) and s (O) for the backward, where dw = dy^T x enters only
+// through (dy * s)^T x and the row dots dw_o . v_o = sum_n dy[n,o] z[n,o]
+// (derivation: docs/derivations.md). Each thread owns a slice of output
+// features o (norms, its columns of z and y, its rows of dv) and of dx's
+// columns. Results equal weightnorm_forward(per_row) + linear_forward and
+// linear_backward + weightnorm_backward(per_row) up to rounding.
+// Forward: y (N,O) = z * s + b (b may be null); writes z (N,O), norm (O), scale (O) = s.
 template <typename T>
-void weightnorm_linear_forward(T* y, T* w, T* norm, const T* x, const T* v, const T* g, const T* b,
-                               int64_t N, int64_t I, int64_t O);
-// From dy (N,O): dx (N,I) = dy w (null skips it); dw (O,I) = dy^T x is
-// OVERWRITTEN (a scratch buffer, not a parameter gradient) and carried into
-// dv (O,I) +=, dg (O) += as weightnorm_backward(per_row); db (O) += sum_n dy (may be null).
+void weightnorm_linear_forward(T* y, T* z, T* norm, T* scale, const T* x, const T* v, const T* g,
+                               const T* b, int64_t N, int64_t I, int64_t O);
+// Backward from dy (N,O), with z, norm, scale from the forward: dx (N,I) = dy w
+// (null skips it); dv (O,I) +=, dg (O) +=, db (O) += (null: no bias).
+// dys (N,O) and dot (O) are scratch, overwritten.
 template <typename T>
-void weightnorm_linear_backward(T* dx, T* dw, T* dv, T* dg, T* db, const T* dy, const T* x,
-                                const T* w, const T* v, const T* g, const T* norm, int64_t N,
-                                int64_t I, int64_t O);
+void weightnorm_linear_backward(T* dx, T* dv, T* dg, T* db, T* dys, T* dot, const T* dy, const T* x,
+                                const T* z, const T* v, const T* g, const T* norm, const T* scale,
+                                int64_t N, int64_t I, int64_t O);
 
 namespace ref {
 // Plain, obviously-correct versions with the same contracts as above.

@@ -114,7 +114,9 @@ class WeightNormLinear : public Layer<T> {
   int64_t in_, out_;
   WeightNormDim dim_;
   const Tensor<T>* x_ = nullptr;
-  Tensor<T> w_, dw_, norm_, y_, dx_;
+  Tensor<T> norm_, y_, dx_;
+  Tensor<T> z_, scale_, dys_, dot_;  // per-row norms: x v^T (N,O), g/||v|| (O), scratch
+  Tensor<T> w_, dw_;                 // one norm for the whole matrix: w and its gradient
 };
 
 template <typename T>

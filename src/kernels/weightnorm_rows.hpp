@@ -1,6 +1,5 @@
 // WeightNorm with one norm per output row (PyTorch dim=0), over a range of
-// rows [o0, o1): the pieces weightnorm_forward / weightnorm_backward (per_row)
-// and the fused weightnorm_linear kernels share, so both give the same bits.
+// rows [o0, o1), for weightnorm_forward / weightnorm_backward (per_row).
 // Sums run in T with vector lanes (float for float: a row has ~1e3 values,
 // so the rounding stays near float's epsilon); derivation in docs/derivations.md.
 #pragma once

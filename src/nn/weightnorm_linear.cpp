@@ -21,10 +21,14 @@ WeightNormLinear<T>::WeightNormLinear(int64_t in, int64_t out, bool has_bias, We
   const bool rows = dim == WeightNormDim::Rows;
   weight_g = rows ? Tensor<T>({out, 1}) : Tensor<T>(Shape{});
   norm_ = Tensor<T>({rows ? out : 1});
-  w_ = Tensor<T>({out, in});
-  weightnorm_forward(w_.data(), norm_.data(), weight_v.data(), norm_.data(), out, in, rows);
-  // With g = 1 the forward above leaves the norms in norm_; g takes them.
+  Tensor<T> w({out, in});
+  // With g aliasing norm, the forward computes the norms and w = v; g takes the norms.
+  weightnorm_forward(w.data(), norm_.data(), weight_v.data(), norm_.data(), out, in, rows);
   std::copy(norm_.data(), norm_.data() + norm_.numel(), weight_g.data());
+  if (rows)
+    scale_ = Tensor<T>({out});
+  else
+    w_ = std::move(w);
   dweight_g = Tensor<T>(weight_g.shape());
   dweight_v = Tensor<T>({out, in});
   if (has_bias) dbias = Tensor<T>({out});
@@ -52,8 +56,9 @@ const Tensor<T>& WeightNormLinear<T>::forward(const Tensor<T>& x) {
   y_.resize_last(x.shape(), out_);
   const T* b = bias.numel() ? bias.data() : nullptr;
   if (dim_ == WeightNormDim::Rows) {
-    weightnorm_linear_forward(y_.data(), w_.data(), norm_.data(), x.data(), weight_v.data(),
-                              weight_g.data(), b, N, in_, out_);
+    z_.resize_last(x.shape(), out_);
+    weightnorm_linear_forward(y_.data(), z_.data(), norm_.data(), scale_.data(), x.data(),
+                              weight_v.data(), weight_g.data(), b, N, in_, out_);
     return y_;
   }
   {
@@ -72,16 +77,17 @@ const Tensor<T>& WeightNormLinear<T>::backward(const Tensor<T>& dy) {
     dx_.resize(x_->shape());
   else
     dx_.resize({0});
-  dw_.resize({out_, in_});
   T* dx = this->input_grad_ ? dx_.data() : nullptr;
   T* db = bias.numel() ? dbias.data() : nullptr;
   if (dim_ == WeightNormDim::Rows) {
-    // dw_ is scratch: the fused kernel overwrites it.
-    weightnorm_linear_backward(dx, dw_.data(), dweight_v.data(), dweight_g.data(), db, dy.data(),
-                               x_->data(), w_.data(), weight_v.data(), weight_g.data(),
-                               norm_.data(), N, in_, out_);
+    dys_.resize({N, out_});
+    dot_.resize({out_});
+    weightnorm_linear_backward(dx, dweight_v.data(), dweight_g.data(), db, dys_.data(), dot_.data(),
+                               dy.data(), x_->data(), z_.data(), weight_v.data(), weight_g.data(),
+                               norm_.data(), scale_.data(), N, in_, out_);
     return dx_;
   }
+  dw_.resize({out_, in_});
   dw_.fill(T(0));
   linear_backward(dx, dw_.data(), db, dy.data(), x_->data(), w_.data(), N, in_, out_);
   const profile::Scope timer("weightnorm backward");
