@@ -158,10 +158,14 @@ struct Case {
   std::vector<float> x;
   float eps = 1e-5f;
   double tol = 2e-5;  // relative error allowed in y, dx, dgamma, dbeta
+  // A looser bound for the default (fast) kernels where their float sums are
+  // the limit (D = 1e6 built without vectorisation); 0: tol.
+  double default_tol = 0;
 };
 
 void check(const Case& c, const Kernels& k, const std::string& norm, const Result& got,
            const Reference& want, double tol) {
+  if (&k == &kDefault && c.default_tol > 0) tol = c.default_tol;
   SCOPED_TRACE(norm + " / " + k.name + " kernels / " + c.name);
   EXPECT_LE(error(got.y, want.y, want.y_scale), tol) << "y";
   EXPECT_LE(error(got.dx, want.dx, want.dx_scale), tol) << "dx";
@@ -224,7 +228,7 @@ TEST(NumericsEdges, VeryLargeD) {
   // vectorisation (-O1) one accumulator gives 2e-4.
   check_both({"D = 1e6", normal(2 * D, 3, 3, 1), 1e-5f, 2e-5, 5e-4}, 2, D, 2, D / 2);
   // Among 1e6 pairs some are nearly equal: their spread is a few ulp of the mean,
-  // the case above in small: the backward must recover the exact mean.
+  // the large-mean case in small: the backward must recover the exact mean.
   check_both({"1e6 rows of 2", normal(2 * D, 4, -5, 2), 1e-5f, 2e-5}, D, 2, 2, 1);
 }
 
