@@ -10,8 +10,9 @@
 //     and libFuzzer reports it);
 //   - an accepted plan chains: each layer's input shape is the previous one's
 //     output, the batch stays 2, every size is within kMaxFeatures;
-//   - a plan small enough to build (<= 2^20 weights) builds, its state_dict keys
-//     are unique, and a forward pass gives the planned output shape;
+//   - a plan small enough to build and run (<= 2^20 parameters and activations:
+//     the fuzzer's memory is bounded) builds, its state_dict keys are unique,
+//     and a forward pass gives the planned output shape;
 //   - planning is deterministic: the same text plans the same way twice.
 //
 // Seeds: fuzz/corpus/model_spec/ (valid and invalid specs and presets);
@@ -63,14 +64,14 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   }
 
   Shape shape = input;
-  int64_t total = 0;
+  int64_t total = 0;  // parameters and activations the build and a forward pass allocate
   for (const LayerPlan& p : plan) {
     if (p.in_shape != shape) broken("a layer's input is not the previous output", spec);
     if (p.out_shape.empty() || p.out_shape[0] != 2) broken("the batch dimension changed", spec);
     for (int64_t d : p.out_shape)
       if (d < 1 || d > kMaxFeatures) broken("a size outside 1..kMaxFeatures", spec);
     shape = p.out_shape;
-    total += weights(p);
+    total += weights(p) + 2 * shape_numel(p.out_shape);
   }
   const std::vector<LayerPlan> again = plan_model(spec, input);
   if (again.size() != plan.size()) broken("planning twice differs", spec);

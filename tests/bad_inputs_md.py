@@ -125,6 +125,8 @@ every input they ever found a problem with (fuzz/regressions/) are replayed by
 
 
 def q(t):
+    if len(t) > 80:  # e.g. 60000 nested groups
+        t = t[:12] + '…' + t[-12:] + f' ({len(t)} characters)'
     return "'"+t+"'" if (' ' in t or t=='' or ',' in t) else t
 def describe(args):
     if not args: return "`normlab`"

@@ -633,6 +633,10 @@ std::vector<Case> spec_cases() {
       {"spec: preset parameter out of range", model("bn-pre:depth=-1"), {"depth", "-1"}},
       {"spec: preset huge width", model("ln-post:width=99999999999"), {"width", "99999999999"}},
       {"spec: relu with an argument", model("relu(3)"), {"relu(3)"}},
+      // Found by fuzz_model_spec: the parser recursed once per '[' until the stack overflowed.
+      {"spec: 60000 nested groups",
+       model(std::string(60000, '[') + "relu" + std::string(60000, ']')),
+       {"column 33", "groups nested more than 32 deep"}},
   };
 }
 
