@@ -201,8 +201,7 @@ void check_both(const Case& c, int64_t N, int64_t D, int64_t C, int64_t L,
 }
 
 TEST(NumericsEdges, LargeMeanSmallSpread) {
-  check_both({"mean 1e4, sd 1e-2", normal(64 * 96, 1, 1e4, 1e-2), 1e-5f, 2e-5}, 64, 96, 32,
-             3);
+  check_both({"mean 1e4, sd 1e-2", normal(64 * 96, 1, 1e4, 1e-2), 1e-5f, 2e-5}, 64, 96, 32, 3);
 }
 
 TEST(NumericsEdges, ConstantRows) {
