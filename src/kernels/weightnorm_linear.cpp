@@ -56,7 +56,10 @@ void weightnorm_linear_backward(T* dx, T* dv, T* dg, T* db, T* dys, T* dot, cons
                                 int64_t N, int64_t I, int64_t O) {
   const int threads = detail::slice_threads((dx ? 4.0 : 2.0) * static_cast<double>(N) * I * O);
   detail::run_threads(threads, [&](int t, int team) {
-    const auto [o0, o1] = detail::slice_of(O, 16, t, team);
+    // Plain variables, not a structured binding: clang 14 cannot use a binding
+    // inside an `omp simd` loop (the fuzz build uses clang).
+    const auto o_slice = detail::slice_of(O, 16, t, team);
+    const int64_t o0 = o_slice.first, o1 = o_slice.second;
     {
       const profile::Scope timer("weightnorm backward");  // thread 0's share, if profiling
       for (int64_t o = o0; o < o1; ++o) dot[o] = 0;

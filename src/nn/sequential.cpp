@@ -37,7 +37,11 @@ template <typename T>
 const Tensor<T>& Sequential<T>::forward(const Tensor<T>& x) {
   if (layers_.empty()) fail("Sequential: cannot run an empty network");
   const Tensor<T>* h = &x;
-  for (auto& [name, layer] : layers_) {
+  for (auto& entry : layers_) {
+    // entry.first/second, not a structured binding: C++20 lets a lambda capture a
+    // binding, but clang 14 (the fuzz build's compiler) does not implement it yet.
+    const auto& name = entry.first;
+    auto& layer = entry.second;
     const profile::Scope timer("forward", layer.get(),
                                [&] { return "layer " + name + " " + layer->name() + " forward"; });
     h = &layer->forward(*h);
