@@ -2,23 +2,28 @@
 // sizes (D or C not a multiple of the vector width, N = 1, C = 1, L > 1), on one
 // thread and on several, with and without affine parameters and optional outputs.
 //
-// Tolerances (float): the reference accumulates in double and rounds once; the
-// fast kernels accumulate in float, in vector lanes and per-block partial sums,
-// so each result carries the rounding of a sum of at most ~1000 float terms in
-// sequence: worst case ~1000 * 6e-8 = 6e-5 relative to the sum of |terms|,
-// typically ~1e-7 (measured over all cases below: median 1.2e-7, max 5.8e-6,
-// at dgamma of C = 1, N = 20000). Values are compared as
-// |fast - ref| <= tol * (1 + |ref|) with tol = 1e-4 for outputs computed from
-// per-row/channel statistics and for sums over N (dgamma, dbeta). A wrong
-// formula, index or missed row is off by O(1). Doubles: tol = 1e-11.
+// Tolerances (float): the reference accumulates its statistics in double and
+// rounds once, but sums LayerNorm's dgamma/dbeta row by row in float; the fast
+// kernels accumulate in float in vector lanes and blocks (BatchNorm's per-thread
+// totals in double). Each result thus carries the rounding of float sums of at
+// most ~1000 terms in sequence: worst case ~1000 * 6e-8 = 6e-5 relative to the
+// sum of |terms|, typically ~1e-7. Measured over all cases below: median 1.1e-7,
+// max 2.0e-5 (LayerNorm dgamma over N = 1030 rows, where both sides sum in
+// float in different orders). Values are compared as
+// |fast - ref| <= tol * (1 + |ref|) with tol = 1e-4; a wrong formula, index or
+// missed row is off by O(1). Doubles: tol = 1e-11.
 #include <gtest/gtest.h>
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <cstdlib>
+#include <new>
 #include <string>
 #include <vector>
 
+#include "alloc_counter.hpp"
 #include "normlab/kernels.hpp"
 #include "normlab/rng.hpp"
 
@@ -179,12 +184,50 @@ TEST(FastKernels, BatchNormMatchesReference) {
       for (Affine af : kAffines) check_batchnorm<float>(s[0], s[1], s[2], threads, af, kTolF);
 }
 
+// Outputs of 4 MB and more are written with non-temporal stores (map_row in
+// norm_common.hpp): sizes past that threshold, rows not a multiple of 16 (so
+// every row has an unaligned head and a tail), and (N,C,L) at that size.
+TEST(FastKernels, StreamedOutputsMatchReference) {
+  for (int threads : {1, 3}) {
+    check_layernorm<float>(1030, 1025, threads, {true, true}, kTolF);
+    check_batchnorm<float>(1030, 1025, 1, threads, {true, true}, kTolF);
+    check_batchnorm<float>(40, 31, 1057, threads, {true, true}, kTolF);
+  }
+}
+
 TEST(FastKernels, DoubleMatchesReference) {
   for (int threads : {1, 3}) {
     check_layernorm<double>(40, 1025, threads, {true, true}, 1e-11);
     check_batchnorm<double>(100, 1025, 1, threads, {true, true}, 1e-11);
     check_batchnorm<double>(16, 5, 300, threads, {true, true}, 1e-11);
   }
+}
+
+// After one call per shape (scratch grows once), further calls allocate nothing.
+TEST(FastKernels, NoAllocationOnceWarm) {
+  Threads guard(2);
+  const int64_t N = 300, D = 1025;
+  auto x = randn<float>(N * D, 31), dy = randn<float>(N * D, 32);
+  std::vector<float> y(N * D), dx(N * D), g(D, 1.f), b(D, 0.f), dg(D), db(D), m(N + D), r(N + D),
+      v(D, 1.f);
+  auto all = [&] {
+    layernorm_forward(y.data(), m.data(), r.data(), x.data(), g.data(), b.data(), N, D, 1e-5f);
+    layernorm_backward(dx.data(), dg.data(), db.data(), dy.data(), x.data(), m.data(), r.data(),
+                       g.data(), N, D);
+    batchnorm_forward_train(y.data(), m.data(), r.data(), v.data(), x.data(), g.data(), b.data(), N,
+                            D, int64_t{1}, 1e-5f);
+    batchnorm_backward_train(dx.data(), dg.data(), db.data(), dy.data(), x.data(), m.data(),
+                             r.data(), g.data(), N, D, int64_t{1});
+    batchnorm_forward_eval(y.data(), x.data(), m.data(), v.data(), g.data(), b.data(), N, D,
+                           int64_t{1}, 1e-5f);
+    batchnorm_backward_eval(dx.data(), dg.data(), db.data(), dy.data(), x.data(), m.data(),
+                            r.data(), g.data(), N, D, int64_t{1});
+  };
+  all();
+  EXPECT_EQ(normlab::testing::allocations_during([&] {
+              for (int i = 0; i < 3; ++i) all();
+            }),
+            0);
 }
 
 // randn * 0.01 + 1e4: computing E[x^2] - E[x]^2, or centring with a rounded

@@ -8,6 +8,7 @@
 #include "normlab/error.hpp"
 #include "normlab/model_spec.hpp"
 #include "normlab/train.hpp"
+#include "normlab/training_run.hpp"
 
 namespace normlab::cli {
 
@@ -29,7 +30,8 @@ void add_eval_command(CLI::App& app) {
   cmd->callback([=] {
     if (*split != "test" && *split != "train")
       fail("--split must be test or train, got '", *split, "'");
-    if (*batch <= 0) fail("--batch-size must be positive, got ", *batch);
+    if (*batch <= 0 || *batch > kMaxBatchSize)
+      fail("--batch-size must be between 1 and ", kMaxBatchSize, ", got ", *batch);
     set_threads(*threads);
     std::string spec = *model;
     if (spec.empty()) {
@@ -40,7 +42,13 @@ void add_eval_command(CLI::App& app) {
         load_dataset(resolve_data_dir(*data), *split == "test" ? Split::Test : Split::Train);
     const int64_t D = ds.features();
     Rng rng(0);  // initial values are overwritten by the file
-    auto net = build_model<float>(spec, Shape{*batch, D}, rng);
+    std::unique_ptr<Sequential<float>> net;
+    try {
+      net = build_model<float>(spec, Shape{*batch, D}, rng);
+    } catch (const Error& e) {
+      if (!model->empty()) throw;
+      fail(*path, ": the model spec in its metadata does not build: ", e.what());
+    }
     load_model(*path, net->state());
 
     std::vector<int64_t> index(static_cast<size_t>(ds.size()));

@@ -31,7 +31,9 @@ Shape parse_dims(const std::string& text) {
       fail("--input '", text, "': expected positive sizes separated by 'x', e.g. 28x28");
     dims.push_back(std::stoll(part));
   }
-  if (dims.empty()) fail("--input '", text, "': expected sizes such as 784 or 28x28");
+  // getline drops a trailing empty part: "28x" would read as 28.
+  if (dims.empty() || text.back() == 'x')
+    fail("--input '", text, "': expected sizes such as 784 or 28x28");
   return dims;
 }
 

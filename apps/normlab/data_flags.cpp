@@ -25,7 +25,8 @@ std::string resolve_data_dir(const DataFlags& flags) {
   if (flags.dir.empty()) return default_data_dir(flags.dataset);
   std::error_code ec;
   if (!std::filesystem::is_directory(flags.dir, ec))
-    fail("--data ", flags.dir, ": no such directory");
+    fail("--data ", flags.dir,
+         std::filesystem::exists(flags.dir, ec) ? ": not a directory" : ": no such directory");
   return flags.dir;
 }
 

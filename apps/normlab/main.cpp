@@ -6,6 +6,7 @@
 
 #include "commands.hpp"
 #include "normlab/error.hpp"
+#include "strict_numbers.hpp"
 
 int main(int argc, char** argv) {
   CLI::App app{"normlab: normalization layers, trained and studied"};
@@ -16,6 +17,22 @@ int main(int argc, char** argv) {
   normlab::cli::add_eval_command(app);
   normlab::cli::add_bench_command(app);
   normlab::cli::add_model_command(app);
+  normlab::cli::make_numbers_strict(app);
+  // CLI11 answers an unknown subcommand with "A subcommand is required", which
+  // does not say what was wrong; name it.
+  if (argc > 1 && argv[1][0] != '-') {
+    std::string known;
+    bool found = false;
+    for (const CLI::App* sub : app.get_subcommands([](const CLI::App*) { return true; })) {
+      found = found || sub->check_name(argv[1]);
+      known += (known.empty() ? "" : ", ") + sub->get_name();
+    }
+    if (!found) {
+      std::cerr << "normlab: error: unknown subcommand '" << argv[1] << "'; known: " << known
+                << "\n";
+      return 2;
+    }
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

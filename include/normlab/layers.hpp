@@ -59,6 +59,7 @@ class BatchNorm1d : public Layer<T> {
   BatchNormOptions opt_;
   const Tensor<T>* x_ = nullptr;
   bool used_batch_stats_ = true;
+  bool exact_ = false;  // the batch statistics overflowed in the fast kernel: ref:: was used
   Tensor<T> y_, dx_, mean_, rstd_, var_;
 };
 
@@ -88,6 +89,7 @@ class LayerNorm : public Layer<T> {
   int64_t D_;
   LayerNormOptions opt_;
   const Tensor<T>* x_ = nullptr;
+  bool exact_ = false;  // the statistics overflowed in the fast kernel: ref:: was used
   Tensor<T> y_, dx_, mean_, rstd_;
 };
 

@@ -22,6 +22,10 @@
 
 namespace normlab {
 
+// Limits that make a setting absurd rather than merely big.
+inline constexpr int64_t kMaxEpochs = 1000000;
+inline constexpr int64_t kMaxBatchSize = int64_t(1) << 20;  // the model planner's largest dim
+
 struct TrainConfig {
   std::string model = "seed001";  // spec or preset
   std::string dataset = "mnist";  // for messages and metadata

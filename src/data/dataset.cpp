@@ -63,7 +63,7 @@ void Dataset::gather(std::span<const int64_t> indices, float* x, int32_t* y) con
     if (indices[b] < 0 || indices[b] >= n_)
       fail("Dataset(", images_file_, ")::gather: index ", indices[b], " (batch row ", b,
            ") is outside [0, ", n_, ")");
-  // A training batch (128 x 784) converts on two threads in half the time.
+      // A training batch (128 x 784) converts on two threads in half the time.
 #pragma omp parallel for schedule(static) if (B * d >= (1 << 16))
   for (int64_t b = 0; b < B; ++b) {
     const uint8_t* src = pixels_.data() + indices[b] * d;

@@ -280,7 +280,8 @@ IdxArray read_body(ByteSource& src, const Header& h, std::string_view name) {
 }
 
 std::string read_file(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused below).
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) fail(path, ": cannot open: ", std::strerror(errno));
   struct Closer {
     int fd;
@@ -289,11 +290,13 @@ std::string read_file(const std::string& path) {
   struct stat st {};
   if (::fstat(fd, &st) != 0) fail(path, ": cannot stat: ", std::strerror(errno));
   if (S_ISDIR(st.st_mode)) fail(path, ": is a directory, not an IDX file");
-  // Read straight into the string; it grows only if the file does (or is not a regular file).
-  std::string bytes(S_ISREG(st.st_mode) ? static_cast<size_t>(st.st_size) : 0, '\0');
+  if (!S_ISREG(st.st_mode))
+    fail(path, ": not a regular file (a pipe, socket or device, which could block or never end)");
+  // Read straight into the string: the size fstat gave (a file that changes
+  // meanwhile is caught by the header's size checks).
+  std::string bytes(static_cast<size_t>(st.st_size), '\0');
   size_t used = 0;
-  for (;;) {
-    if (used == bytes.size()) bytes.resize(std::max<size_t>(2 * bytes.size(), size_t{1} << 16));
+  while (used < bytes.size()) {
     const ssize_t n = ::read(fd, bytes.data() + used, bytes.size() - used);
     if (n < 0) {
       if (errno == EINTR) continue;

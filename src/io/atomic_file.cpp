@@ -1,11 +1,13 @@
 #include "normlab/atomic_file.hpp"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 
 #include "normlab/error.hpp"
 
@@ -39,6 +41,23 @@ void write_file_atomic(const std::string& path, std::string_view bytes) {
     const int err = errno;
     ::unlink(tmp.c_str());
     fail("cannot write ", path, " (rename): ", std::strerror(err));
+  }
+}
+
+void remove_stale_temporaries(const std::string& dir, const std::vector<std::string>& names) {
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
+    const std::string file = entry.path().filename().string();
+    for (const auto& name : names) {
+      const std::string prefix = name + ".tmp.";
+      if (file.compare(0, prefix.size(), prefix) != 0) continue;
+      const std::string pid = file.substr(prefix.size());
+      if (pid.empty() || pid.size() > 9 || pid.find_first_not_of("0123456789") != std::string::npos)
+        continue;
+      // kill(pid, 0) fails with ESRCH only if no such process exists.
+      if (::kill(static_cast<pid_t>(std::stol(pid)), 0) != 0 && errno == ESRCH)
+        std::filesystem::remove(entry.path(), ec);
+    }
   }
 }
 

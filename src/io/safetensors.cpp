@@ -165,7 +165,8 @@ Entry parse_entry(const std::string& name, const json& v, uint64_t data_size,
 }
 
 std::string read_whole_file(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused below).
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) fail("cannot read ", path, ": ", std::strerror(errno));
   struct Closer {
     int fd;
@@ -174,8 +175,11 @@ std::string read_whole_file(const std::string& path) {
   struct stat st {};
   if (::fstat(fd, &st) != 0) fail("cannot read ", path, ": ", std::strerror(errno));
   if (S_ISDIR(st.st_mode)) fail("cannot read ", path, ": it is a directory, not a file");
+  if (!S_ISREG(st.st_mode))
+    fail("cannot read ", path,
+         ": not a regular file (a pipe, socket or device, which could block or never end)");
   std::string bytes;
-  if (S_ISREG(st.st_mode)) bytes.reserve(static_cast<size_t>(st.st_size));
+  bytes.reserve(static_cast<size_t>(st.st_size));
   char buf[1 << 16];
   for (;;) {
     const ssize_t n = ::read(fd, buf, sizeof buf);

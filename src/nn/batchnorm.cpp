@@ -1,6 +1,7 @@
 #include <cmath>
 #include <sstream>
 
+#include "nn/overflow_fallback.hpp"
 #include "nn/shape_check.hpp"
 #include "normlab/kernels.hpp"
 #include "normlab/layers.hpp"
@@ -81,6 +82,10 @@ const Tensor<T>& BatchNorm1d<T>::forward(const Tensor<T>& x) {
   var_.resize({C_});
   batchnorm_forward_train(y_.data(), mean_.data(), rstd_.data(), var_.data(), x.data(), gamma, beta,
                           N, C_, L, eps);
+  exact_ = statistics_overflowed(mean_, rstd_);  // see nn/overflow_fallback.hpp
+  if (exact_)
+    ref::batchnorm_forward_train(y_.data(), mean_.data(), rstd_.data(), var_.data(), x.data(),
+                                 gamma, beta, N, C_, L, eps);
   if (this->training_ && opt_.track_running_stats) {
     ++num_batches_tracked;
     const double f =
@@ -109,8 +114,9 @@ const Tensor<T>& BatchNorm1d<T>::backward(const Tensor<T>& dy) {
   T* dgamma = opt_.affine ? dweight.data() : nullptr;
   T* dbeta = opt_.affine ? dbias.data() : nullptr;
   if (used_batch_stats_)
-    batchnorm_backward_train(dx, dgamma, dbeta, dy.data(), x_->data(), mean_.data(), rstd_.data(),
-                             gamma, N, C_, L);
+    (exact_ ? ref::batchnorm_backward_train<T>
+            : batchnorm_backward_train<T>)(dx, dgamma, dbeta, dy.data(), x_->data(), mean_.data(),
+                                           rstd_.data(), gamma, N, C_, L);
   else
     batchnorm_backward_eval(dx, dgamma, dbeta, dy.data(), x_->data(), mean_.data(), rstd_.data(),
                             gamma, N, C_, L);

@@ -1,5 +1,6 @@
 #include <sstream>
 
+#include "nn/overflow_fallback.hpp"
 #include "nn/shape_check.hpp"
 #include "normlab/kernels.hpp"
 #include "normlab/layers.hpp"
@@ -61,9 +62,14 @@ const Tensor<T>& LayerNorm<T>::forward(const Tensor<T>& x) {
   y_.resize(x.shape());
   mean_.resize({N});
   rstd_.resize({N});
-  layernorm_forward(y_.data(), mean_.data(), rstd_.data(), x.data(),
-                    weight.numel() ? weight.data() : nullptr, bias.numel() ? bias.data() : nullptr,
-                    N, D_, static_cast<T>(opt_.eps));
+  const T* gamma = weight.numel() ? weight.data() : nullptr;
+  const T* beta = bias.numel() ? bias.data() : nullptr;
+  layernorm_forward(y_.data(), mean_.data(), rstd_.data(), x.data(), gamma, beta, N, D_,
+                    static_cast<T>(opt_.eps));
+  exact_ = statistics_overflowed(mean_, rstd_);  // see nn/overflow_fallback.hpp
+  if (exact_)
+    ref::layernorm_forward(y_.data(), mean_.data(), rstd_.data(), x.data(), gamma, beta, N, D_,
+                           static_cast<T>(opt_.eps));
   return y_;
 }
 
@@ -75,10 +81,12 @@ const Tensor<T>& LayerNorm<T>::backward(const Tensor<T>& dy) {
     dx_.resize(x_->shape());
   else
     dx_.resize({0});
-  layernorm_backward(this->input_grad_ ? dx_.data() : nullptr,
-                     weight.numel() ? dweight.data() : nullptr,
-                     bias.numel() ? dbias.data() : nullptr, dy.data(), x_->data(), mean_.data(),
-                     rstd_.data(), weight.numel() ? weight.data() : nullptr, N, D_);
+  (exact_ ? ref::layernorm_backward<T>
+          : layernorm_backward<T>)(this->input_grad_ ? dx_.data() : nullptr,
+                                   weight.numel() ? dweight.data() : nullptr,
+                                   bias.numel() ? dbias.data() : nullptr, dy.data(), x_->data(),
+                                   mean_.data(), rstd_.data(),
+                                   weight.numel() ? weight.data() : nullptr, N, D_);
   return dx_;
 }
 

@@ -204,6 +204,8 @@ struct Node {
 
 class Parser {
  public:
+  static constexpr int kMaxGroupDepth = 32;
+
   explicit Parser(const std::string& spec) : spec_(spec), toks_(lex(spec)) {}
 
   std::vector<Node> parse() {
@@ -249,10 +251,16 @@ class Parser {
     }
     n.pos = peek().pos;
     if (peek().kind == Token::LBracket) {
+      // The parser recurses per group: a bound keeps "[[[[..." (found by
+      // fuzz_model_spec: 3758 brackets overflowed the stack) an error.
+      if (++depth_ > kMaxGroupDepth)
+        fail_at(spec_, peek().pos,
+                "groups nested more than " + std::to_string(kMaxGroupDepth) + " deep");
       take();
       n.is_group = true;
       n.children = parse_list(Token::RBracket);
       take();  // ']'
+      --depth_;
     } else if (peek().kind == Token::Ident) {
       parse_layer(n);
     } else {
@@ -310,6 +318,7 @@ class Parser {
   const std::string& spec_;
   std::vector<Token> toks_;
   size_t i_ = 0;
+  int depth_ = 0;  // groups open at the current token
 };
 
 // ---------------------------------------------------------------- option values

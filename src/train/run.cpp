@@ -5,8 +5,11 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
 
 #include "normlab/atomic_file.hpp"
 #include "normlab/checkpoint.hpp"
@@ -62,14 +65,22 @@ json metrics_to_json(const EpochMetrics& m) {
           {"loss_curve", m.loss_curve}};
 }
 
+// JSON has no NaN: nlohmann writes it as null (e.g. the train loss of an epoch
+// whose every step was skipped), so null reads back as NaN.
+double number(const json& j, const char* key) {
+  const json& v = j.at(key);
+  return v.is_null() ? NAN : v.get<double>();
+}
+
 EpochMetrics metrics_from_json(const json& j) {
   EpochMetrics m;
   m.epoch = j.at("epoch"), m.steps = j.at("steps");
-  m.train_loss = j.at("train_loss"), m.train_accuracy = j.at("train_accuracy");
-  m.test_loss = j.at("test_loss"), m.test_accuracy = j.at("test_accuracy");
-  m.train_seconds = j.at("train_seconds"), m.eval_seconds = j.at("eval_seconds");
+  m.train_loss = number(j, "train_loss"), m.train_accuracy = number(j, "train_accuracy");
+  m.test_loss = number(j, "test_loss"), m.test_accuracy = number(j, "test_accuracy");
+  m.train_seconds = number(j, "train_seconds"), m.eval_seconds = number(j, "eval_seconds");
   m.skipped_steps = j.at("skipped_steps");
-  m.loss_curve = j.at("loss_curve").get<std::vector<double>>();
+  for (const json& v : j.at("loss_curve"))
+    m.loss_curve.push_back(v.is_null() ? NAN : v.get<double>());
   return m;
 }
 
@@ -115,6 +126,26 @@ std::string meta_json(const Metadata& meta, const std::string& key, const std::s
   return metadata_string(meta, key, path);
 }
 
+// Fault injection for the tests of the non-finite paths (tests/test_train_nonfinite.cpp):
+// NORMLAB_FAULT_BATCHES lists batch numbers of the run (1-based, counted over all
+// epochs, e.g. "7,9") whose first input value becomes NaN, so that the step meets
+// a non-finite value at a known place, as a diverging run does at an unknown one.
+std::set<int64_t> fault_batches() {
+  std::set<int64_t> out;
+  const char* env = std::getenv("NORMLAB_FAULT_BATCHES");
+  if (!env) return out;
+  std::stringstream ss(env);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    char* end = nullptr;
+    const long long v = std::strtoll(item.c_str(), &end, 10);
+    if (item.empty() || *end != '\0' || v < 1)
+      fail("NORMLAB_FAULT_BATCHES='", env, "': expected batch numbers >= 1 separated by commas");
+    out.insert(v);
+  }
+  return out;
+}
+
 }  // namespace
 
 TrainConfig config_from_checkpoint(const std::string& path) {
@@ -140,10 +171,12 @@ TrainConfig config_from_checkpoint(const std::string& path) {
 }
 
 std::vector<EpochMetrics> run_training(const TrainConfig& cfg, TrainingObserver& observer) {
-  if (cfg.epochs <= 0) fail("--epochs must be positive, got ", cfg.epochs);
-  if (cfg.batch_size <= 0) fail("--batch-size must be positive, got ", cfg.batch_size);
-  if (cfg.eval_batch_size <= 0)
-    fail("--eval-batch-size must be positive, got ", cfg.eval_batch_size);
+  if (cfg.epochs <= 0 || cfg.epochs > kMaxEpochs)
+    fail("--epochs must be between 1 and ", kMaxEpochs, ", got ", cfg.epochs);
+  if (cfg.batch_size <= 0 || cfg.batch_size > kMaxBatchSize)
+    fail("--batch-size must be between 1 and ", kMaxBatchSize, ", got ", cfg.batch_size);
+  if (cfg.eval_batch_size <= 0 || cfg.eval_batch_size > kMaxBatchSize)
+    fail("--eval-batch-size must be between 1 and ", kMaxBatchSize, ", got ", cfg.eval_batch_size);
   if (cfg.limit_train < 0) fail("--limit-train must not be negative, got ", cfg.limit_train);
   if (cfg.limit_test < 0) fail("--limit-test must not be negative, got ", cfg.limit_test);
   if (cfg.checkpoint_every < 0)
@@ -160,7 +193,12 @@ std::vector<EpochMetrics> run_training(const TrainConfig& cfg, TrainingObserver&
       cfg.limit_train ? std::min(cfg.limit_train, train_set.size()) : train_set.size();
   const int64_t n_test =
       cfg.limit_test ? std::min(cfg.limit_test, test_set.size()) : test_set.size();
-  if (n_train < 2) fail("the training set needs at least 2 samples, got ", n_train);
+  if (n_train < 2)
+    fail("the training set needs at least 2 samples, got ", n_train,
+         n_train < train_set.size()
+             ? " (--limit-train " + std::to_string(cfg.limit_train) + ")"
+             : " (" + train_set.images_file() + " holds " + std::to_string(train_set.size()) + ")");
+  BatchSampler sampler(n_train, cfg.batch_size, /*shuffle=*/true, cfg.seed, LastBatch::MergeSingle);
 
   Rng rng(cfg.seed);
   auto model = build_model<float>(cfg.model, Shape{cfg.batch_size, D}, rng);
@@ -173,10 +211,6 @@ std::vector<EpochMetrics> run_training(const TrainConfig& cfg, TrainingObserver&
   auto optimizer = make_optimizer(cfg.optimizer, cfg.optim, model_state);
   std::vector<StateEntry<float>> optim_state = optimizer->state();
   Trainer trainer(*model, *optimizer);
-
-  std::error_code ec;
-  std::filesystem::create_directories(cfg.out_dir, ec);
-  if (ec) fail("--out ", cfg.out_dir, ": cannot create the directory: ", ec.message());
 
   const json train_config = {{"model", cfg.model},
                              {"model_spec", resolve_spec(cfg.model)},
@@ -217,10 +251,37 @@ std::vector<EpochMetrics> run_training(const TrainConfig& cfg, TrainingObserver&
       fail("--resume ", cfg.resume, ": the run position in the checkpoint is damaged (", e.what(),
            ")");
     }
+    if (pos.epoch < 0 || pos.batch < 0 || pos.batch >= sampler.num_batches() || pos.count < 0 ||
+        pos.correct < 0 || pos.correct > pos.count || pos.skipped < 0)
+      fail("--resume ", cfg.resume, ": the run position in the checkpoint is damaged (epoch ",
+           pos.epoch, ", batch ", pos.batch, " of ", sampler.num_batches(), ", ", pos.correct,
+           " correct of ", pos.count, ", ", pos.skipped, " skipped)");
     if (pos.epoch >= cfg.epochs)
       fail("--resume ", cfg.resume, ": the checkpoint has already finished ", pos.epoch,
            " epochs; ask for more with --epochs (now ", cfg.epochs, ")");
   }
+
+  // Only now, with every input checked, does the run touch the disk. The
+  // directories it creates (--out and missing parents, deepest first) go again
+  // if it stops before its first save: a refused run leaves nothing behind.
+  struct RemoveIfEmpty {
+    std::vector<std::filesystem::path> made;
+    ~RemoveIfEmpty() {
+      std::error_code e;
+      for (const auto& d : made)
+        if (!std::filesystem::is_empty(d, e) || e || !std::filesystem::remove(d, e)) break;
+    }
+  } cleanup;
+  std::error_code ec;
+  for (std::filesystem::path d = cfg.out_dir; !d.empty() && !std::filesystem::exists(d, ec);
+       d = d.parent_path())
+    cleanup.made.push_back(d);
+  std::filesystem::create_directories(cfg.out_dir, ec);
+  if (ec || !std::filesystem::is_directory(cfg.out_dir))
+    fail("--out ", cfg.out_dir, ": cannot create the directory",
+         ec ? ": " + ec.message() : std::string(" (a file of that name exists)"));
+  remove_stale_temporaries(cfg.out_dir, {"metrics.jsonl", "loss.png", "accuracy.png",
+                                         "model.safetensors", "checkpoint.safetensors"});
 
   int64_t n_params = 0;
   for (const auto& e : model_state)
@@ -249,7 +310,6 @@ std::vector<EpochMetrics> run_training(const TrainConfig& cfg, TrainingObserver&
     return total;
   };
 
-  BatchSampler sampler(n_train, cfg.batch_size, /*shuffle=*/true, cfg.seed, LastBatch::MergeSingle);
   Tensor<float> x({sampler.max_batch_size(), D});
   std::vector<int32_t> y(static_cast<size_t>(sampler.max_batch_size()));
 
@@ -263,6 +323,8 @@ std::vector<EpochMetrics> run_training(const TrainConfig& cfg, TrainingObserver&
       if (e.count) count_backup.push_back({e.count, *e.count});
     }
 
+  const std::set<int64_t> faults = fault_batches();
+  bool saved = !cfg.resume.empty();  // is there a checkpoint of this run on disk?
   auto save = [&](const Position& p) {
     json pj = {{"epoch", p.epoch},     {"batch", p.batch}, {"loss_sum", p.loss_sum},
                {"correct", p.correct}, {"count", p.count}, {"skipped", p.skipped},
@@ -276,8 +338,18 @@ std::vector<EpochMetrics> run_training(const TrainConfig& cfg, TrainingObserver&
                            {"train_config", train_config.dump()},
                            {"position", pj.dump()},
                            {"history", hj.dump()}};
-    save_model(cfg.out_dir + "/model.safetensors", model_state, meta);
-    save_checkpoint(cfg.out_dir + "/checkpoint.safetensors", model_state, optim_state, meta);
+    // The checkpoint first: it holds the model too, so once it is accepted (every
+    // value finite) the model file is too, and a refusal leaves both files as they were.
+    try {
+      save_checkpoint(cfg.out_dir + "/checkpoint.safetensors", model_state, optim_state, meta);
+      save_model(cfg.out_dir + "/model.safetensors", model_state, meta);
+    } catch (const Error& e) {
+      const std::string where = p.batch == 0 ? "at the end of epoch " + std::to_string(p.epoch)
+                                             : "in epoch " + std::to_string(p.epoch + 1) +
+                                                   ", after batch " + std::to_string(p.batch);
+      fail("training stopped after step ", optimizer->steps(), " (", where, "): ", e.what());
+    }
+    saved = true;
   };
 
   for (int64_t epoch = pos.epoch; epoch < cfg.epochs; ++epoch) {
@@ -300,6 +372,7 @@ std::vector<EpochMetrics> run_training(const TrainConfig& cfg, TrainingObserver&
         x.resize({B, D});
         train_set.gather(idx, x.data(), y.data());
       }
+      if (faults.count(epoch * batches + b + 1)) x.data()[0] = NAN;
       if (cfg.skip_nonfinite) {
         for (auto& [t, copy] : buffer_backup)
           std::copy(t->data(), t->data() + t->numel(), copy.data());
@@ -314,15 +387,17 @@ std::vector<EpochMetrics> run_training(const TrainConfig& cfg, TrainingObserver&
         if (!cfg.skip_nonfinite)
           fail("training stopped at step ", e.step, " (epoch ", epoch + 1, ", batch ", b + 1,
                "): ", e.what(),
-               history.empty() && epoch == 0
-                   ? ""
-                   : "; the last checkpoint in " + cfg.out_dir + " is kept");
+               saved ? "; the last checkpoint in " + cfg.out_dir + " is kept" : "");
         for (auto& [t, copy] : buffer_backup)
           std::copy(copy.data(), copy.data() + copy.numel(), t->data());
         for (auto& [c, copy] : count_backup) *c = copy;
         optimizer->zero_grad();
         ++pos.skipped;
         observer.on_skipped_step(e.step, e.what());
+      } catch (const Error& e) {  // e.g. BatchNorm on a batch of one: say where and which batch
+        fail("training stopped at step ", optimizer->steps() + 1, " (epoch ", epoch + 1, ", batch ",
+             b + 1, " of ", B, " samples, --batch-size ", cfg.batch_size, "): ", e.what(),
+             saved ? "; the last checkpoint in " + cfg.out_dir + " is kept" : "");
       }
       pos.batch = b + 1;
       samples_this_process += B;

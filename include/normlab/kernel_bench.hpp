@@ -1,0 +1,79 @@
+// Timing of the normalization kernels next to a plain copy of the same bytes,
+// shared by `normlab bench` and the Google Benchmark suite (bench/). The
+// library only measures and formats; the callers print.
+//
+// Effective bandwidth counts the bytes a kernel must move at least:
+//   forward  = read x + write y                    (2 * N * D floats)
+//   backward = read x, dy + write dx               (3 * N * D floats)
+//   forward+backward = the sum                     (5 * N * D floats)
+// The copy baseline reads N*D floats and writes N*D floats, split across the
+// same OpenMP threads. "% of copy" = kernel GB/s / copy GB/s.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace normlab::bench {
+
+struct BenchShape {
+  int64_t N = 0, D = 0;  // rows, features (LayerNorm) or channels (BatchNorm)
+};
+
+// "4096x1024" -> {4096, 1024}. Throws normlab::Error naming the text on anything
+// else (both positive, N * D at most 2^26 floats per buffer).
+BenchShape parse_shape(const std::string& text);
+std::string shape_text(BenchShape s);      // "4096x1024"
+std::vector<BenchShape> default_shapes();  // 128x512, 4096x1024, 16384x768
+
+enum class Kernel { layernorm, batchnorm_train, batchnorm_eval };
+const char* kernel_name(Kernel k);  // "layernorm", "batchnorm", "batchnorm_eval"
+std::vector<Kernel> all_kernels();
+
+enum class Pass { forward, forward_backward };
+const char* pass_name(Pass p);  // "fwd", "fwd+bwd"
+double pass_bytes(Pass p, BenchShape s);
+
+// Input, output, gradient and parameter buffers for one shape, filled once.
+struct NormBuffers {
+  explicit NormBuffers(BenchShape shape);
+  BenchShape shape;
+  std::vector<float> x, y, dy, dx;                // (N, D)
+  std::vector<float> gamma, beta, dgamma, dbeta;  // (D)
+  std::vector<float> mean, rstd, var;             // (max(N, D)): per row or per channel
+};
+
+// One forward (and backward) call of kernel k on b, affine on, dx wanted.
+void run_pass(Kernel k, Pass p, NormBuffers& b);
+
+// n floats from src to dst, each OpenMP thread memcpy'ing its contiguous slice.
+void parallel_copy(float* dst, const float* src, int64_t n);
+
+// Median over `repeats` samples of the time of one call of op; a sample runs
+// op back to back for at least min_seconds (at least once) and divides.
+double median_seconds(const std::function<void()>& op, int repeats, double min_seconds);
+
+struct BenchRow {
+  std::string kernel, pass;  // kernel "copy" is the baseline (pass "copy")
+  BenchShape shape;
+  double seconds = 0;    // median time of one call
+  double gbps = 0;       // effective GB/s (1e9 bytes)
+  double copy_gbps = 0;  // the copy's GB/s at this shape, measured in the same run
+};
+
+struct BenchConfig {
+  std::vector<BenchShape> shapes = default_shapes();
+  std::vector<Kernel> kernels = all_kernels();
+  int repeats = 5;
+  double min_seconds = 0.02;
+};
+
+// For each shape: the copy and every kernel pass, sampled in turn (interleaved,
+// so a noisy neighbour hits all alike), medians reported. Uses the current
+// OpenMP thread count.
+std::vector<BenchRow> run_kernel_bench(const BenchConfig& config);
+
+std::string format_table(const std::vector<BenchRow>& rows, int threads);
+std::string format_csv(const std::vector<BenchRow>& rows, int threads);
+
+}  // namespace normlab::bench

@@ -1,0 +1,236 @@
+#include "normlab/kernel_bench.hpp"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <sstream>
+
+#include "normlab/error.hpp"
+#include "normlab/kernels.hpp"
+#include "normlab/rng.hpp"
+
+namespace normlab::bench {
+
+namespace {
+constexpr int64_t kMaxElems = int64_t{1} << 26;  // 256 MB per buffer, ~1.3 GB in all
+
+int64_t parse_dim(const std::string& text, const std::string& part) {
+  size_t used = 0;
+  long long v = 0;
+  try {
+    v = std::stoll(part, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (part.empty() || used != part.size() || v <= 0)
+    fail("shape '", text, "': expected two positive integers NxD, e.g. 4096x1024");
+  return v;
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+}  // namespace
+
+BenchShape parse_shape(const std::string& text) {
+  const size_t x = text.find('x');
+  if (x == std::string::npos)
+    fail("shape '", text, "': expected two positive integers NxD, e.g. 4096x1024");
+  const BenchShape s{parse_dim(text, text.substr(0, x)), parse_dim(text, text.substr(x + 1))};
+  if (s.N > kMaxElems / s.D)
+    fail("shape '", text, "': ", s.N, " x ", s.D, " floats exceeds the limit of ", kMaxElems,
+         " elements per buffer");
+  return s;
+}
+
+std::string shape_text(BenchShape s) {
+  return std::to_string(s.N) + "x" + std::to_string(s.D);
+}
+
+std::vector<BenchShape> default_shapes() {
+  return {{128, 512}, {4096, 1024}, {16384, 768}};
+}
+
+const char* kernel_name(Kernel k) {
+  switch (k) {
+    case Kernel::layernorm:
+      return "layernorm";
+    case Kernel::batchnorm_train:
+      return "batchnorm";
+    case Kernel::batchnorm_eval:
+      return "batchnorm_eval";
+  }
+  return "?";
+}
+
+std::vector<Kernel> all_kernels() {
+  return {Kernel::layernorm, Kernel::batchnorm_train, Kernel::batchnorm_eval};
+}
+
+const char* pass_name(Pass p) {
+  return p == Pass::forward ? "fwd" : "fwd+bwd";
+}
+
+double pass_bytes(Pass p, BenchShape s) {
+  const double floats = static_cast<double>(s.N) * static_cast<double>(s.D);
+  return (p == Pass::forward ? 2.0 : 5.0) * floats * sizeof(float);
+}
+
+NormBuffers::NormBuffers(BenchShape s)
+    : shape(s),
+      x(s.N * s.D),
+      y(s.N * s.D),
+      dy(s.N * s.D),
+      dx(s.N * s.D),
+      gamma(s.D),
+      beta(s.D),
+      dgamma(s.D),
+      dbeta(s.D),
+      mean(std::max(s.N, s.D)),
+      rstd(std::max(s.N, s.D)),
+      var(std::max(s.N, s.D)) {
+  Rng rng(2024);
+  rng.fill_normal(x.data(), s.N * s.D);
+  rng.fill_normal(dy.data(), s.N * s.D);
+  rng.fill_uniform(gamma.data(), s.D, 0.5, 1.5);
+  rng.fill_uniform(beta.data(), s.D, -0.5, 0.5);
+  rng.fill_uniform(var.data(), s.D, 0.5, 1.5);   // eval's running variance
+  parallel_copy(y.data(), x.data(), s.N * s.D);  // touch the outputs once
+  parallel_copy(dx.data(), dy.data(), s.N * s.D);
+}
+
+void run_pass(Kernel k, Pass p, NormBuffers& b) {
+  const int64_t N = b.shape.N, D = b.shape.D;
+  const float eps = 1e-5f;
+  switch (k) {
+    case Kernel::layernorm:
+      layernorm_forward(b.y.data(), b.mean.data(), b.rstd.data(), b.x.data(), b.gamma.data(),
+                        b.beta.data(), N, D, eps);
+      if (p == Pass::forward_backward)
+        layernorm_backward(b.dx.data(), b.dgamma.data(), b.dbeta.data(), b.dy.data(), b.x.data(),
+                           b.mean.data(), b.rstd.data(), b.gamma.data(), N, D);
+      return;
+    case Kernel::batchnorm_train:
+      batchnorm_forward_train(b.y.data(), b.mean.data(), b.rstd.data(), b.var.data(), b.x.data(),
+                              b.gamma.data(), b.beta.data(), N, D, int64_t{1}, eps);
+      if (p == Pass::forward_backward)
+        batchnorm_backward_train(b.dx.data(), b.dgamma.data(), b.dbeta.data(), b.dy.data(),
+                                 b.x.data(), b.mean.data(), b.rstd.data(), b.gamma.data(), N, D,
+                                 int64_t{1});
+      return;
+    case Kernel::batchnorm_eval:
+      // mean holds zeros here and var stays the fixed running variance.
+      batchnorm_forward_eval(b.y.data(), b.x.data(), b.mean.data(), b.var.data(), b.gamma.data(),
+                             b.beta.data(), N, D, int64_t{1}, eps);
+      if (p == Pass::forward_backward)
+        batchnorm_backward_eval(b.dx.data(), b.dgamma.data(), b.dbeta.data(), b.dy.data(),
+                                b.x.data(), b.mean.data(), b.rstd.data(), b.gamma.data(), N, D,
+                                int64_t{1});
+      return;
+  }
+}
+
+void parallel_copy(float* dst, const float* src, int64_t n) {
+#pragma omp parallel
+  {
+    const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+    const int64_t lo = n * t / nt, hi = n * (t + 1) / nt;
+    std::memcpy(dst + lo, src + lo, static_cast<size_t>(hi - lo) * sizeof(float));
+  }
+}
+
+double median_seconds(const std::function<void()>& op, int repeats, double min_seconds) {
+  if (repeats < 1) fail("median_seconds: repeats must be at least 1, got ", repeats);
+  using Clock = std::chrono::steady_clock;
+  std::vector<double> samples;
+  for (int r = 0; r < repeats; ++r) {
+    int64_t calls = 0;
+    const auto start = Clock::now();
+    double elapsed = 0;
+    do {
+      op();
+      ++calls;
+      elapsed = std::chrono::duration<double>(Clock::now() - start).count();
+    } while (elapsed < min_seconds);
+    samples.push_back(elapsed / static_cast<double>(calls));
+  }
+  return median(samples);
+}
+
+std::vector<BenchRow> run_kernel_bench(const BenchConfig& config) {
+  if (config.repeats < 1) fail("kernel bench: repeats must be at least 1, got ", config.repeats);
+  std::vector<BenchRow> out;
+  for (BenchShape shape : config.shapes) {
+    NormBuffers b(shape);
+    std::vector<float> copy_dst(b.x.size());
+    struct Op {
+      std::string kernel, pass;
+      double bytes;
+      std::function<void()> run;
+      std::vector<double> samples;
+    };
+    std::vector<Op> ops;
+    ops.push_back({"copy",
+                   "copy",
+                   pass_bytes(Pass::forward, shape),
+                   [&] { parallel_copy(copy_dst.data(), b.x.data(), shape.N * shape.D); },
+                   {}});
+    for (Kernel k : config.kernels)
+      for (Pass p : {Pass::forward, Pass::forward_backward})
+        ops.push_back({kernel_name(k),
+                       pass_name(p),
+                       pass_bytes(p, shape),
+                       [&b, k, p] { run_pass(k, p, b); },
+                       {}});
+    for (Op& op : ops) op.run();  // warm up: page faults, thread pool, scratch
+    for (int r = 0; r < config.repeats; ++r)
+      for (Op& op : ops) op.samples.push_back(median_seconds(op.run, 1, config.min_seconds));
+    const double copy_gbps = ops.front().bytes / median(ops.front().samples) / 1e9;
+    for (Op& op : ops) {
+      const double s = median(op.samples);
+      out.push_back({op.kernel, op.pass, shape, s, op.bytes / s / 1e9, copy_gbps});
+    }
+  }
+  return out;
+}
+
+std::string format_table(const std::vector<BenchRow>& rows, int threads) {
+  std::ostringstream os;
+  char line[160];
+  os << "normlab kernel bench: float, " << threads
+     << " thread(s); median times; GB/s counts the bytes each pass must move\n"
+     << "(fwd: read x + write y; fwd+bwd: + read x, dy + write dx); copy = memcpy of x\n";
+  std::snprintf(line, sizeof line, "%-11s %-15s %-8s %12s %9s %9s\n", "shape", "kernel", "pass",
+                "time", "GB/s", "% copy");
+  os << line;
+  for (const BenchRow& r : rows) {
+    const double us = r.seconds * 1e6;
+    char time[32];
+    if (us < 1000)
+      std::snprintf(time, sizeof time, "%.1f us", us);
+    else
+      std::snprintf(time, sizeof time, "%.3f ms", us / 1000);
+    std::snprintf(line, sizeof line, "%-11s %-15s %-8s %12s %9.1f %8.0f%%\n",
+                  shape_text(r.shape).c_str(), r.kernel.c_str(), r.pass.c_str(), time, r.gbps,
+                  100.0 * r.gbps / r.copy_gbps);
+    os << line;
+  }
+  return os.str();
+}
+
+std::string format_csv(const std::vector<BenchRow>& rows, int threads) {
+  std::ostringstream os;
+  os << "threads,N,D,kernel,pass,seconds,gbps,copy_gbps,pct_copy\n";
+  for (const BenchRow& r : rows)
+    os << threads << ',' << r.shape.N << ',' << r.shape.D << ',' << r.kernel << ',' << r.pass << ','
+       << r.seconds << ',' << r.gbps << ',' << r.copy_gbps << ',' << 100.0 * r.gbps / r.copy_gbps
+       << '\n';
+  return os.str();
+}
+
+}  // namespace normlab::bench
