@@ -45,6 +45,10 @@ class Layer {
   // The first layer of a network needs no dx: switching it off saves a matrix product.
   virtual void set_input_grad(bool on) { input_grad_ = on; }
   bool input_grad() const { return input_grad_; }
+  // Asks the layer to apply a ReLU that follows it in its own passes: forward
+  // then returns max(y, 0) and backward takes the gradient of that. Returns
+  // whether the layer does (most do not); Sequential::fuse_relus() asks.
+  virtual bool fuse_relu(bool /*on*/) { return false; }
 
   void zero_grad() {
     for (auto& e : state())

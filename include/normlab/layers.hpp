@@ -107,18 +107,22 @@ class WeightNormLinear : public Layer<T> {
   const Tensor<T>& forward(const Tensor<T>& x) override;
   const Tensor<T>& backward(const Tensor<T>& dy) override;
   std::vector<StateEntry<T>> state() override;
+  bool fuse_relu(bool on) override;  // with per-row norms only
 
   Tensor<T> weight_g, weight_v, bias, dweight_g, dweight_v, dbias;
 
  private:
   int64_t in_, out_;
   WeightNormDim dim_;
+  bool relu_ = false;  // a following ReLU applied here (fuse_relu)
   const Tensor<T>* x_ = nullptr;
   Tensor<T> norm_, y_, dx_;
   Tensor<T> z_, scale_, dys_, dot_;  // per-row norms: x v^T (N,O), g/||v|| (O), scratch
   Tensor<T> w_, dw_;                 // one norm for the whole matrix: w and its gradient
 };
 
+// With set_fused(true) the layer before applies this ReLU (Layer::fuse_relu):
+// forward returns its input and backward its output gradient, unchanged.
 template <typename T>
 class ReLU : public Layer<T> {
  public:
@@ -126,8 +130,11 @@ class ReLU : public Layer<T> {
   Shape output_shape(const Shape& in) const override { return in; }
   const Tensor<T>& forward(const Tensor<T>& x) override;
   const Tensor<T>& backward(const Tensor<T>& dy) override;
+  void set_fused(bool on) { fused_ = on; }
+  bool fused() const { return fused_; }
 
  private:
+  bool fused_ = false;
   Tensor<T> y_, dx_;
 };
 

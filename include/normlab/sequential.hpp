@@ -22,6 +22,11 @@ class Sequential : public Layer<T> {
   std::vector<StateEntry<T>> state() override;
   void set_training(bool on) override;
   void set_input_grad(bool on) override;
+  // Lets every child that can apply the ReLU right after it do so (in nested
+  // Sequentials too): that ReLU then passes its input through. Same outputs
+  // and gradients, one pass less over the activations each way. Returns how
+  // many ReLUs were fused. The Trainer calls it.
+  int fuse_relus();
 
   size_t size() const { return layers_.size(); }
   Layer<T>& operator[](size_t i) { return *layers_[i].second; }

@@ -46,7 +46,8 @@ struct EvalResult {
 class Trainer {
  public:
   // Both must outlive the trainer. The model's input gradient is switched off
-  // (nothing below the first layer needs dx).
+  // (nothing below the first layer needs dx), and a Sequential model's ReLUs are
+  // fused into the layers before them where those can (Sequential::fuse_relus).
   Trainer(Layer<float>& model, Optimizer& optimizer);
 
   // zero_grad, forward in training mode, cross-entropy, backward, finiteness

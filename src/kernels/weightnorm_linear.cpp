@@ -17,7 +17,7 @@ namespace normlab {
 
 template <typename T>
 void weightnorm_linear_forward(T* y, T* z, T* norm, T* scale, const T* x, const T* v, const T* g,
-                               const T* b, int64_t N, int64_t I, int64_t O) {
+                               const T* b, int64_t N, int64_t I, int64_t O, bool relu) {
   const int threads = detail::slice_threads(2.0 * static_cast<double>(N) * I * O);
   detail::run_slices(threads, O, 16, [&](int64_t o0, int64_t o1) {
     if (o0 >= o1) return;
@@ -43,6 +43,10 @@ void weightnorm_linear_forward(T* y, T* z, T* norm, T* scale, const T* x, const 
 #pragma omp simd
         for (int64_t o = o0; o < o1; ++o) yr[o] = zr[o] * scale[o];
       }
+      if (relu) {
+#pragma omp simd
+        for (int64_t o = o0; o < o1; ++o) yr[o] = yr[o] > T(0) ? yr[o] : T(0);
+      }
     }
   });
 }
@@ -53,7 +57,7 @@ void weightnorm_linear_forward(T* y, T* z, T* norm, T* scale, const T* x, const 
 template <typename T>
 void weightnorm_linear_backward(T* dx, T* dv, T* dg, T* db, T* dys, T* dot, const T* dy, const T* x,
                                 const T* z, const T* v, const T* g, const T* norm, const T* scale,
-                                int64_t N, int64_t I, int64_t O) {
+                                int64_t N, int64_t I, int64_t O, const T* relu_y) {
   const int threads = detail::slice_threads((dx ? 4.0 : 2.0) * static_cast<double>(N) * I * O);
   detail::run_threads(threads, [&](int t, int team) {
     // Plain variables, not a structured binding: clang 14 cannot use a binding
@@ -67,14 +71,22 @@ void weightnorm_linear_backward(T* dx, T* dv, T* dg, T* db, T* dys, T* dot, cons
         const T* dyr = dy + n * O;
         const T* zr = z + n * O;
         T* dysr = dys + n * O;
+        if (relu_y) {
+          // A fused ReLU: dy counts only where its output is positive. The masked
+          // row goes to dys first and is scaled there below.
+          const T* yr = relu_y + n * O;
 #pragma omp simd
-        for (int64_t o = o0; o < o1; ++o) {
-          dot[o] += dyr[o] * zr[o];
-          dysr[o] = dyr[o] * scale[o];
+          for (int64_t o = o0; o < o1; ++o) dysr[o] = yr[o] > T(0) ? dyr[o] : T(0);
+          dyr = dysr;
         }
         if (db) {
 #pragma omp simd
           for (int64_t o = o0; o < o1; ++o) db[o] += dyr[o];
+        }
+#pragma omp simd
+        for (int64_t o = o0; o < o1; ++o) {
+          dot[o] += dyr[o] * zr[o];
+          dysr[o] = dyr[o] * scale[o];
         }
       }
       for (int64_t o = o0; o < o1; ++o) dg[o] += dot[o] / norm[o];
@@ -104,10 +116,10 @@ void weightnorm_linear_backward(T* dx, T* dv, T* dg, T* db, T* dys, T* dot, cons
 
 #define NORMLAB_INSTANTIATE(T)                                                                  \
   template void weightnorm_linear_forward<T>(T*, T*, T*, T*, const T*, const T*, const T*,      \
-                                             const T*, int64_t, int64_t, int64_t);              \
+                                             const T*, int64_t, int64_t, int64_t, bool);        \
   template void weightnorm_linear_backward<T>(T*, T*, T*, T*, T*, T*, const T*, const T*,       \
                                               const T*, const T*, const T*, const T*, const T*, \
-                                              int64_t, int64_t, int64_t);
+                                              int64_t, int64_t, int64_t, const T*);
 NORMLAB_INSTANTIATE(float)
 NORMLAB_INSTANTIATE(double)
 #undef NORMLAB_INSTANTIATE

@@ -6,6 +6,7 @@ namespace normlab {
 
 template <typename T>
 const Tensor<T>& ReLU<T>::forward(const Tensor<T>& x) {
+  if (fused_) return x;  // the layer before returned max(y, 0) already
   y_.resize(x.shape());
   relu_forward(y_.data(), x.data(), x.numel());
   return y_;
@@ -13,6 +14,7 @@ const Tensor<T>& ReLU<T>::forward(const Tensor<T>& x) {
 
 template <typename T>
 const Tensor<T>& ReLU<T>::backward(const Tensor<T>& dy) {
+  if (fused_) return dy;  // the layer before masks the gradient itself
   check_same_shape(*this, "output gradient", dy.shape(), y_.shape());
   dx_.resize(dy.shape());
   relu_backward(dx_.data(), dy.data(), y_.data(), dy.numel());

@@ -1,6 +1,7 @@
 #include "normlab/sequential.hpp"
 
 #include "normlab/error.hpp"
+#include "normlab/layers.hpp"
 #include "normlab/profile.hpp"
 
 namespace normlab {
@@ -88,6 +89,22 @@ void Sequential<T>::set_input_grad(bool on) {
     layer->set_input_grad(on);
     if (!layer->state().empty()) break;
   }
+}
+
+template <typename T>
+int Sequential<T>::fuse_relus() {
+  int fused = 0;
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    if (auto* child = dynamic_cast<Sequential<T>*>(layers_[i].second.get()))
+      fused += child->fuse_relus();
+    if (i + 1 == layers_.size()) continue;
+    auto* relu = dynamic_cast<ReLU<T>*>(layers_[i + 1].second.get());
+    if (relu && !relu->fused() && layers_[i].second->fuse_relu(true)) {
+      relu->set_fused(true);
+      ++fused;
+    }
+  }
+  return fused;
 }
 
 template class Sequential<float>;

@@ -58,7 +58,7 @@ const Tensor<T>& WeightNormLinear<T>::forward(const Tensor<T>& x) {
   if (dim_ == WeightNormDim::Rows) {
     z_.resize_last(x.shape(), out_);
     weightnorm_linear_forward(y_.data(), z_.data(), norm_.data(), scale_.data(), x.data(),
-                              weight_v.data(), weight_g.data(), b, N, in_, out_);
+                              weight_v.data(), weight_g.data(), b, N, in_, out_, relu_);
     return y_;
   }
   {
@@ -84,7 +84,8 @@ const Tensor<T>& WeightNormLinear<T>::backward(const Tensor<T>& dy) {
     dot_.resize({out_});
     weightnorm_linear_backward(dx, dweight_v.data(), dweight_g.data(), db, dys_.data(), dot_.data(),
                                dy.data(), x_->data(), z_.data(), weight_v.data(), weight_g.data(),
-                               norm_.data(), scale_.data(), N, in_, out_);
+                               norm_.data(), scale_.data(), N, in_, out_,
+                               relu_ ? y_.data() : nullptr);
     return dx_;
   }
   dw_.resize({out_, in_});
@@ -94,6 +95,12 @@ const Tensor<T>& WeightNormLinear<T>::backward(const Tensor<T>& dy) {
   weightnorm_backward(dweight_v.data(), dweight_g.data(), dw_.data(), weight_v.data(),
                       weight_g.data(), norm_.data(), out_, in_, false);
   return dx_;
+}
+
+template <typename T>
+bool WeightNormLinear<T>::fuse_relu(bool on) {
+  relu_ = on && dim_ == WeightNormDim::Rows;  // the whole-matrix norm keeps the plain path
+  return relu_;
 }
 
 template <typename T>

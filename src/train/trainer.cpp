@@ -8,6 +8,7 @@
 
 #include "normlab/loss.hpp"
 #include "normlab/profile.hpp"
+#include "normlab/sequential.hpp"
 #include "optim/elementwise.hpp"
 
 namespace normlab {
@@ -40,6 +41,7 @@ int64_t first_non_finite(const float* data, int64_t n) {
 Trainer::Trainer(Layer<float>& model, Optimizer& optimizer)
     : model_(model), optimizer_(optimizer), bad_grad_(optimizer.params().size()) {
   model_.set_input_grad(false);
+  if (auto* seq = dynamic_cast<Sequential<float>*>(&model_)) seq->fuse_relus();
 }
 
 // All gradients are scanned in one parallel region; only a tensor found to
