@@ -8,7 +8,10 @@
 // normlab/kernel_bench.hpp), and right after its timed loop measures the copy
 // of x at the same shape with the same threads: copy_GB/s and pct_copy (the
 // kernel's GB/s as a percentage of the copy's). Measuring the copy next to each
-// kernel keeps the ratio honest when the machine is shared.
+// kernel keeps the ratio honest when the machine is shared. Shapes whose x
+// exceeds 1 MB run "cold" (each call takes the next buffer set of a ring four
+// times the L3, so data comes from DRAM), smaller ones "warm": see
+// normlab/kernel_bench.hpp; the label says which.
 #include <benchmark/benchmark.h>
 
 #include <omp.h>
@@ -27,71 +30,88 @@ namespace {
 namespace nb = normlab::bench;
 using Clock = std::chrono::steady_clock;
 
-// Runs op in the timed loop, then sets the GB/s, copy and ratio counters.
-void run_and_report(benchmark::State& state, nb::NormBuffers& b, double bytes,
-                    const std::function<void()>& op) {
-  op();  // warm up (page faults, thread pool, scratch)
+nb::BenchShape shape_of(const benchmark::State& state) {
+  return {state.range(0), state.range(1)};
+}
+
+// The shape's buffer ring (warm or cold by nb::default_cache), labelled.
+nb::BufferRing make_ring(benchmark::State& state) {
+  const nb::BenchShape shape = shape_of(state);
+  const nb::Cache cache = nb::default_cache(shape);
+  state.SetLabel(nb::cache_name(cache));
+  return nb::BufferRing(shape, cache);
+}
+
+// Runs op (on the ring's next set each call) in the timed loop, then sets the
+// GB/s, copy and ratio counters; the copy cycles through the same ring.
+void run_and_report(benchmark::State& state, nb::BufferRing& ring, double bytes,
+                    const std::function<void(nb::NormBuffers&)>& op) {
+  for (size_t i = 0; i < ring.size(); ++i) op(ring.next());  // page faults, pool, scratch
   const auto start = Clock::now();
-  for (auto _ : state) op();
+  for (auto _ : state) op(ring.next());
   const double seconds = std::chrono::duration<double>(Clock::now() - start).count() /
                          static_cast<double>(state.iterations());
-  const int64_t n = b.shape.N * b.shape.D;
-  std::vector<float> copy_dst(static_cast<size_t>(n));
-  const double copy_s =
-      nb::median_seconds([&] { nb::parallel_copy(copy_dst.data(), b.x.data(), n); }, 5, 0.005);
+  const nb::BenchShape shape = shape_of(state);
+  const int64_t n = shape.N * shape.D;
+  const double copy_s = nb::median_seconds(
+      [&] {
+        nb::NormBuffers& b = ring.next();
+        nb::parallel_copy(b.y.data(), b.x.data(), n);
+      },
+      5, 0.005);
   const double gbps = bytes / seconds / 1e9;
-  const double copy_gbps = nb::pass_bytes(nb::Pass::forward, b.shape) / copy_s / 1e9;
+  const double copy_gbps = nb::pass_bytes(nb::Pass::forward, shape) / copy_s / 1e9;
   state.counters["GB/s"] = gbps;
   state.counters["copy_GB/s"] = copy_gbps;
   state.counters["pct_copy"] = 100.0 * gbps / copy_gbps;
 }
 
-nb::BenchShape shape_of(const benchmark::State& state) {
-  return {state.range(0), state.range(1)};
-}
-
 void bm_copy(benchmark::State& state) {
-  nb::NormBuffers b(shape_of(state));
-  const int64_t n = b.shape.N * b.shape.D;
-  run_and_report(state, b, nb::pass_bytes(nb::Pass::forward, b.shape),
-                 [&] { nb::parallel_copy(b.y.data(), b.x.data(), n); });
+  nb::BufferRing ring = make_ring(state);
+  const nb::BenchShape shape = shape_of(state);
+  run_and_report(state, ring, nb::pass_bytes(nb::Pass::forward, shape), [&](nb::NormBuffers& b) {
+    nb::parallel_copy(b.y.data(), b.x.data(), b.x.size());
+  });
 }
 
 // The machine's other ceilings, same threads and shapes: one read of x (a sum),
 // and a copy with non-temporal stores (no read of the destination first, as
 // the kernels write outputs of 4 MB and more). GB/s counts the bytes moved.
 void bm_read(benchmark::State& state) {
-  nb::NormBuffers b(shape_of(state));
-  const int64_t n = b.shape.N * b.shape.D;
+  nb::BufferRing ring = make_ring(state);
+  const nb::BenchShape shape = shape_of(state);
   float sink = 0;
-  run_and_report(state, b, static_cast<double>(n) * sizeof(float), [&] {
-    float s = 0;
+  run_and_report(state, ring, static_cast<double>(shape.N * shape.D) * sizeof(float),
+                 [&](nb::NormBuffers& b) {
+                   float s = 0;
 #pragma omp parallel for reduction(+ : s) schedule(static)
-    for (int64_t r = 0; r < b.shape.N; ++r)
-      s += normlab::detail::sum_row<float>(
-          b.shape.D, [](auto v) { return v; }, b.x.data() + r * b.shape.D);
-    sink += s;
-  });
+                   for (int64_t r = 0; r < b.shape.N; ++r)
+                     s += normlab::detail::sum_row<float>(
+                         b.shape.D, [](auto v) { return v; }, b.x.data() + r * b.shape.D);
+                   sink += s;
+                 });
   benchmark::DoNotOptimize(sink);
 }
 
 void bm_copy_nt(benchmark::State& state) {
-  nb::NormBuffers b(shape_of(state));
-  run_and_report(state, b, nb::pass_bytes(nb::Pass::forward, b.shape), [&] {
+  nb::BufferRing ring = make_ring(state);
+  run_and_report(
+      state, ring, nb::pass_bytes(nb::Pass::forward, shape_of(state)), [&](nb::NormBuffers& b) {
 #pragma omp parallel
-    {
-      const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
-      const int64_t n = b.shape.N * b.shape.D, lo = n * t / nt, hi = n * (t + 1) / nt;
-      normlab::detail::map_row(
-          b.y.data() + lo, hi - lo, true, [](auto v) { return v; }, b.x.data() + lo);
-      normlab::detail::stream_fence();
-    }
-  });
+        {
+          const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+          const int64_t n = b.shape.N * b.shape.D, lo = n * t / nt, hi = n * (t + 1) / nt;
+          normlab::detail::map_row(
+              b.y.data() + lo, hi - lo, true, [](auto v) { return v; }, b.x.data() + lo);
+          normlab::detail::stream_fence();
+        }
+      });
 }
 
 void bm_normlab(benchmark::State& state, nb::Kernel k, nb::Pass p) {
-  nb::NormBuffers b(shape_of(state));
-  run_and_report(state, b, nb::pass_bytes(p, b.shape), [&] { nb::run_pass(k, p, b); });
+  nb::BufferRing ring = make_ring(state);
+  run_and_report(state, ring, nb::pass_bytes(p, shape_of(state)),
+                 [&](nb::NormBuffers& b) { nb::run_pass(k, p, b); });
 }
 
 // oneDNN's layer_normalization / batch_normalization on the same buffers:
@@ -100,8 +120,9 @@ void bm_onednn(benchmark::State& state, bool layer_norm, nb::Pass p) {
   using namespace dnnl;
   using tag = memory::format_tag;
   using dt = memory::data_type;
-  nb::NormBuffers b(shape_of(state));
-  const int64_t N = b.shape.N, D = b.shape.D;
+  nb::BufferRing ring = make_ring(state);
+  const nb::BenchShape shape = shape_of(state);
+  const int64_t N = shape.N, D = shape.D;
   const float eps = 1e-5f;
   engine eng(engine::kind::cpu, 0);
   stream strm(eng);
@@ -131,24 +152,32 @@ void bm_onednn(benchmark::State& state, bool layer_norm, nb::Pass p) {
   auto mem = [&](const memory::desc& md, std::vector<float>& v) {
     return memory(md, eng, v.data());
   };
-  const memory src = mem(data_md, b.x), dst = mem(data_md, b.y), ddst = mem(data_md, b.dy),
-               dsrc = mem(data_md, b.dx), mean = mem(stat_md, b.mean), var = mem(stat_md, b.var),
-               scale = mem(param_md, b.gamma), shift = mem(param_md, b.beta),
-               dscale = mem(param_md, b.dgamma), dshift = mem(param_md, b.dbeta);
-  const std::unordered_map<int, memory> fwd_args = {
-      {DNNL_ARG_SRC, src},      {DNNL_ARG_DST, dst},     {DNNL_ARG_MEAN, mean},
-      {DNNL_ARG_VARIANCE, var}, {DNNL_ARG_SCALE, scale}, {DNNL_ARG_SHIFT, shift}};
-  // oneDNN 2.6's backward also asks for the shift (unused by the math).
-  const std::unordered_map<int, memory> bwd_args = {
-      {DNNL_ARG_SRC, src},       {DNNL_ARG_DIFF_DST, ddst},     {DNNL_ARG_MEAN, mean},
-      {DNNL_ARG_VARIANCE, var},  {DNNL_ARG_SCALE, scale},       {DNNL_ARG_SHIFT, shift},
-      {DNNL_ARG_DIFF_SRC, dsrc}, {DNNL_ARG_DIFF_SCALE, dscale}, {DNNL_ARG_DIFF_SHIFT, dshift}};
-  run_and_report(state, b, nb::pass_bytes(p, b.shape), [&] {
-    fwd.execute(strm, fwd_args);
-    if (p == nb::Pass::forward_backward) bwd.execute(strm, bwd_args);
+  struct Args {
+    std::unordered_map<int, memory> fwd, bwd;
+  };
+  std::unordered_map<const nb::NormBuffers*, Args> args;  // per buffer set of the ring
+  for (size_t i = 0; i < ring.size(); ++i) {
+    nb::NormBuffers& b = ring.next();
+    const memory src = mem(data_md, b.x), dst = mem(data_md, b.y), ddst = mem(data_md, b.dy),
+                 dsrc = mem(data_md, b.dx), mean = mem(stat_md, b.mean), var = mem(stat_md, b.var),
+                 scale = mem(param_md, b.gamma), shift = mem(param_md, b.beta),
+                 dscale = mem(param_md, b.dgamma), dshift = mem(param_md, b.dbeta);
+    args[&b].fwd = {{DNNL_ARG_SRC, src},      {DNNL_ARG_DST, dst},     {DNNL_ARG_MEAN, mean},
+                    {DNNL_ARG_VARIANCE, var}, {DNNL_ARG_SCALE, scale}, {DNNL_ARG_SHIFT, shift}};
+    // oneDNN 2.6's backward also asks for the shift (unused by the math).
+    args[&b].bwd = {
+        {DNNL_ARG_SRC, src},       {DNNL_ARG_DIFF_DST, ddst},     {DNNL_ARG_MEAN, mean},
+        {DNNL_ARG_VARIANCE, var},  {DNNL_ARG_SCALE, scale},       {DNNL_ARG_SHIFT, shift},
+        {DNNL_ARG_DIFF_SRC, dsrc}, {DNNL_ARG_DIFF_SCALE, dscale}, {DNNL_ARG_DIFF_SHIFT, dshift}};
+  }
+  const std::string label = std::string(nb::cache_name(nb::default_cache(shape))) + ", " + impl;
+  run_and_report(state, ring, nb::pass_bytes(p, shape), [&](nb::NormBuffers& b) {
+    const Args& a = args.at(&b);
+    fwd.execute(strm, a.fwd);
+    if (p == nb::Pass::forward_backward) bwd.execute(strm, a.bwd);
     strm.wait();
   });
-  state.SetLabel(impl);
+  state.SetLabel(label);
 }
 
 void register_all() {

@@ -8,6 +8,11 @@ normlab over PyTorch, and each side's effective bandwidth as a percentage of
 its own plain copy (PyTorch: Tensor.copy_; normlab: memcpy), both measured in
 this invocation.
 
+Cache state, as in `normlab bench` (--cache): shapes whose x exceeds 1 MB are
+timed "cold", cycling each call through a ring of buffer sets four times the
+L3, so both libraries and both copies read from DRAM; smaller shapes "warm",
+the same buffers every call.
+
     /usr/bin/python3 bench/compare_torch.py --threads 2 [--normlab build/normlab]
 
 Needs Debian's python3-torch (1.13): run it with /usr/bin/python3. Its BLAS is
@@ -42,6 +47,29 @@ def parse_shapes(text):
     return shapes
 
 
+def l3_bytes():
+    """The L3 our CPU shares (sysfs), as normlab's bench reads it; 32 MB if unknown."""
+    try:
+        with open("/sys/devices/system/cpu/cpu0/cache/index3/size") as f:
+            text = f.read().strip()
+        unit = {"K": 1024, "M": 1024 * 1024}.get(text[-1], 1)
+        return int(text.rstrip("KM")) * unit
+    except (OSError, ValueError, IndexError):
+        return 32 << 20
+
+
+def cache_mode(n, d):
+    return "cold" if n * d * 4 > (1 << 20) else "warm"
+
+
+def ring_sets(n, d, mode):
+    """Buffer sets per ring: as normlab's BufferRing (x + y per call, 4 L3s between reuses)."""
+    if mode == "warm":
+        return 1
+    touched = 2 * n * d * 4
+    return min(64, max(2, -(-4 * l3_bytes() // touched)))
+
+
 def median_seconds(op, repeats, min_time):
     """Median over `repeats` samples of one call's time; a sample repeats op for min_time."""
     samples = []
@@ -63,15 +91,16 @@ def pass_bytes(pass_name, n, d):
 
 
 class TorchOps:
-    """PyTorch's copy, layer_norm and batch_norm (training) at one shape, timed."""
+    """PyTorch's copy, layer_norm and batch_norm (training) at one shape, timed;
+    each call takes the next of `sets` buffer sets (x, dy, out, x with grad)."""
 
-    def __init__(self, torch, n, d):
+    def __init__(self, torch, n, d, sets):
         F = torch.nn.functional
         g = torch.Generator().manual_seed(0)
-        self.x = torch.randn(n, d, generator=g)
-        self.dy = torch.randn(n, d, generator=g)
-        self.out = torch.empty_like(self.x)
-        self.xg = self.x.clone().requires_grad_()
+        x, dy = torch.randn(n, d, generator=g), torch.randn(n, d, generator=g)
+        self.ring = [(x.clone(), dy.clone(), torch.empty_like(x), x.clone().requires_grad_())
+                     for _ in range(sets)]
+        self.at = 0
         weight = torch.rand(d, generator=g).add_(0.5).requires_grad_()
         bias = torch.rand(d, generator=g).sub_(0.5).requires_grad_()
         running_mean, running_var = torch.zeros(d), torch.ones(d)
@@ -82,21 +111,36 @@ class TorchOps:
                                                   True, 0.1, 1e-5),
         }
 
+    def next(self):
+        self.at = (self.at + 1) % len(self.ring)
+        return self.ring[self.at]
+
+    def copy(self):
+        x, _, out, _ = self.next()
+        out.copy_(x)
+
+    def forward(self, fn):
+        fn(self.next()[0])
+
+    def forward_backward(self, fn):
+        _, dy, _, xg = self.next()
+        fn(xg).backward(dy)
+
     def sample(self, min_time):
         """One sample of each: {(kernel, pass): seconds}, and the copy's seconds."""
         times = {}
-        copy_s = median_seconds(lambda: self.out.copy_(self.x), 1, min_time)
+        copy_s = median_seconds(self.copy, 1, min_time)
         for name, fn in self.fns.items():
             with self.no_grad():
-                times[(name, "fwd")] = median_seconds(lambda: fn(self.x), 1, min_time)
-            times[(name, "fwd+bwd")] = median_seconds(lambda: fn(self.xg).backward(self.dy), 1,
+                times[(name, "fwd")] = median_seconds(lambda: self.forward(fn), 1, min_time)
+            times[(name, "fwd+bwd")] = median_seconds(lambda: self.forward_backward(fn), 1,
                                                       min_time)
         return times, copy_s
 
 
-def normlab_sample(binary, threads, n, d, min_time):
+def normlab_sample(binary, threads, n, d, min_time, mode):
     """One sample of each from `normlab bench --csv`: {(kernel, pass): seconds}, copy seconds."""
-    cmd = [binary, "bench", "--csv", "--threads", str(threads), "--repeats", "1",
+    cmd = [binary, "bench", "--csv", "--threads", str(threads), "--repeats", "1", "--cache", mode,
            "--min-time", str(min_time), "--kernels", "layernorm,batchnorm", "--shapes", f"{n}x{d}"]
     run = subprocess.run(cmd, capture_output=True, text=True)
     if run.returncode != 0:
@@ -119,11 +163,12 @@ def kernel_rows(args):
     torch.set_num_threads(args.threads)
     rows = []
     for n, d in parse_shapes(args.shapes):
-        ops = TorchOps(torch, n, d)
+        mode = cache_mode(n, d)
+        ops = TorchOps(torch, n, d, ring_sets(n, d, mode))
         t_samples, n_samples, t_copy, n_copy = {}, {}, [], []
         for _ in range(args.repeats):
             t, tc = ops.sample(args.min_time)
-            m, mc = normlab_sample(args.normlab, args.threads, n, d, args.min_time)
+            m, mc = normlab_sample(args.normlab, args.threads, n, d, args.min_time, mode)
             t_copy.append(tc)
             n_copy.append(mc)
             for key in t:
@@ -134,7 +179,7 @@ def kernel_rows(args):
             t_s, n_s = statistics.median(ts), statistics.median(n_samples[(kernel, pass_name)])
             ratio = pass_bytes(pass_name, n, d) / pass_bytes("fwd", n, d)  # bytes vs the copy's
             rows.append({
-                "shape": f"{n}x{d}", "kernel": kernel, "pass": pass_name,
+                "shape": f"{n}x{d}", "cache": mode, "kernel": kernel, "pass": pass_name,
                 "torch": fmt_time(t_s), "normlab": fmt_time(n_s),
                 "speed-up": f"{t_s / n_s:.2f}x",
                 "torch %copy": f"{100 * ratio * tc / t_s:.0f}%",

@@ -578,6 +578,7 @@ std::vector<Case> flag_cases() {
       {"bench --threads huge", {"bench", "--threads", kHuge}, {"--threads"}},
       {"bench --shapes 0x5", {"bench", "--shapes", "0x5"}, {"--shapes", "0x5"}},
       {"bench --min-time -1", {"bench", "--min-time", "-1"}, {"--min-time", "got -1"}},
+      {"bench --cache tepid", {"bench", "--cache", "tepid"}, {"--cache", "tepid"}},
       {"bench unknown flag", {"bench", "--iterations", "0"}, {"--iterations"}},
       {"no subcommand", {}, {"subcommand"}},
       {"unknown subcommand", {"fly"}, {"fly"}},

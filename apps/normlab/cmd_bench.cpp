@@ -20,6 +20,7 @@ struct BenchArgs {
   int repeats = 5;
   double min_time = 0.02;
   std::vector<std::string> shapes, kernels;
+  std::string cache = "auto";
   bool csv = false;
 };
 
@@ -53,6 +54,11 @@ void run_bench(const BenchArgs& args) {
     config.kernels.clear();
     for (const std::string& k : args.kernels) config.kernels.push_back(parse_kernel(k));
   }
+  if (args.cache != "auto") {
+    if (args.cache != "warm" && args.cache != "cold")
+      fail("--cache: '", args.cache, "' is not warm, cold or auto");
+    config.cache = bench::parse_cache(args.cache);
+  }
   if (args.threads) omp_set_num_threads(*args.threads);
   const int threads = omp_get_max_threads();
   const auto rows = bench::run_kernel_bench(config);
@@ -75,6 +81,10 @@ void add_bench_command(CLI::App& app) {
   cmd->add_option("--kernels", args->kernels,
                   "Kernels: layernorm, batchnorm, batchnorm_eval (default: all)")
       ->delimiter(',');
+  cmd->add_option("--cache", args->cache,
+                  "warm (same buffers each call), cold (a ring 4x the L3: data from DRAM) or "
+                  "auto (cold when x exceeds 1 MB)")
+      ->capture_default_str();
   cmd->add_flag("--csv", args->csv, "Print CSV instead of the table");
   cmd->callback([args] { run_bench(*args); });
 }

@@ -8,9 +8,18 @@
 //   forward+backward = the sum                     (5 * N * D floats)
 // The copy baseline reads N*D floats and writes N*D floats, split across the
 // same OpenMP threads. "% of copy" = kernel GB/s / copy GB/s.
+//
+// Cache state. "warm": every call reuses the same buffers, so at 4096 x 1024
+// (16 MB per buffer) x and y stay in a 32 MB L3 and a copy runs at cache
+// speed (~100-170 GB/s on 2 cores here). "cold": calls cycle through a ring of
+// buffer sets four times the size of the L3, so each call finds its data in
+// DRAM, as a layer does whose activations were written a whole network ago;
+// the copy then runs at memory speed (~35-45 GB/s here). Kernels and copy use
+// the same ring, so "% of copy" compares like with like.
 #pragma once
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -34,13 +43,35 @@ enum class Pass { forward, forward_backward };
 const char* pass_name(Pass p);  // "fwd", "fwd+bwd"
 double pass_bytes(Pass p, BenchShape s);
 
+enum class Cache { warm, cold };
+const char* cache_name(Cache c);             // "warm", "cold"
+Cache parse_cache(const std::string& text);  // throws normlab::Error naming the text
+// cold for shapes whose x does not fit the 1 MB L2 of a core (4096x1024,
+// 16384x768: "memory-bound" in issue 4), warm for smaller (128x512, an MLP batch).
+Cache default_cache(BenchShape s);
+int64_t l3_bytes();  // the CPU's L3 size (sysconf), 32 MB if unknown
+
 // Input, output, gradient and parameter buffers for one shape, filled once.
 struct NormBuffers {
   explicit NormBuffers(BenchShape shape);
+  NormBuffers(const NormBuffers& other) = default;  // a ring's further sets copy the first
   BenchShape shape;
   std::vector<float> x, y, dy, dx;                // (N, D)
   std::vector<float> gamma, beta, dgamma, dbeta;  // (D)
   std::vector<float> mean, rstd, var;             // (max(N, D)): per row or per channel
+};
+
+// The buffer sets the calls cycle through: one for warm, enough for cold that
+// the ring is at least four times the L3 (at least two sets).
+class BufferRing {
+ public:
+  BufferRing(BenchShape shape, Cache cache);
+  NormBuffers& next();  // the set for the next call
+  size_t size() const { return sets_.size(); }
+
+ private:
+  std::vector<NormBuffers> sets_;
+  size_t at_ = 0;
 };
 
 // One forward (and backward) call of kernel k on b, affine on, dx wanted.
@@ -56,6 +87,7 @@ double median_seconds(const std::function<void()>& op, int repeats, double min_s
 struct BenchRow {
   std::string kernel, pass;  // kernel "copy" is the baseline (pass "copy")
   BenchShape shape;
+  Cache cache = Cache::warm;
   double seconds = 0;    // median time of one call
   double gbps = 0;       // effective GB/s (1e9 bytes)
   double copy_gbps = 0;  // the copy's GB/s at this shape, measured in the same run
@@ -66,6 +98,7 @@ struct BenchConfig {
   std::vector<Kernel> kernels = all_kernels();
   int repeats = 5;
   double min_seconds = 0.02;
+  std::optional<Cache> cache;  // unset: default_cache(shape) per shape
 };
 
 // For each shape: the copy and every kernel pass, sampled in turn (interleaved,

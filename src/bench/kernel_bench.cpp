@@ -2,10 +2,12 @@
 
 #include <omp.h>
 
+#include <unistd.h>
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <fstream>
 #include <sstream>
 
 #include "normlab/error.hpp"
@@ -56,6 +58,38 @@ std::vector<BenchShape> default_shapes() {
   return {{128, 512}, {4096, 1024}, {16384, 768}};
 }
 
+const char* cache_name(Cache c) {
+  return c == Cache::warm ? "warm" : "cold";
+}
+
+Cache parse_cache(const std::string& text) {
+  if (text == "warm") return Cache::warm;
+  if (text == "cold") return Cache::cold;
+  fail("cache '", text, "': expected warm or cold");
+}
+
+Cache default_cache(BenchShape s) {
+  return s.N * s.D * static_cast<int64_t>(sizeof(float)) > (int64_t{1} << 20) ? Cache::cold
+                                                                              : Cache::warm;
+}
+
+// The L3 our CPU shares, from sysfs ("32768K"); glibc's sysconf reports the
+// whole package's L3 on some AMD parts (384 MB here for 32 MB per CCD).
+int64_t l3_bytes() {
+  std::ifstream in("/sys/devices/system/cpu/cpu0/cache/index3/size");
+  std::string text;
+  if (in >> text && !text.empty()) {
+    const int64_t unit = text.back() == 'K' ? 1024 : text.back() == 'M' ? 1024 * 1024 : 1;
+    try {
+      const int64_t v = std::stoll(text) * unit;
+      if (v > 0) return v;
+    } catch (const std::exception&) {
+    }
+  }
+  const long v = sysconf(_SC_LEVEL3_CACHE_SIZE);
+  return v > 0 ? v : int64_t{32} << 20;
+}
+
 const char* kernel_name(Kernel k) {
   switch (k) {
     case Kernel::layernorm:
@@ -102,6 +136,24 @@ NormBuffers::NormBuffers(BenchShape s)
   rng.fill_uniform(var.data(), s.D, 0.5, 1.5);   // eval's running variance
   parallel_copy(y.data(), x.data(), s.N * s.D);  // touch the outputs once
   parallel_copy(dx.data(), dy.data(), s.N * s.D);
+}
+
+BufferRing::BufferRing(BenchShape shape, Cache cache) {
+  sets_.emplace_back(shape);
+  if (cache == Cache::warm) return;
+  // Sized by the bytes the smallest call touches (a forward or a copy: x and y),
+  // so that between two uses of a set at least 4 L3s of other data went by.
+  const int64_t touched = 2 * shape.N * shape.D * static_cast<int64_t>(sizeof(float));
+  constexpr int64_t kMaxRingSets = 64;
+  const int64_t sets =
+      std::clamp<int64_t>((4 * l3_bytes() + touched - 1) / touched, 2, kMaxRingSets);
+  while (static_cast<int64_t>(sets_.size()) < sets) sets_.push_back(sets_.front());
+}
+
+NormBuffers& BufferRing::next() {
+  NormBuffers& b = sets_[at_];
+  at_ = (at_ + 1) % sets_.size();
+  return b;
 }
 
 void run_pass(Kernel k, Pass p, NormBuffers& b) {
@@ -166,8 +218,8 @@ std::vector<BenchRow> run_kernel_bench(const BenchConfig& config) {
   if (config.repeats < 1) fail("kernel bench: repeats must be at least 1, got ", config.repeats);
   std::vector<BenchRow> out;
   for (BenchShape shape : config.shapes) {
-    NormBuffers b(shape);
-    std::vector<float> copy_dst(b.x.size());
+    const Cache cache = config.cache.value_or(default_cache(shape));
+    BufferRing ring(shape, cache);
     struct Op {
       std::string kernel, pass;
       double bytes;
@@ -178,22 +230,26 @@ std::vector<BenchRow> run_kernel_bench(const BenchConfig& config) {
     ops.push_back({"copy",
                    "copy",
                    pass_bytes(Pass::forward, shape),
-                   [&] { parallel_copy(copy_dst.data(), b.x.data(), shape.N * shape.D); },
+                   [&] {
+                     NormBuffers& b = ring.next();
+                     parallel_copy(b.y.data(), b.x.data(), shape.N * shape.D);
+                   },
                    {}});
     for (Kernel k : config.kernels)
       for (Pass p : {Pass::forward, Pass::forward_backward})
         ops.push_back({kernel_name(k),
                        pass_name(p),
                        pass_bytes(p, shape),
-                       [&b, k, p] { run_pass(k, p, b); },
+                       [&ring, k, p] { run_pass(k, p, ring.next()); },
                        {}});
-    for (Op& op : ops) op.run();  // warm up: page faults, thread pool, scratch
+    for (size_t i = 0; i < ring.size(); ++i)
+      for (Op& op : ops) op.run();  // warm up: page faults, thread pool, scratch
     for (int r = 0; r < config.repeats; ++r)
       for (Op& op : ops) op.samples.push_back(median_seconds(op.run, 1, config.min_seconds));
     const double copy_gbps = ops.front().bytes / median(ops.front().samples) / 1e9;
     for (Op& op : ops) {
       const double s = median(op.samples);
-      out.push_back({op.kernel, op.pass, shape, s, op.bytes / s / 1e9, copy_gbps});
+      out.push_back({op.kernel, op.pass, shape, cache, s, op.bytes / s / 1e9, copy_gbps});
     }
   }
   return out;
@@ -204,9 +260,10 @@ std::string format_table(const std::vector<BenchRow>& rows, int threads) {
   char line[160];
   os << "normlab kernel bench: float, " << threads
      << " thread(s); median times; GB/s counts the bytes each pass must move\n"
-     << "(fwd: read x + write y; fwd+bwd: + read x, dy + write dx); copy = memcpy of x\n";
-  std::snprintf(line, sizeof line, "%-11s %-15s %-8s %12s %9s %9s\n", "shape", "kernel", "pass",
-                "time", "GB/s", "% copy");
+     << "(fwd: read x + write y; fwd+bwd: + read x, dy + write dx); copy = memcpy of x;\n"
+     << "cache: warm = the same buffers every call, cold = a ring 4x the L3 (data from DRAM)\n";
+  std::snprintf(line, sizeof line, "%-11s %-5s %-15s %-8s %12s %9s %9s\n", "shape", "cache",
+                "kernel", "pass", "time", "GB/s", "% copy");
   os << line;
   for (const BenchRow& r : rows) {
     const double us = r.seconds * 1e6;
@@ -215,9 +272,9 @@ std::string format_table(const std::vector<BenchRow>& rows, int threads) {
       std::snprintf(time, sizeof time, "%.1f us", us);
     else
       std::snprintf(time, sizeof time, "%.3f ms", us / 1000);
-    std::snprintf(line, sizeof line, "%-11s %-15s %-8s %12s %9.1f %8.0f%%\n",
-                  shape_text(r.shape).c_str(), r.kernel.c_str(), r.pass.c_str(), time, r.gbps,
-                  100.0 * r.gbps / r.copy_gbps);
+    std::snprintf(line, sizeof line, "%-11s %-5s %-15s %-8s %12s %9.1f %8.0f%%\n",
+                  shape_text(r.shape).c_str(), cache_name(r.cache), r.kernel.c_str(),
+                  r.pass.c_str(), time, r.gbps, 100.0 * r.gbps / r.copy_gbps);
     os << line;
   }
   return os.str();
@@ -225,11 +282,11 @@ std::string format_table(const std::vector<BenchRow>& rows, int threads) {
 
 std::string format_csv(const std::vector<BenchRow>& rows, int threads) {
   std::ostringstream os;
-  os << "threads,N,D,kernel,pass,seconds,gbps,copy_gbps,pct_copy\n";
+  os << "threads,N,D,cache,kernel,pass,seconds,gbps,copy_gbps,pct_copy\n";
   for (const BenchRow& r : rows)
-    os << threads << ',' << r.shape.N << ',' << r.shape.D << ',' << r.kernel << ',' << r.pass << ','
-       << r.seconds << ',' << r.gbps << ',' << r.copy_gbps << ',' << 100.0 * r.gbps / r.copy_gbps
-       << '\n';
+    os << threads << ',' << r.shape.N << ',' << r.shape.D << ',' << cache_name(r.cache) << ','
+       << r.kernel << ',' << r.pass << ',' << r.seconds << ',' << r.gbps << ',' << r.copy_gbps
+       << ',' << 100.0 * r.gbps / r.copy_gbps << '\n';
   return os.str();
 }
 
