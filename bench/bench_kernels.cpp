@@ -149,9 +149,7 @@ void bm_onednn(benchmark::State& state, bool layer_norm, nb::Pass p) {
     bwd = batch_normalization_backward(bpd);
     impl = std::string(fpd.impl_info_str()) + " / " + bpd.impl_info_str();
   }
-  auto mem = [&](const memory::desc& md, std::vector<float>& v) {
-    return memory(md, eng, v.data());
-  };
+  auto mem = [&](const memory::desc& md, auto& v) { return memory(md, eng, v.data()); };
   struct Args {
     std::unordered_map<int, memory> fwd, bwd;
   };

@@ -23,6 +23,8 @@
 #include <string>
 #include <vector>
 
+#include "normlab/aligned_vector.hpp"
+
 namespace normlab::bench {
 
 struct BenchShape {
@@ -56,7 +58,7 @@ struct NormBuffers {
   explicit NormBuffers(BenchShape shape);
   NormBuffers(const NormBuffers& other) = default;  // a ring's further sets copy the first
   BenchShape shape;
-  std::vector<float> x, y, dy, dx;                // (N, D)
+  AlignedVector<float> x, y, dy, dx;              // (N, D), 64-byte aligned as Tensors are
   std::vector<float> gamma, beta, dgamma, dbeta;  // (D)
   std::vector<float> mean, rstd, var;             // (max(N, D)): per row or per channel
 };
