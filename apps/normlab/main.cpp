@@ -7,8 +7,10 @@
 #include "commands.hpp"
 #include "normlab/error.hpp"
 #include "strict_numbers.hpp"
+#include "wait_policy.hpp"
 
 int main(int argc, char** argv) {
+  normlab::cli::choose_wait_policy(argc, argv);  // may re-execute with OMP_WAIT_POLICY set
   CLI::App app{"normlab: normalization layers, trained and studied"};
   app.require_subcommand(1);
   app.set_version_flag("--version", "normlab 0.1.0");
