@@ -9,10 +9,11 @@
 // every gradient into another (Tensor::bind: the model's tensors then read and
 // write there), each parameter starting on a 64-byte line, zeros between; its
 // own state (Adam's moments, SGD's momentum) is laid out the same way. So
-// zero_grad() is one fill, the trainer's finiteness check one scan, and step()
-// one fused pass over all elements, parallel over contiguous ranges when large
-// (every element is computed alone: the result does not depend on the thread
-// count). step() allocates nothing.
+// zero_grad(), the trainer's finiteness check and step() are each one
+// parallel region over flat arrays: every thread takes the same share of
+// every large parameter (src/optim/elementwise.hpp says why), and every
+// element is computed alone, so the result does not depend on the thread
+// count. step() allocates nothing.
 //
 // The bound tensors share the blocks, so either of model and optimizer may be
 // destroyed first. The parameters keep their element counts from then on
@@ -40,8 +41,7 @@ class Optimizer {
   virtual std::string name() const = 0;
   // Applies one update from the current gradients and counts the step.
   virtual void step() = 0;
-  // Fills every parameter gradient with zeros (gradients accumulate): one
-  // parallel fill of the flat gradient block.
+  // Fills every parameter gradient with zeros (gradients accumulate).
   void zero_grad();
 
   // The optimizer's own state, for checkpoints: "step" (int64 count: steps
@@ -68,12 +68,11 @@ class Optimizer {
   static constexpr int64_t kFlatAlign = 16;
   // Every parameter's value / gradient, parameter i's element j at
   // params()[i].offset + j; the elements between parameters are zeros that
-  // step() never touches.
+  // nothing reads or writes (with eps = 0, Adam would make 0/0 of them).
   std::span<float> values() { return {values_.get(), static_cast<size_t>(flat_size_)}; }
   std::span<float> grads() { return {grads_.get(), static_cast<size_t>(flat_size_)}; }
-  // The parameter whose range holds flat position `at`, or that `at` follows
-  // in the padding: (parameter index, at - its offset), so the second is
-  // >= params()[index].numel for padding.
+  // (parameter index, index within it) of flat position `at`; a position in
+  // the padding maps to the parameter before it, with an index >= its numel.
   std::pair<size_t, int64_t> locate(int64_t at) const;
 
  protected:
@@ -97,14 +96,12 @@ class Optimizer {
   // blocks (not so once the model is gone or another optimizer took it over).
   void check_bound() const;
   // kernel(begin, end) over the flat positions of all parameters, padding
-  // excluded, in parallel over contiguous ranges when there are enough.
+  // excluded, in parallel when there are enough (for_each_param_range).
   template <typename Kernel>
   void for_each_range(const Kernel& kernel) const;
 
   std::string kind_;  // "Adam", "AdamW", "SGD": names errors
   std::vector<Param> params_;
-  // Runs of parameters with no padding between them: [begin, end) flat positions.
-  std::vector<std::pair<int64_t, int64_t>> segments_;
   int64_t flat_size_ = 0;  // a multiple of kFlatAlign
   std::shared_ptr<float[]> values_, grads_;
   int64_t steps_ = 0;

@@ -44,15 +44,15 @@ Trainer::Trainer(Layer<float>& model, Optimizer& optimizer) : model_(model), opt
   if (auto* seq = dynamic_cast<Sequential<float>*>(&model_)) seq->fuse_relus();
 }
 
-// One parallel scan of the flat gradient block (the padding between
-// parameters holds zeros); each thread's first hit is kept if it is the
-// smallest, so the answer is the first NaN/inf for any thread count.
+// One parallel scan of the flat gradient block (the parameters' ranges, not
+// the padding between them); the smallest of the threads' first hits is kept,
+// so the answer is the first NaN/inf in parameter order for any thread count.
 int64_t Trainer::first_non_finite_gradient() {
   const std::span<const float> grads = optimizer_.grads();
   const float* g = grads.data();
   constexpr int64_t kNone = std::numeric_limits<int64_t>::max();
   first_bad_.store(kNone, std::memory_order_relaxed);
-  parallel_ranges(static_cast<int64_t>(grads.size()), [&](int64_t begin, int64_t end) {
+  for_each_param_range(optimizer_.params(), [&](int64_t begin, int64_t end) {
     const int64_t i = first_non_finite(g + begin, end - begin);
     if (i < 0) return;
     int64_t seen = first_bad_.load(std::memory_order_relaxed);
@@ -163,12 +163,8 @@ StepResult Trainer::train_step(const Tensor<float>& x, const int32_t* labels) {
       const std::pair<size_t, int64_t> where = optimizer_.locate(at);
       const auto& p = optimizer_.params()[where.first];
       std::ostringstream os;
-      if (where.second < p.numel)
-        os << "the gradient of " << p.name << " holds " << optimizer_.grads()[at]
-           << " at flat index " << where.second;
-      else  // zero_grad() zeroes the padding and nothing else should write there
-        os << "the flat gradient block holds " << optimizer_.grads()[at]
-           << " in the padding after the gradient of " << p.name;
+      os << "the gradient of " << p.name << " holds " << optimizer_.grads()[at] << " at flat index "
+         << where.second;
       non_finite(os.str());
     }
   }
