@@ -36,6 +36,9 @@ namespace normlab {
 class Optimizer {
  public:
   virtual ~Optimizer() = default;
+  // A copy would share the blocks (and step() counts the tensors bound to them).
+  Optimizer(const Optimizer&) = delete;
+  Optimizer& operator=(const Optimizer&) = delete;
 
   // "Adam(lr=0.001, betas=(0.9, 0.999), eps=1e-08, weight_decay=0)"
   virtual std::string name() const = 0;
