@@ -5,16 +5,28 @@
 //   auto opt = make_optimizer("adam", {.lr = 1e-3}, model.state());
 //   opt->zero_grad(); model.forward(x); ...; model.backward(dy); opt->step();
 //
-// The optimizer keeps pointers to the parameter and gradient tensors: the
-// model must outlive it and must not resize them. All optimizer state is
-// allocated at construction; step() allocates nothing and makes one fused
-// pass over each parameter tensor (parallel over elements for large ones;
-// the result does not depend on the thread count).
+// At construction the optimizer moves every parameter into one flat block and
+// every gradient into another (Tensor::bind: the model's tensors then read and
+// write there), each parameter starting on a 64-byte line, zeros between; its
+// own state (Adam's moments, SGD's momentum) is laid out the same way. So
+// zero_grad(), the trainer's finiteness check and step() are each one
+// parallel region over flat arrays: every thread takes the same share of
+// every large parameter (src/optim/elementwise.hpp says why), and every
+// element is computed alone, so the result does not depend on the thread
+// count. step() allocates nothing.
+//
+// The bound tensors share the blocks, so either of model and optimizer may be
+// destroyed first. The parameters keep their element counts from then on
+// (Tensor: resizing a bound tensor throws). Building another optimizer over
+// the same model moves the parameters into its blocks; step() of the first
+// one then throws instead of updating tensors that no longer see its blocks.
 #pragma once
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "normlab/layer.hpp"
@@ -24,6 +36,9 @@ namespace normlab {
 class Optimizer {
  public:
   virtual ~Optimizer() = default;
+  // A copy would share the blocks (and step() counts the tensors bound to them).
+  Optimizer(const Optimizer&) = delete;
+  Optimizer& operator=(const Optimizer&) = delete;
 
   // "Adam(lr=0.001, betas=(0.9, 0.999), eps=1e-08, weight_decay=0)"
   virtual std::string name() const = 0;
@@ -44,23 +59,54 @@ class Optimizer {
 
   struct Param {
     std::string name;
-    Tensor<float>* value;
-    Tensor<float>* grad;
+    Tensor<float>* value;  // the model's tensors (valid while the model lives),
+    Tensor<float>* grad;   // bound at values()/grads() + offset
+    int64_t offset;        // a multiple of kFlatAlign
+    int64_t numel;
   };
   const std::vector<Param>& params() const { return params_; }
 
+  // Where each parameter starts in the flat blocks: a multiple of 16 floats
+  // (64 bytes, a cache line; the blocks are 64-byte aligned).
+  static constexpr int64_t kFlatAlign = 16;
+  // Every parameter's value / gradient, parameter i's element j at
+  // params()[i].offset + j; the elements between parameters are zeros that
+  // nothing reads or writes (with eps = 0, Adam would make 0/0 of them).
+  std::span<float> values() { return {values_.get(), static_cast<size_t>(flat_size_)}; }
+  std::span<float> grads() { return {grads_.get(), static_cast<size_t>(flat_size_)}; }
+  // (parameter index, index within it) of flat position `at`; a position in
+  // the padding maps to the parameter before it, with an index >= its numel.
+  std::pair<size_t, int64_t> locate(int64_t at) const;
+
  protected:
-  // Keeps the entries with a grad (trainable parameters); throws if there
-  // are none or a gradient's shape differs from its parameter's.
+  // Keeps the entries with a grad (trainable parameters) and binds their
+  // values and gradients into the flat blocks; throws if there are none, a
+  // gradient's shape differs from its parameter's, or two entries share a tensor.
   Optimizer(const std::string& kind, const std::vector<StateEntry<float>>& entries, double lr);
-  // Tensors shaped like each parameter, zero-filled, for one state buffer.
-  std::vector<Tensor<float>> zeros_like_params() const;
-  // The "step" entry followed by "<prefix>.<param name>" for each buffer set.
+
+  // One state buffer laid out like the parameters: the block (zeros) and a
+  // tensor shaped like each parameter bound into it, for state().
+  struct FlatState {
+    std::shared_ptr<float[]> block;
+    std::vector<Tensor<float>> tensors;
+    float* data() { return block.get(); }
+  };
+  FlatState flat_zeros() const;
+  // The "step" entry followed by "<prefix>.<param name>" for each buffer.
   std::vector<StateEntry<float>> state_entries(
-      const std::vector<std::pair<std::string, std::vector<Tensor<float>>*>>& buffers);
+      const std::vector<std::pair<std::string, FlatState*>>& buffers);
+  // Throws unless every parameter still reads and writes this optimizer's
+  // blocks (not so once the model is gone or another optimizer took it over).
+  void check_bound() const;
+  // kernel(begin, end) over the flat positions of all parameters, padding
+  // excluded, in parallel when there are enough (for_each_param_range).
+  template <typename Kernel>
+  void for_each_range(const Kernel& kernel) const;
 
   std::string kind_;  // "Adam", "AdamW", "SGD": names errors
   std::vector<Param> params_;
+  int64_t flat_size_ = 0;  // a multiple of kFlatAlign
+  std::shared_ptr<float[]> values_, grads_;
   int64_t steps_ = 0;
   double lr_;
 };
@@ -92,7 +138,7 @@ class Adam : public Optimizer {
  private:
   AdamOptions opt_;
   bool decoupled_;
-  std::vector<Tensor<float>> exp_avg_, exp_avg_sq_, max_exp_avg_sq_;  // each like params_
+  FlatState exp_avg_, exp_avg_sq_, max_exp_avg_sq_;  // the last only with amsgrad
 };
 
 class AdamW : public Adam {
@@ -122,7 +168,7 @@ class Sgd : public Optimizer {
 
  private:
   SgdOptions opt_;
-  std::vector<Tensor<float>> momentum_buffer_;  // like params_ if momentum != 0, else empty
+  FlatState momentum_buffer_;  // only if momentum != 0
 };
 
 // Options as a user gives them (CLI flags): unset ones take the chosen

@@ -1,9 +1,19 @@
-// A dense, contiguous, row-major tensor that owns its storage.
+// A dense, contiguous, row-major tensor. It owns its storage, or it is bound
+// to a share of a block that several tensors use (an optimizer keeps every
+// parameter, gradient and state buffer of a model in one flat block each, so
+// that it updates them in one pass: optim.hpp).
 // Layers keep their outputs and gradients in Tensors and reuse the storage
 // from step to step: resize() to an unchanged element count never allocates.
+//
+// A bound tensor stays where it is bound: it keeps its element count (resize
+// or assignment to another count throws), assigning to it copies the elements
+// into the shared block, and it holds a share of the block, so the block lives
+// as long as any tensor bound to it. Copies of any tensor own their storage;
+// moving a tensor moves its binding.
 #pragma once
 #include <cstdint>
 #include <initializer_list>
+#include <memory>
 #include <span>
 #include <string>
 #include <vector>
@@ -20,20 +30,38 @@ class Tensor {
  public:
   Tensor() = default;
   explicit Tensor(Shape shape, T fill = T(0));
+  // A tensor of `shape` over shape_numel(shape) elements of `block` starting at
+  // `at`, bound from the start; the contents are the block's as they are.
+  Tensor(Shape shape, std::shared_ptr<T[]> block, T* at);
+
+  Tensor(const Tensor& other);  // an owning copy, also of a bound tensor
+  Tensor(Tensor&& other) noexcept;
+  // Into a bound tensor: copies the elements (counts must match; the shape is
+  // taken); into an owning one: as a copy, or a move (which takes a binding along).
+  Tensor& operator=(const Tensor& other);
+  Tensor& operator=(Tensor&& other);
 
   const Shape& shape() const { return shape_; }
   int rank() const { return static_cast<int>(shape_.size()); }
   int64_t dim(int i) const { return shape_[i < 0 ? i + rank() : i]; }  // dim(-1) is the last
-  int64_t numel() const { return static_cast<int64_t>(data_.size()); }
+  int64_t numel() const { return numel_; }
 
-  T* data() { return data_.data(); }
-  const T* data() const { return data_.data(); }
-  std::span<T> span() { return data_; }
-  std::span<const T> span() const { return data_; }
+  T* data() { return data_; }
+  const T* data() const { return data_; }
+  std::span<T> span() { return {data_, static_cast<size_t>(numel_)}; }
+  std::span<const T> span() const { return {data_, static_cast<size_t>(numel_)}; }
   T& operator[](int64_t i) { return data_[i]; }
   const T& operator[](int64_t i) const { return data_[i]; }
 
+  // Moves the tensor into `block` at `at` (room for numel() elements, not
+  // overlapping its current storage): copies the contents there, frees the
+  // owned storage, and from then on reads and writes there. Binding an already
+  // bound tensor again moves it to the new place and drops its share of the old block.
+  void bind(std::shared_ptr<T[]> block, T* at);
+  bool bound() const { return block_ != nullptr; }
+
   // Sets the shape; keeps the storage when the element count allows (contents then unspecified).
+  // A bound tensor takes only shapes of its element count (otherwise an Error).
   // The dims are copied into the tensor's own shape storage, so once a tensor has
   // had its largest size and rank, resizing allocates nothing (hot paths use the
   // braced form, which builds no temporary Shape).
@@ -47,8 +75,19 @@ class Tensor {
   void fill(T value);
 
  private:
+  // Points data_ and numel_ at owned_ after it changed (owning tensors only).
+  void own() {
+    data_ = owned_.data();
+    numel_ = static_cast<int64_t>(owned_.size());
+  }
+  // Sets the storage to n elements: resizes owned_, or checks a bound tensor's count.
+  void set_count(int64_t n, std::span<const int64_t> dims, int64_t last = -1);
+
   Shape shape_;
-  std::vector<T> data_;
+  std::vector<T> owned_;        // the storage of an owning tensor; empty when bound
+  std::shared_ptr<T[]> block_;  // the shared block of a bound tensor, else null
+  T* data_ = nullptr;           // owned_.data() or the bound place
+  int64_t numel_ = 0;
 };
 
 extern template class Tensor<float>;

@@ -67,12 +67,12 @@ class Trainer {
  private:
   Layer<float>& model_;
   Optimizer& optimizer_;
-  // (parameter index, flat index) of the first NaN/inf in the gradients, or (-1, -1).
-  std::pair<int64_t, int64_t> first_non_finite_gradient();
+  // Position of the first NaN/inf in the optimizer's flat gradient block, or -1.
+  int64_t first_non_finite_gradient();
 
-  Tensor<float> batch_;                      // (N, D): the copied input batch
-  Tensor<float> dlogits_;                    // (N, K)
-  std::vector<std::atomic<char>> bad_grad_;  // per parameter, set by the parallel scan
+  Tensor<float> batch_;                // (N, D): the copied input batch
+  Tensor<float> dlogits_;              // (N, K)
+  std::atomic<int64_t> first_bad_{0};  // the parallel scan's smallest hit so far
 };
 
 // Loss and accuracy of `model` over N rows in batches of batch_size, in eval

@@ -26,7 +26,79 @@ int64_t shape_numel(const Shape& shape) {
 
 template <typename T>
 Tensor<T>::Tensor(Shape shape, T fill) : shape_(std::move(shape)) {
-  data_.assign(static_cast<size_t>(shape_numel(shape_)), fill);
+  owned_.assign(static_cast<size_t>(shape_numel(shape_)), fill);
+  own();
+}
+
+template <typename T>
+Tensor<T>::Tensor(Shape shape, std::shared_ptr<T[]> block, T* at)
+    : shape_(std::move(shape)), block_(std::move(block)), data_(at), numel_(shape_numel(shape_)) {
+  if (!block_) fail("a tensor of shape ", shape_str(shape_), " cannot be bound to a null block");
+}
+
+template <typename T>
+Tensor<T>::Tensor(const Tensor& other)
+    : shape_(other.shape_), owned_(other.data_, other.data_ + other.numel_) {
+  own();
+}
+
+template <typename T>
+Tensor<T>::Tensor(Tensor&& other) noexcept
+    : shape_(std::move(other.shape_)),
+      owned_(std::move(other.owned_)),
+      block_(std::move(other.block_)),
+      data_(other.data_),
+      numel_(other.numel_) {
+  if (!block_) own();  // a moved vector keeps its buffer; own() says so explicitly
+  other.shape_.clear();
+  other.owned_.clear();
+  other.own();
+}
+
+template <typename T>
+Tensor<T>& Tensor<T>::operator=(const Tensor& other) {
+  if (this == &other) return *this;
+  if (block_) {
+    if (other.numel_ != numel_)
+      fail("cannot assign a tensor of shape ", shape_str(other.shape_), " (", other.numel_,
+           " elements) to a tensor of shape ", shape_str(shape_), " (", numel_,
+           " elements) that is bound to a flat block (an optimizer's parameter, gradient or "
+           "state buffer): the element counts must match");
+    std::copy(other.data_, other.data_ + numel_, data_);
+    shape_ = other.shape_;
+    return *this;
+  }
+  shape_ = other.shape_;
+  owned_.assign(other.data_, other.data_ + other.numel_);
+  own();
+  return *this;
+}
+
+template <typename T>
+Tensor<T>& Tensor<T>::operator=(Tensor&& other) {
+  if (this == &other) return *this;
+  if (block_) return *this = static_cast<const Tensor&>(other);  // stays where it is bound
+  shape_ = std::move(other.shape_);
+  owned_ = std::move(other.owned_);
+  block_ = std::move(other.block_);
+  if (block_)
+    data_ = other.data_, numel_ = other.numel_;
+  else
+    own();
+  other.shape_.clear();
+  other.owned_.clear();
+  other.block_.reset();
+  other.own();
+  return *this;
+}
+
+template <typename T>
+void Tensor<T>::bind(std::shared_ptr<T[]> block, T* at) {
+  if (!block || !at) fail("cannot bind a tensor of shape ", shape_str(shape_), " to a null block");
+  if (at != data_ && numel_ > 0) std::copy(data_, data_ + numel_, at);
+  block_ = std::move(block);  // drops the share of a block this tensor was bound to before
+  data_ = at;
+  std::vector<T>().swap(owned_);
 }
 
 namespace {
@@ -47,17 +119,31 @@ int64_t numel_of(std::span<const int64_t> dims, int64_t last) {
 }  // namespace
 
 template <typename T>
+void Tensor<T>::set_count(int64_t n, std::span<const int64_t> dims, int64_t last) {
+  if (!block_) {
+    owned_.resize(static_cast<size_t>(n));
+    own();
+    return;
+  }
+  if (n == numel_) return;
+  Shape to(dims.begin(), dims.end());
+  if (last >= 0) to.back() = last;
+  fail("cannot resize a tensor of shape ", shape_str(shape_), " to ", shape_str(to), " (", n,
+       " elements): it is bound to ", numel_,
+       " elements of a flat block (an optimizer's parameter, gradient or state buffer), "
+       "whose size is fixed");
+}
+
+template <typename T>
 void Tensor<T>::resize(const Shape& shape) {
-  const int64_t n = shape_numel(shape);
+  set_count(shape_numel(shape), shape);
   shape_ = shape;
-  data_.resize(static_cast<size_t>(n));
 }
 
 template <typename T>
 void Tensor<T>::resize(std::initializer_list<int64_t> shape) {
-  const int64_t n = numel_of(shape, -1);
+  set_count(numel_of(shape, -1), shape);
   shape_.assign(shape.begin(), shape.end());
-  data_.resize(static_cast<size_t>(n));
 }
 
 template <typename T>
@@ -65,10 +151,9 @@ void Tensor<T>::resize_last(const Shape& like, int64_t last) {
   if (like.empty()) fail("cannot replace the last dimension of a scalar shape by ", last);
   if (last < 0)
     fail("tensor shape ", shape_str(like), " with last dimension ", last, " is negative");
-  const int64_t n = numel_of(like, last);
+  set_count(numel_of(like, last), like, last);
   if (&like != &shape_) shape_.assign(like.begin(), like.end());
   shape_.back() = last;
-  data_.resize(static_cast<size_t>(n));
 }
 
 template <typename T>
@@ -80,7 +165,7 @@ void Tensor<T>::reshape(const Shape& shape) {
 
 template <typename T>
 void Tensor<T>::fill(T value) {
-  std::fill(data_.begin(), data_.end(), value);
+  std::fill(data_, data_ + numel_, value);
 }
 
 template class Tensor<float>;

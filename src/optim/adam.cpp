@@ -7,10 +7,11 @@
 //   v = v * b2 + (1 - b2) * g * g
 //   vmax = max(vmax, v)                     (amsgrad; then used for v below)
 //   p += (-lr / (1 - b1^t)) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
-// fused into one pass per parameter tensor; each "x + a * y" is a madd as in
-// PyTorch's kernels (see elementwise.hpp). This file is compiled with
-// -ffp-contract=off (no other fused multiply-adds, as in PyTorch) and
-// -fno-math-errno (so that the loop with sqrt is vectorised): CMakeLists.txt.
+// fused into one pass over the flat blocks of all parameters (optim.hpp);
+// each "x + a * y" is a madd as in PyTorch's kernels (see elementwise.hpp).
+// This file is compiled with -ffp-contract=off (no other fused multiply-adds,
+// as in PyTorch) and -fno-math-errno (so that the loop with sqrt is
+// vectorised): CMakeLists.txt.
 // Why the rounding matches PyTorch: docs/loss.md.
 #include <cmath>
 #include <sstream>
@@ -84,9 +85,9 @@ Adam::Adam(const std::string& kind, const std::vector<StateEntry<float>>& entrie
            bool decoupled)
     : Optimizer(kind, entries, opt.lr), opt_(opt), decoupled_(decoupled) {
   check_adam_options(kind, opt);
-  exp_avg_ = zeros_like_params();
-  exp_avg_sq_ = zeros_like_params();
-  if (opt.amsgrad) max_exp_avg_sq_ = zeros_like_params();
+  exp_avg_ = flat_zeros();
+  exp_avg_sq_ = flat_zeros();
+  if (opt.amsgrad) max_exp_avg_sq_ = flat_zeros();
 }
 
 AdamW::AdamW(const std::vector<StateEntry<float>>& entries, AdamOptions opt)
@@ -101,6 +102,7 @@ std::string Adam::name() const {
 }
 
 void Adam::step() {
+  check_bound();
   const double t = static_cast<double>(steps_ + 1);
   const double bias_correction1 = 1.0 - std::pow(opt_.beta1, t);
   const double bias_correction2 = 1.0 - std::pow(opt_.beta2, t);
@@ -117,19 +119,18 @@ void Adam::step() {
   const AdamUpdate update =
       pick_update(decoupled_, !decoupled_ && opt_.weight_decay != 0.0, opt_.amsgrad);
 
-  parallel_tensor_ranges(
-      params_.size(), [&](size_t i) { return params_[i].value->numel(); },
-      [&](size_t i, int64_t begin, int64_t end) {
-        update(s, params_[i].value->data(), params_[i].grad->data(), exp_avg_[i].data(),
-               exp_avg_sq_[i].data(), opt_.amsgrad ? max_exp_avg_sq_[i].data() : nullptr, begin,
-               end);
-      });
+  float* p = values_.get();
+  const float* g = grads_.get();
+  float* m = exp_avg_.data();
+  float* v = exp_avg_sq_.data();
+  float* vmax = max_exp_avg_sq_.data();  // null without amsgrad
+  for_each_range([&](int64_t begin, int64_t end) { update(s, p, g, m, v, vmax, begin, end); });
   ++steps_;
 }
 
 std::vector<StateEntry<float>> Adam::state() {
-  std::vector<std::pair<std::string, std::vector<Tensor<float>>*>> buffers{
-      {"exp_avg", &exp_avg_}, {"exp_avg_sq", &exp_avg_sq_}};
+  std::vector<std::pair<std::string, FlatState*>> buffers{{"exp_avg", &exp_avg_},
+                                                          {"exp_avg_sq", &exp_avg_sq_}};
   if (opt_.amsgrad) buffers.push_back({"max_exp_avg_sq", &max_exp_avg_sq_});
   return state_entries(buffers);
 }

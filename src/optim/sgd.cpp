@@ -3,6 +3,7 @@
 //   buf = d on the first step, else buf * momentum + (1 - dampening) * d
 //   d = nesterov ? d + momentum * buf : buf            (only if momentum != 0)
 //   p = p - lr * d
+// in one pass over the flat blocks of all parameters (optim.hpp).
 // Each "x + a * y" is a madd as in PyTorch's kernels (see elementwise.hpp);
 // compiled with -ffp-contract=off (CMakeLists.txt) so that nothing else is fused.
 #include <sstream>
@@ -63,7 +64,7 @@ Sgd::Sgd(const std::vector<StateEntry<float>>& entries, SgdOptions opt)
     fail("SGD: option nesterov=true needs momentum > 0, got momentum=", opt.momentum);
   if (opt.nesterov && opt.dampening != 0.0)
     fail("SGD: option nesterov=true needs dampening=0, got dampening=", opt.dampening);
-  if (opt.momentum != 0.0) momentum_buffer_ = zeros_like_params();
+  if (opt.momentum != 0.0) momentum_buffer_ = flat_zeros();
 }
 
 std::string Sgd::name() const {
@@ -74,6 +75,7 @@ std::string Sgd::name() const {
 }
 
 void Sgd::step() {
+  check_bound();
   SgdScalars s;
   s.neg_lr = static_cast<float>(-lr_);
   s.weight_decay = static_cast<float>(opt_.weight_decay);
@@ -81,17 +83,15 @@ void Sgd::step() {
   s.one_minus_dampening = static_cast<float>(1.0 - opt_.dampening);
   const SgdUpdate update =
       pick_update(opt_.weight_decay != 0.0, opt_.momentum != 0.0, steps_ == 0, opt_.nesterov);
-  parallel_tensor_ranges(
-      params_.size(), [&](size_t i) { return params_[i].value->numel(); },
-      [&](size_t i, int64_t begin, int64_t end) {
-        update(s, params_[i].value->data(), params_[i].grad->data(),
-               momentum_buffer_.empty() ? nullptr : momentum_buffer_[i].data(), begin, end);
-      });
+  float* p = values_.get();
+  const float* g = grads_.get();
+  float* buf = momentum_buffer_.data();  // null without momentum
+  for_each_range([&](int64_t begin, int64_t end) { update(s, p, g, buf, begin, end); });
   ++steps_;
 }
 
 std::vector<StateEntry<float>> Sgd::state() {
-  if (momentum_buffer_.empty()) return state_entries({});
+  if (!momentum_buffer_.block) return state_entries({});
   return state_entries({{"momentum_buffer", &momentum_buffer_}});
 }
 

@@ -4,6 +4,7 @@
 #include <bit>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <sstream>
 
 #include "normlab/loss.hpp"
@@ -38,28 +39,28 @@ int64_t first_non_finite(const float* data, int64_t n) {
   return -1;
 }
 
-Trainer::Trainer(Layer<float>& model, Optimizer& optimizer)
-    : model_(model), optimizer_(optimizer), bad_grad_(optimizer.params().size()) {
+Trainer::Trainer(Layer<float>& model, Optimizer& optimizer) : model_(model), optimizer_(optimizer) {
   model_.set_input_grad(false);
   if (auto* seq = dynamic_cast<Sequential<float>*>(&model_)) seq->fuse_relus();
 }
 
-// All gradients are scanned in one parallel region; only a tensor found to
-// hold a NaN or infinity is searched again for the first one.
-std::pair<int64_t, int64_t> Trainer::first_non_finite_gradient() {
-  const auto& params = optimizer_.params();
-  for (auto& flag : bad_grad_) flag.store(0, std::memory_order_relaxed);
-  parallel_tensor_ranges(
-      params.size(), [&](size_t i) { return params[i].grad->numel(); },
-      [&](size_t i, int64_t begin, int64_t end) {
-        if (first_non_finite(params[i].grad->data() + begin, end - begin) >= 0)
-          bad_grad_[i].store(1, std::memory_order_relaxed);
-      });
-  for (size_t i = 0; i < params.size(); ++i)
-    if (bad_grad_[i].load(std::memory_order_relaxed))
-      return {static_cast<int64_t>(i),
-              first_non_finite(params[i].grad->data(), params[i].grad->numel())};
-  return {-1, -1};
+// One parallel scan of the flat gradient block (the parameters' ranges, not
+// the padding between them); the smallest of the threads' first hits is kept,
+// so the answer is the first NaN/inf in parameter order for any thread count.
+int64_t Trainer::first_non_finite_gradient() {
+  const std::span<const float> grads = optimizer_.grads();
+  const float* g = grads.data();
+  constexpr int64_t kNone = std::numeric_limits<int64_t>::max();
+  first_bad_.store(kNone, std::memory_order_relaxed);
+  for_each_param_range(optimizer_.params(), [&](int64_t begin, int64_t end) {
+    const int64_t i = first_non_finite(g + begin, end - begin);
+    if (i < 0) return;
+    int64_t seen = first_bad_.load(std::memory_order_relaxed);
+    while (begin + i < seen && !first_bad_.compare_exchange_weak(seen, begin + i)) {
+    }
+  });
+  const int64_t at = first_bad_.load(std::memory_order_relaxed);
+  return at == kNone ? -1 : at;
 }
 
 StepResult Trainer::train_step(const float* x, const int32_t* labels, int64_t N, int64_t D) {
@@ -158,10 +159,12 @@ StepResult Trainer::train_step(const Tensor<float>& x, const int32_t* labels) {
   }
   {
     const profile::Scope timer("gradient check");
-    if (const auto [k, i] = first_non_finite_gradient(); k >= 0) {
-      const auto& p = optimizer_.params()[k];
+    if (const int64_t at = first_non_finite_gradient(); at >= 0) {
+      const std::pair<size_t, int64_t> where = optimizer_.locate(at);
+      const auto& p = optimizer_.params()[where.first];
       std::ostringstream os;
-      os << "the gradient of " << p.name << " holds " << (*p.grad)[i] << " at flat index " << i;
+      os << "the gradient of " << p.name << " holds " << optimizer_.grads()[at] << " at flat index "
+         << where.second;
       non_finite(os.str());
     }
   }
