@@ -51,11 +51,12 @@ TEST(CliBench, PrintsCsvForEveryKernelAndPass) {
   std::istringstream lines(r.out);
   std::string line;
   std::getline(lines, line);
-  EXPECT_EQ(line, "threads,N,D,kernel,pass,seconds,gbps,copy_gbps,pct_copy");
+  EXPECT_EQ(line, "threads,N,D,cache,kernel,pass,seconds,gbps,copy_gbps,pct_copy");
   int rows = 0, kernel_rows = 0;
   while (std::getline(lines, line)) {
     ++rows;
-    EXPECT_EQ(line.rfind("1,", 0), 0u) << line;  // threads column
+    EXPECT_EQ(line.rfind("1,", 0), 0u) << line;                 // threads column
+    EXPECT_NE(line.find(",warm,"), std::string::npos) << line;  // small shapes stay warm
     if (line.find(",fwd,") != std::string::npos || line.find(",fwd+bwd,") != std::string::npos)
       ++kernel_rows;
   }

@@ -18,6 +18,8 @@
 #include <string>
 #include <vector>
 
+#include "normlab/aligned_vector.hpp"
+
 namespace normlab {
 
 using Shape = std::vector<int64_t>;
@@ -84,7 +86,7 @@ class Tensor {
   void set_count(int64_t n, std::span<const int64_t> dims, int64_t last = -1);
 
   Shape shape_;
-  std::vector<T> owned_;        // the storage of an owning tensor; empty when bound
+  AlignedVector<T> owned_;      // an owning tensor's storage (64-byte aligned); empty when bound
   std::shared_ptr<T[]> block_;  // the shared block of a bound tensor, else null
   T* data_ = nullptr;           // owned_.data() or the bound place
   int64_t numel_ = 0;

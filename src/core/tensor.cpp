@@ -98,7 +98,7 @@ void Tensor<T>::bind(std::shared_ptr<T[]> block, T* at) {
   if (at != data_ && numel_ > 0) std::copy(data_, data_ + numel_, at);
   block_ = std::move(block);  // drops the share of a block this tensor was bound to before
   data_ = at;
-  std::vector<T>().swap(owned_);
+  AlignedVector<T>().swap(owned_);
 }
 
 namespace {
