@@ -49,20 +49,6 @@ void prefetch_row(const T* row, int64_t n) {
   for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(p + b, 0, 3);
 }
 
-// Calls f(r) for the rows [r0, r1) in blocks of about 64 KB, the last block
-// first: a second pass over rows the thread has just read then finds the most
-// recent ones still in L2/L3, while rows ascend within a block so the hardware
-// prefetchers keep streaming (rows in plain descending order ran 2x slower).
-// A stand-alone statistics + normalize loop on 4096 x 1024 floats, one thread:
-// 1.2 ms vs 1.7 ms in forward order (inside the kernels: within the noise of a
-// shared machine; see docs/performance.md).
-template <typename T, typename F>
-void rows_newest_first(int64_t r0, int64_t r1, int64_t row_len, F f) {
-  const int64_t block = std::max<int64_t>(1, (int64_t{64} << 10) / (row_len * int64_t{sizeof(T)}));
-  for (int64_t e = r1; e > r0; e -= block)
-    for (int64_t r = std::max(r0, e - block); r < e; ++r) f(r);
-}
-
 // A slice length rounded up to whole 64-byte lines, so threads' partial sums
 // never share a cache line.
 inline int64_t padded(int64_t n) {
