@@ -2,6 +2,7 @@
 #include <new>
 #include <set>
 
+#include "normlab/aligned_vector.hpp"
 #include "normlab/error.hpp"
 #include "normlab/optim.hpp"
 #include "optim/elementwise.hpp"
@@ -10,9 +11,9 @@ namespace normlab {
 
 namespace {
 
-// n zeros, 64-byte aligned, freed when the last tensor bound to them goes.
+// n zeros, aligned as Tensor storage, freed when the last tensor bound to them goes.
 std::shared_ptr<float[]> flat_block(int64_t n) {
-  constexpr std::align_val_t kAlign{64};
+  constexpr std::align_val_t kAlign{kTensorAlignment};
   float* p = static_cast<float*>(::operator new[](static_cast<size_t>(n) * sizeof(float), kAlign));
   std::fill(p, p + n, 0.0f);
   return std::shared_ptr<float[]>(p, [](float* q) { ::operator delete[](q, kAlign); });
