@@ -1,31 +1,34 @@
-#!/usr/bin/python3
+#!/usr/bin/env python3
 """normlab against PyTorch on the same machine, in the same run.
 
 Times PyTorch's F.layer_norm and F.batch_norm (training mode), forward and
-forward+backward, in float at the shapes of issue 4, runs `normlab bench` at
-the same shapes and thread count, and prints one table: times, the speed-up of
-normlab over PyTorch, and each side's effective bandwidth as a percentage of
-its own plain copy (PyTorch: Tensor.copy_; normlab: memcpy), both measured in
-this invocation.
+forward+backward, in float, for every PyTorch at hand: the current one
+(scripts/torch-env's venv; eager and torch.compile) and Debian's 1.13
+(python3-torch, when installed); runs `normlab bench` at the same shapes and
+thread count, and prints one table: times, the speed-up of normlab over each
+PyTorch, and each side's effective bandwidth as a percentage of its own plain
+copy (PyTorch: Tensor.copy_; normlab: memcpy), all measured in this invocation.
+It first prints the machine (CPU model and ISA), the ISA normlab's kernels
+were built for, and each PyTorch's version and BLAS (see bench/machine.py).
 
 Cache state, as in `normlab bench` (--cache): shapes whose x exceeds 1 MB are
 timed "cold", cycling each call through a ring of buffer sets four times the
 L3, so both libraries and both copies read from DRAM; smaller shapes "warm",
 the same buffers every call.
 
-    /usr/bin/python3 bench/compare_torch.py --threads 2 [--normlab build/normlab]
+    bench/compare_torch.py --threads 2 [--normlab build/normlab] [--no-compile]
 
-Needs Debian's python3-torch (1.13): run it with /usr/bin/python3. Its BLAS is
-told to use AVX-512: OPENBLAS_CORETYPE is set to --openblas-coretype (default
-SkylakeX, overriding the environment) before torch is imported.
+Any python3 runs it: each PyTorch is timed in a worker process of its own
+interpreter (this file with --worker), kept alive over the rounds.
 
-Hook for later comparisons (e.g. one training epoch): a function
-`section(args) -> list of row dicts` appended to EXTRA_SECTIONS is run after the
-kernel table and printed with print_rows(); see kernel_rows() for the row keys.
+Hook for later comparisons: a function `section(args) -> list of row dicts`
+appended to EXTRA_SECTIONS is run after the kernel table and printed with
+print_rows().
 """
 import argparse
 import csv
 import io
+import json
 import os
 import statistics
 import subprocess
@@ -92,9 +95,11 @@ def pass_bytes(pass_name, n, d):
 
 class TorchOps:
     """PyTorch's copy, layer_norm and batch_norm (training) at one shape, timed;
-    each call takes the next of `sets` buffer sets (x, dy, out, x with grad)."""
+    each call takes the next of `sets` buffer sets (x, dy, out, x with grad).
+    With compiled=True the two norms go through torch.compile (compiled once,
+    here, so compile time is not timed)."""
 
-    def __init__(self, torch, n, d, sets):
+    def __init__(self, torch, n, d, sets, compiled=False):
         F = torch.nn.functional
         g = torch.Generator().manual_seed(0)
         x, dy = torch.randn(n, d, generator=g), torch.randn(n, d, generator=g)
@@ -110,6 +115,12 @@ class TorchOps:
             "batchnorm": lambda inp: F.batch_norm(inp, running_mean, running_var, weight, bias,
                                                   True, 0.1, 1e-5),
         }
+        if compiled:
+            self.fns = {k: torch.compile(f) for k, f in self.fns.items()}
+            for f in self.fns.values():  # compile both graphs now: fwd (no grad) and fwd+bwd
+                with self.no_grad():
+                    f(x)
+                f(self.ring[0][3]).backward(dy)
 
     def next(self):
         self.at = (self.at + 1) % len(self.ring)
@@ -127,15 +138,70 @@ class TorchOps:
         fn(xg).backward(dy)
 
     def sample(self, min_time):
-        """One sample of each: {(kernel, pass): seconds}, and the copy's seconds."""
+        """One sample of each: {"kernel pass": seconds}, and the copy's seconds."""
         times = {}
         copy_s = median_seconds(self.copy, 1, min_time)
         for name, fn in self.fns.items():
             with self.no_grad():
-                times[(name, "fwd")] = median_seconds(lambda: self.forward(fn), 1, min_time)
-            times[(name, "fwd+bwd")] = median_seconds(lambda: self.forward_backward(fn), 1,
+                times[f"{name} fwd"] = median_seconds(lambda: self.forward(fn), 1, min_time)
+            times[f"{name} fwd+bwd"] = median_seconds(lambda: self.forward_backward(fn), 1,
                                                       min_time)
         return times, copy_s
+
+
+def worker(threads):
+    """--worker: one JSON request per stdin line {n, d, mode, min_time, compiled};
+    one JSON answer per line {times, copy} (or {error}). The first line out
+    says whether torch.compile works here."""
+    import torch
+
+    torch.set_num_threads(threads)
+    ops = {}
+    compile_error = ""
+    try:
+        f = torch.compile(lambda t: torch.nn.functional.layer_norm(t, (8,)))
+        f(torch.randn(4, 8))
+    except Exception as e:  # noqa: BLE001 - any failure means: not available here
+        compile_error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]
+    print(json.dumps({"compile_error": compile_error}), flush=True)
+    for line in sys.stdin:
+        req = json.loads(line)
+        key = (req["n"], req["d"], req["mode"], req["compiled"])
+        try:
+            if key not in ops:
+                ops[key] = TorchOps(torch, req["n"], req["d"],
+                                    ring_sets(req["n"], req["d"], req["mode"]), req["compiled"])
+            times, copy_s = ops[key].sample(req["min_time"])
+            print(json.dumps({"times": times, "copy": copy_s}), flush=True)
+        except Exception as e:  # noqa: BLE001 - reported to the driver, which names it
+            print(json.dumps({"error": f"{type(e).__name__}: {e}"[:300]}), flush=True)
+
+
+class Worker:
+    """A --worker process of one PyTorch interpreter."""
+
+    def __init__(self, interp, threads):
+        self.interp = interp
+        self.proc = subprocess.Popen([interp["python"], os.path.abspath(__file__), "--worker",
+                                      "--threads", str(threads)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, env=interp["env"])
+        hello = self.proc.stdout.readline()
+        if not hello:
+            sys.exit(f"compare_torch.py: error: the worker of {interp['python']} did not start")
+        self.compile_error = json.loads(hello)["compile_error"]
+
+    def sample(self, n, d, mode, min_time, compiled):
+        self.proc.stdin.write(json.dumps({"n": n, "d": d, "mode": mode, "min_time": min_time,
+                                          "compiled": compiled}) + "\n")
+        self.proc.stdin.flush()
+        answer = json.loads(self.proc.stdout.readline() or '{"error": "worker died"}')
+        if "error" in answer:
+            return None, answer["error"]
+        return answer, ""
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait()
 
 
 def normlab_sample(binary, threads, n, d, min_time, mode):
@@ -155,38 +221,49 @@ def normlab_sample(binary, threads, n, d, min_time, mode):
     return times, copy_s
 
 
-def kernel_rows(args):
-    """Rounds of (PyTorch, normlab) samples per shape, so both sides see the same
-    moments of a shared machine; medians over the rounds."""
-    import torch
-
-    torch.set_num_threads(args.threads)
+def kernel_rows(args, variants):
+    """Rounds of samples per shape (each PyTorch variant, then normlab), so every
+    side sees the same moments of a shared machine; medians over the rounds.
+    variants: [(label, Worker, compiled)]."""
     rows = []
     for n, d in parse_shapes(args.shapes):
         mode = cache_mode(n, d)
-        ops = TorchOps(torch, n, d, ring_sets(n, d, mode))
-        t_samples, n_samples, t_copy, n_copy = {}, {}, [], []
+        samples = {label: {} for label, _, _ in variants}
+        samples["normlab"] = {}
+        copies = {label: [] for label in samples}
+        failed = {}
         for _ in range(args.repeats):
-            t, tc = ops.sample(args.min_time)
+            for label, w, compiled in variants:
+                if label in failed:
+                    continue
+                answer, err = w.sample(n, d, mode, args.min_time, compiled)
+                if answer is None:
+                    failed[label] = err
+                    print(f"compare_torch.py: {label} at {n}x{d}: {err}", file=sys.stderr)
+                    continue
+                copies[label].append(answer["copy"])
+                for key, sec in answer["times"].items():
+                    samples[label].setdefault(key, []).append(sec)
             m, mc = normlab_sample(args.normlab, args.threads, n, d, args.min_time, mode)
-            t_copy.append(tc)
-            n_copy.append(mc)
-            for key in t:
-                t_samples.setdefault(key, []).append(t[key])
-                n_samples.setdefault(key, []).append(m[key])
-        tc, nc = statistics.median(t_copy), statistics.median(n_copy)
-        for (kernel, pass_name), ts in t_samples.items():
-            t_s, n_s = statistics.median(ts), statistics.median(n_samples[(kernel, pass_name)])
+            copies["normlab"].append(mc)
+            for (kernel, pass_name), sec in m.items():
+                samples["normlab"].setdefault(f"{kernel} {pass_name}", []).append(sec)
+        for key in samples["normlab"]:
+            kernel, pass_name = key.split()
             ratio = pass_bytes(pass_name, n, d) / pass_bytes("fwd", n, d)  # bytes vs the copy's
-            rows.append({
-                "shape": f"{n}x{d}", "cache": mode, "kernel": kernel, "pass": pass_name,
-                "torch": fmt_time(t_s), "normlab": fmt_time(n_s),
-                "speed-up": f"{t_s / n_s:.2f}x",
-                "torch %copy": f"{100 * ratio * tc / t_s:.0f}%",
-                "normlab %copy": f"{100 * ratio * nc / n_s:.0f}%",
-                "copy GB/s t/n": f"{pass_bytes('fwd', n, d) / tc / 1e9:.1f}/"
-                                 f"{pass_bytes('fwd', n, d) / nc / 1e9:.1f}",
-            })
+            n_s = statistics.median(samples["normlab"][key])
+            nc = statistics.median(copies["normlab"])
+            row = {"shape": f"{n}x{d}", "cache": mode, "kernel": kernel, "pass": pass_name,
+                   "normlab": fmt_time(n_s), "normlab %copy": f"{100 * ratio * nc / n_s:.0f}%"}
+            for label, _, _ in variants:
+                if label in failed or key not in samples[label]:
+                    row[label] = "n/a"
+                    row[f"x {label}"] = ""
+                    continue
+                t_s = statistics.median(samples[label][key])
+                row[label] = f"{fmt_time(t_s)} ({100 * ratio * statistics.median(copies[label]) / t_s:.0f}%)"
+                row[f"x {label}"] = f"{t_s / n_s:.2f}x"
+            rows.append(row)
     return rows
 
 
@@ -206,19 +283,22 @@ def print_rows(rows):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--threads", type=int, default=2, help="threads for both (default 2)")
+    p.add_argument("--threads", type=int, default=2, help="threads for all (default 2)")
     p.add_argument("--repeats", type=int, default=5,
-                   help="rounds of samples (PyTorch, then normlab, per shape); medians shown")
+                   help="rounds of samples (each PyTorch, then normlab, per shape); medians shown")
     p.add_argument("--min-time", type=float, default=0.05, help="seconds per sample")
     p.add_argument("--shapes", default=DEFAULT_SHAPES, help=f"NxD list (default {DEFAULT_SHAPES})")
     p.add_argument("--normlab", default=os.path.join(REPO, "build", "normlab"),
                    help="the normlab executable (default: build/normlab)")
-    p.add_argument("--openblas-coretype", default="SkylakeX",
-                   help="OPENBLAS_CORETYPE for PyTorch's BLAS (default SkylakeX: AVX-512)")
+    p.add_argument("--no-compile", action="store_true", help="leave torch.compile out")
+    p.add_argument("--no-debian", action="store_true", help="leave Debian's PyTorch 1.13 out")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
-    os.environ["OPENBLAS_CORETYPE"] = args.openblas_coretype  # read when torch loads OpenBLAS
     if not 1 <= args.threads <= 1024:
         p.error(f"--threads must be between 1 and 1024, got {args.threads}")
+    if args.worker:
+        worker(args.threads)
+        return
     if not 1 <= args.repeats <= 1000:
         p.error(f"--repeats must be between 1 and 1000, got {args.repeats}")
     if not 0 < args.min_time <= 10:
@@ -226,18 +306,28 @@ def main():
     parse_shapes(args.shapes)
     if not os.path.isfile(args.normlab) or not os.access(args.normlab, os.X_OK):
         p.error(f"--normlab: '{args.normlab}' is not an executable "
-                "(build it with: ninja -C build normlab)")
-    try:
-        import torch
-    except ImportError:
-        sys.exit("compare_torch.py: error: PyTorch is not importable; run with /usr/bin/python3 "
-                 "(Debian's python3-torch)")
-    torch.set_num_threads(args.threads)
-    print(f"PyTorch {torch.__version__} ({torch.get_num_threads()} threads) vs normlab, float, "
-          f"{args.threads} thread(s), "
-          f"OPENBLAS_CORETYPE={os.environ['OPENBLAS_CORETYPE']}; median of {args.repeats}; "
-          "%copy = effective GB/s / the same side's copy GB/s")
-    print_rows(kernel_rows(args))
+                "(build it with: scripts/build)")
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import machine
+
+    interps = machine.torch_interpreters(want_debian=not args.no_debian)
+    variants = []
+    for it in interps:
+        w = Worker(it, args.threads)
+        variants.append((f"{it['short']} eager", w, False))
+        if it is interps[0] and not args.no_compile:
+            if w.compile_error:
+                print(f"compare_torch.py: torch.compile unavailable in {it['label']}: "
+                      f"{w.compile_error}", file=sys.stderr)
+            else:
+                variants.append((f"{it['short']} compile", w, True))
+    for line in machine.header_lines(interps, args.normlab, args.threads):
+        print(line)
+    print(f"float; median of {args.repeats} rounds; (nn%) = that side's effective GB/s as a "
+          "percentage of its own copy's; Nx = PyTorch's time / normlab's")
+    print_rows(kernel_rows(args, variants))
+    for w in {id(w): w for _, w, _ in variants}.values():
+        w.close()
     for section in EXTRA_SECTIONS:
         print()
         print_rows(section(args))

@@ -1,12 +1,14 @@
-#!/usr/bin/python3
-"""Training and the depth sweep side by side with PyTorch 1.13, in one invocation.
+#!/usr/bin/env python3
+"""Training and the depth sweep side by side with PyTorch, in one invocation.
 
-    OPENBLAS_CORETYPE=SkylakeX /usr/bin/python3 bench/compare_training.py [--threads 2]
-        [--epochs 1] [--repeats 3] [--data DIR] [--build build]
+    bench/compare_training.py [--threads 2] [--epochs 1] [--repeats 3] [--data DIR]
+        [--build build] [--no-compile] [--no-debian] [--skip-depth]
 
 Runs, one after the other and --repeats times interleaved:
   * PyTorch: bench/torch_train.py (the seed-001 MLP from nn.Linear + weight_norm,
-    LayerNorm, BatchNorm1d; Adam, batch 128, shuffled MNIST);
+    LayerNorm, BatchNorm1d; Adam, batch 128, shuffled MNIST) under every PyTorch
+    at hand (bench/machine.py): the current one from scripts/torch-env, eager and
+    through torch.compile, and Debian's 1.13 when installed;
   * normlab: `normlab train --model seed001` with the same recipe;
   * the matrix-product floor: build/bench/normlab_epoch_floor, exactly the
     sgemm calls of one such epoch and nothing else;
@@ -15,6 +17,8 @@ Runs, one after the other and --repeats times interleaved:
 and prints medians: seconds per epoch, speed-up over PyTorch, ratio to the
 floor, and each process's peak resident memory (from wait4's rusage).
 Every process gets the same thread count; none runs while another does.
+It first prints the machine (CPU, ISA), normlab's build ISA and each PyTorch's
+version and BLAS.
 """
 import argparse, os, re, statistics, subprocess, sys, tempfile, time
 
@@ -68,17 +72,6 @@ def numbers(pattern, text, what):
     return found
 
 
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=2)
@@ -87,6 +80,8 @@ def main():
     ap.add_argument("--data", default=os.path.join(ROOT, "..", "shared", "data", "mnist"))
     ap.add_argument("--build", default=os.path.join(ROOT, "build"), help="normlab's build directory")
     ap.add_argument("--skip-depth", action="store_true")
+    ap.add_argument("--no-compile", action="store_true", help="leave torch.compile out")
+    ap.add_argument("--no-debian", action="store_true", help="leave Debian's PyTorch 1.13 out")
     args = ap.parse_args()
     if args.threads < 1 or args.epochs < 1 or args.repeats < 1:
         sys.exit("compare_training: --threads, --epochs and --repeats must be at least 1")
@@ -99,33 +94,48 @@ def main():
     if not os.path.isdir(args.data):
         sys.exit(f"compare_training: no MNIST directory at {args.data} (give --data)")
 
+    sys.path.insert(0, HERE)
+    import machine
+
+    interps = machine.torch_interpreters(want_debian=not args.no_debian)
     env = dict(os.environ)
-    env.setdefault("OPENBLAS_CORETYPE", "SkylakeX")  # else Debian's OpenBLAS runs PyTorch on SSE2 kernels
     env["OMP_NUM_THREADS"] = str(args.threads)
     t = str(args.threads)
     out_dir = tempfile.mkdtemp(prefix="normlab-compare-")
-    jobs = {
-        "torch": [sys.executable, os.path.join(HERE, "torch_train.py"), "--model", "seed001",
-                  "--epochs", str(args.epochs), "--threads", t, "--data", args.data],
-        "normlab": [normlab, "train", "--model", "seed001", "--epochs", str(args.epochs),
-                    "--threads", t, "--data", args.data, "--out", out_dir, "--progress", "never"],
-        "floor": [floor_tool, "--model", "seed001", "--repeats", "3"],
-    }
+    train_args = ["--model", "seed001", "--epochs", str(args.epochs), "--threads", t,
+                  "--data", args.data]
+    jobs, envs, labels = {}, {}, {}
+    for it in interps:
+        key = f"torch {it['short']}"
+        jobs[key] = [it["python"], os.path.join(HERE, "torch_train.py")] + train_args
+        envs[key], labels[key] = dict(it["env"], OMP_NUM_THREADS=t), f"{it['label']} eager"
+        if it is interps[0] and not args.no_compile:
+            jobs[key + " compile"] = jobs[key] + ["--compile"]
+            envs[key + " compile"] = envs[key]
+            labels[key + " compile"] = f"{it['label']} torch.compile"
+    jobs["normlab"] = [normlab, "train", "--model", "seed001", "--epochs", str(args.epochs),
+                       "--threads", t, "--data", args.data, "--out", out_dir, "--progress", "never"]
+    jobs["floor"] = [floor_tool, "--model", "seed001", "--repeats", "3"]
+    labels.update({"normlab": "normlab train", "floor": "matrix products alone (floor)"})
     if not args.skip_depth:
-        jobs["torch depth"] = [sys.executable, "-c", TORCH_DEPTH, t]
+        for it in interps:
+            key = f"depth {it['short']}"
+            jobs[key] = [it["python"], "-c", TORCH_DEPTH, t]
+            envs[key] = dict(it["env"], OMP_NUM_THREADS=t)
+            labels[key] = f"{it['label']} (fresh nn.Sequential per depth)"
         jobs["normlab depth"] = [normlab, "depth", "--threads", t]
-    patterns = {  # seconds reported by each program (per epoch, or for the sweep)
-        "torch": r"test acc [0-9.]+%\s+([0-9.]+) s",
-        "normlab": r"test acc [0-9.]+%\s+([0-9.]+) s \(",
-        "floor": r"floor_seconds=([0-9.]+)",
-        "torch depth": r"sweep ([0-9.]+) s",
-    }
+        labels["normlab depth"] = "normlab depth (whole process)"
+    torch_time = r"test acc [0-9.]+%\s+([0-9.]+) s"
+    patterns = {k: (r"sweep ([0-9.]+) s" if k.startswith("depth ") else torch_time)
+                for k in jobs if k.startswith(("torch", "depth "))}
+    patterns.update({"normlab": r"test acc [0-9.]+%\s+([0-9.]+) s \(",
+                     "floor": r"floor_seconds=([0-9.]+)"})
     seconds = {k: [] for k in jobs}
     rss = {k: [] for k in jobs}
     load_before = os.getloadavg()[0]
     for r in range(args.repeats):
         for name, cmd in jobs.items():
-            out, wall, peak = run(cmd, env)
+            out, wall, peak = run(cmd, envs.get(name, env))
             # normlab depth's figure is the whole process, start-up included.
             seconds[name] += [wall] if name == "normlab depth" else numbers(patterns[name], out, name)
             rss[name].append(peak)
@@ -135,22 +145,24 @@ def main():
 
     med = {k: statistics.median(v) for k, v in seconds.items()}
     peak = {k: max(v) for k, v in rss.items()}
-    import torch
-    print(f"machine: {cpu_name()}, {os.cpu_count()} CPUs; {args.threads} threads; "
-          f"load average {load_before:.2f} before, {load_after:.2f} after")
-    print(f"PyTorch {torch.__version__}, OPENBLAS_CORETYPE={env['OPENBLAS_CORETYPE']}; "
+    for line in machine.header_lines(interps, normlab, args.threads):
+        print(line)
+    print(f"load average {load_before:.2f} before, {load_after:.2f} after; "
           f"medians of {args.repeats} runs x {args.epochs} epoch(s)\n")
-    print(f"{'seed001, one MNIST epoch (batch 128)':44s} {'s/epoch':>9s} {'vs PyTorch':>11s} {'vs floor':>9s} {'peak RSS':>9s}")
-    rows = [("PyTorch 1.13 (standard layers)", "torch"), ("normlab train", "normlab"),
-            ("matrix products alone (floor)", "floor")]
-    for label, k in rows:
-        print(f"{label:44s} {med[k]:9.3f} {med['torch'] / med[k]:10.1f}x {med[k] / med['floor']:8.2f}x "
-              f"{peak[k]:6.0f} MB")
+    base = f"torch {interps[0]['short']}"  # the current PyTorch, eager: the speed-ups' reference
+    train_keys = [k for k in jobs if k.startswith("torch")] + ["normlab", "floor"]
+    print(f"{'seed001, one MNIST epoch (batch 128)':44s} {'s/epoch':>9s} "
+          f"{'vs ' + interps[0]['short'] + ' eager':>14s} {'vs floor':>9s} {'peak RSS':>9s}")
+    for k in train_keys:
+        print(f"{labels[k]:44s} {med[k]:9.3f} {med[base] / med[k]:13.1f}x "
+              f"{med[k] / med['floor']:8.2f}x {peak[k]:6.0f} MB")
     if not args.skip_depth:
-        print(f"\n{'seed000 depth sweep (5 archs, depths 0-29)':44s} {'seconds':>9s} {'vs PyTorch':>11s} {'':>9s} {'peak RSS':>9s}")
-        for label, k in [("PyTorch 1.13 (fresh nn.Sequential per depth)", "torch depth"),
-                         ("normlab depth (whole process)", "normlab depth")]:
-            print(f"{label:44s} {med[k]:9.3f} {med['torch depth'] / med[k]:10.1f}x {'':>9s} {peak[k]:6.0f} MB")
+        dbase = f"depth {interps[0]['short']}"
+        print(f"\n{'seed000 depth sweep (5 archs, depths 0-29)':44s} {'seconds':>9s} "
+              f"{'vs ' + interps[0]['short']:>14s} {'':>9s} {'peak RSS':>9s}")
+        for k in [k for k in jobs if k.startswith("depth ")] + ["normlab depth"]:
+            print(f"{labels[k]:44s} {med[k]:9.3f} {med[dbase] / med[k]:13.1f}x {'':>9s} "
+                  f"{peak[k]:6.0f} MB")
     if load_before > args.threads + 0.5:
         print(f"\nwarning: the load average was {load_before:.1f} when this started: other jobs shared "
               "the CPUs, so the times are inflated (the ratios less so).")

@@ -1,10 +1,25 @@
-#!/usr/bin/python3
-"""PyTorch 1.13 twin of `normlab train` for the seed-001 network: the same data,
+#!/usr/bin/env python3
+"""PyTorch twin of `normlab train` for the seed-001 network: the same data,
 recipe (Adam 1e-3, batch 128, shuffled), and per-epoch test accuracy and seconds.
 
-    OPENBLAS_CORETYPE=SkylakeX /usr/bin/python3 bench/torch_train.py --model seed001 --epochs 5
+    $(scripts/torch-env) bench/torch_train.py --model seed001 --epochs 5 [--compile]
+
+Runs under any PyTorch (the current one from scripts/torch-env, or Debian's
+1.13 with /usr/bin/python3). With --compile the model goes through
+torch.compile; the compilation (for the full and the last, partial batch) is
+done before the first epoch's clock starts. It prints the machine and its
+PyTorch's version and BLAS first (bench/machine.py); when run alone it sets
+OPENBLAS_CORETYPE for the CPU at hand, as compare_training.py does.
 """
 import argparse, gzip, os, struct, sys, time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import machine
+
+if "OPENBLAS_CORETYPE" not in os.environ and "NORMLAB_BENCH_CHILD" not in os.environ:
+    # OpenBLAS reads it when torch loads it: set it, then re-run this script.
+    os.execve(sys.executable, [sys.executable] + sys.argv,
+              dict(machine.openblas_env(), NORMLAB_BENCH_CHILD="1"))
 
 import torch
 import torch.nn as nn
@@ -44,6 +59,7 @@ def main():
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--compile", action="store_true", help="train through torch.compile")
     args = ap.parse_args()
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
@@ -52,6 +68,19 @@ def main():
     xtr, ytr = load(args.data, "train")
     xte, yte = load(args.data, "test")
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+    print(f"machine: {machine.machine_line(args.threads)}; PyTorch {torch.__version__}"
+          f"{' (torch.compile)' if args.compile else ''}", flush=True)
+    if args.compile:
+        train_model = torch.compile(model)
+        # Compile for both batch sizes an epoch has, outside the timed epochs;
+        # the weights are restored afterwards.
+        saved = {k: v.clone() for k, v in model.state_dict().items()}
+        for size in sorted({args.batch_size, len(xtr) % args.batch_size} - {0}):
+            F.cross_entropy(train_model(xtr[:size]), ytr[:size]).backward()
+        model.load_state_dict(saved)
+        opt.zero_grad()
+    else:
+        train_model = model
     for epoch in range(1, args.epochs + 1):
         model.train()
         t0 = time.perf_counter()
@@ -60,7 +89,7 @@ def main():
         for i in range(0, len(xtr), args.batch_size):
             idx = perm[i:i + args.batch_size]
             opt.zero_grad()
-            loss = F.cross_entropy(model(xtr[idx]), ytr[idx])
+            loss = F.cross_entropy(train_model(xtr[idx]), ytr[idx])
             loss.backward()
             opt.step()
             total += loss.item() * len(idx)

@@ -5,6 +5,7 @@
 #include <iostream>
 
 #include "commands.hpp"
+#include "normlab/build_info.hpp"
 #include "normlab/error.hpp"
 #include "strict_numbers.hpp"
 #include "wait_policy.hpp"
@@ -13,7 +14,7 @@ int main(int argc, char** argv) {
   normlab::cli::choose_wait_policy(argc, argv);  // may re-execute with OMP_WAIT_POLICY set
   CLI::App app{"normlab: normalization layers, trained and studied"};
   app.require_subcommand(1);
-  app.set_version_flag("--version", "normlab 0.1.0");
+  app.set_version_flag("--version", normlab::build_summary());
   normlab::cli::add_depth_command(app);
   normlab::cli::add_train_command(app);
   normlab::cli::add_eval_command(app);
