@@ -115,7 +115,7 @@ struct LoadOptions {
   std::string subject = "the state dict";
   // Appended to shape errors and to key errors with both missing and unexpected
   // keys (the checkpoint loader says which model the file was written for).
-  std::string hint;
+  std::string hint = {};
 };
 
 struct LoadResult {
