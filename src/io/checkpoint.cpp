@@ -3,6 +3,7 @@
 #include <charconv>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <sstream>
 
 #include "normlab/error.hpp"
@@ -100,14 +101,16 @@ Tensor<T> tensor_from(const SafeTensor& t, const std::string& at) {
   Tensor<T> out(t.shape);
   const int64_t n = out.numel();
   if (t.dtype == dtype_of<T>()) {
-    std::memcpy(out.data(), t.data.data(), t.data.size());
+    if (n > 0) std::memcpy(out.data(), t.data.data(), t.data.size());  // empty: data() is null
   } else {
     for (int64_t i = 0; i < n; ++i) {
       const double v = element(t, i);
-      out[i] = static_cast<T>(v);
-      if (std::isfinite(v) && !std::isfinite(out[i]))
+      // Checked before the cast: converting a finite double beyond float's
+      // range is undefined behaviour, not inf.
+      if (std::isfinite(v) && std::fabs(v) > static_cast<double>(std::numeric_limits<T>::max()))
         fail(at, " holds ", v, " at flat index ", i, ", beyond the range of float (",
              dtype_name(t.dtype), " in the file); refusing to load it as inf");
+      out[i] = static_cast<T>(v);
     }
   }
   const NonFinite bad = scan_non_finite(out.data(), n);
