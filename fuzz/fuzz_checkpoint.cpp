@@ -158,6 +158,13 @@ int main(int argc, char** argv) {
   edited("extra.safetensors", [](SafetensorsFile& f) {
     f.tensors.push_back({"9.weight", Dtype::F32, {0, 2}, ""});
   });
+  // What PyTorch writes and normlab accepts (docs/checkpoints.md): weight norm
+  // under parametrizations keys, BatchNorm without num_batches_tracked.
+  save_model(path("parametrizations.safetensors"), state, {{kModelSpecKey, "fuzz"}},
+             {.weight_norm_keys = WeightNormKeys::Parametrizations});
+  edited("old_batchnorm.safetensors", [](SafetensorsFile& f) {
+    std::erase_if(f.tensors, [](const SafeTensor& t) { return t.name == "1.num_batches_tracked"; });
+  });
   write_safetensors(path("empty_header.safetensors"), SafetensorsFile{});
   // Every seed must pass the target's own checks.
   for (const auto& entry : std::filesystem::directory_iterator(dir)) {

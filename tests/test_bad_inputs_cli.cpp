@@ -224,15 +224,20 @@ class BadInputs : public ::testing::Test {
     const std::string m = "good_run/model.safetensors", c = "good_run/checkpoint.safetensors";
     edit(m, "i32.safetensors",
          [](SafetensorsFile& f) { tensor(f, "1.weight").dtype = Dtype::I32; });
+    // F64 and F16 tensors load (converted, as PyTorch does), but not values
+    // beyond float's range or NaNs.
     edit(m, "f64.safetensors", [](SafetensorsFile& f) {
       SafeTensor& t = tensor(f, "1.weight");
       t.dtype = Dtype::F64;
-      t.data += t.data;
+      t.data.assign(t.data.size() * 2, '\0');
+      const double huge = 1e300;
+      std::memcpy(t.data.data() + 8 * 5, &huge, 8);
     });
     edit(m, "f16.safetensors", [](SafetensorsFile& f) {
       SafeTensor& t = tensor(f, "4.weight");
       t.dtype = Dtype::F16;
-      t.data.resize(t.data.size() / 2);
+      t.data.assign(t.data.size() / 2, '\0');
+      t.data[2 * 3 + 1] = '\x7E';  // element 3: 0x7E00, a NaN
     });
     edit(m, "missing.safetensors", [](SafetensorsFile& f) {
       std::erase_if(f.tensors, [](const SafeTensor& t) { return t.name == "4.bias"; });
@@ -473,6 +478,9 @@ std::vector<Case> flag_cases() {
       {"train --progress sometimes",
        train({{"--progress", "sometimes"}}),
        {"--progress", "'sometimes'"}},
+      {"train --weight-norm-keys new",
+       train({{"--weight-norm-keys", "new"}}),
+       {"--weight-norm-keys must be legacy or parametrizations, got 'new'"}},
       {"train --dataset cifar",
        train({{"--data", "<drop>"}, {"--dataset", "cifar"}}),
        {"--dataset 'cifar'", "mnist, fashion-mnist"}},
@@ -565,6 +573,9 @@ std::vector<Case> flag_cases() {
        depth({{"--out", "{root}/data/plainfile/d"}}),
        {"--out", "plainfile/d", "cannot create"}},
       // model
+      {"model --weight-norm-keys v2",
+       model("wnlinear(10)", {{"--weight-norm-keys", "v2"}}),
+       {"--weight-norm-keys must be legacy or parametrizations, got 'v2'"}},
       {"model --input 0", model("linear(10)", {{"--input", "0"}}), {"--input '0'"}},
       {"model --input -4", model("linear(10)", {{"--input", "-4"}}), {"--input '-4'"}},
       {"model --input huge", model("linear(10)", {{"--input", kHuge}}), {"--input", kHuge}},
@@ -675,7 +686,9 @@ std::vector<Case> data_cases() {
       {"data: images and labels swapped", d("swapped"), {"wrong number of dims"}},
       {"data: damaged gzip (flipped byte)", d("gzflip"), {ti + ".gz", "damaged gzip stream"}},
       {"data: truncated gzip", d("gzcut"), {ti + ".gz", "truncated gzip stream"}},
-      {"data: garbage after the gzip stream", d("gztrail"), {ti + ".gz", "damaged gzip stream"}},
+      {"data: garbage after the gzip stream",
+       d("gztrail"),
+       {ti + ".gz", "trailing garbage after the end of gzip member 1", "byte offset"}},
       {"data: gzip magic, no gzip", d("notgz"), {ti + ".gz", "gzip"}},
       {"data: test images of another size", d("testsize"), {kTestImages, "25", "16"}},
       {"data: one training sample",
@@ -729,16 +742,19 @@ std::vector<Case> checkpoint_cases() {
        {"header-past-end.safetensors", "5000"}},
       {"eval: random bytes", e("random.safetensors"), {"random.safetensors"}},
       {"eval: I32 weights", e("i32.safetensors"), {"i32.safetensors", "'1.weight'", "I32"}},
-      {"eval: F64 weights",
+      {"eval: F64 weight beyond float's range",
        e("f64.safetensors"),
-       {"f64.safetensors", "'1.weight'", "dtype F64, expected F32"}},
-      {"eval: F16 weights", e("f16.safetensors"), {"f16.safetensors", "'4.weight'", "F16"}},
+       {"f64.safetensors", "'1.weight'", "holds 1e+300 at flat index 5",
+        "beyond the range of float"}},
+      {"eval: NaN in F16 weights",
+       e("f16.safetensors"),
+       {"f16.safetensors", "'4.weight'", "1 non-finite value", "index 3"}},
       {"eval: missing tensor",
        e("missing.safetensors"),
-       {"missing.safetensors", "missing 1 tensor '4.bias'"}},
+       {"missing.safetensors", "missing 1 key '4.bias'"}},
       {"eval: extra tensor",
        e("extra.safetensors"),
-       {"extra.safetensors", "unexpected 1 tensor '9.weight'"}},
+       {"extra.safetensors", "unexpected 1 key '9.weight'"}},
       {"eval: NaN weight", e("nan.safetensors"), {"nan.safetensors", "'4.weight'", "non-finite"}},
       {"eval: count stored as F32",
        e("count-f32.safetensors"),

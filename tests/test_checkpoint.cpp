@@ -240,36 +240,39 @@ std::vector<BadCheckpoint> bad_checkpoints() {
        [](SafetensorsFile& f) {
          std::erase_if(f.tensors, [](const SafeTensor& t) { return t.name == "3.bias"; });
        },
-       {"missing 1 tensor '3.bias'"}},
-      {"missing count",
-       [](SafetensorsFile& f) {
-         std::erase_if(f.tensors,
-                       [](const SafeTensor& t) { return t.name == "1.num_batches_tracked"; });
-       },
-       {"missing 1 tensor '1.num_batches_tracked'"}},
+       {"missing 1 key '3.bias'"}},
       {"unexpected tensor",
        [](SafetensorsFile& f) {
          f.tensors.push_back({"7.weight", Dtype::F32, {1}, std::string(4, '\0')});
        },
-       {"unexpected 1 tensor '7.weight'"}},
+       {"unexpected 1 key '7.weight'"}},
       {"renamed tensors (another architecture)",
        [](SafetensorsFile& f) { tensor(f, "0.weight").name = "fc1.weight"; },
-       {"missing 1 tensor '0.weight'", "unexpected 1 tensor 'fc1.weight'", "another model",
+       {"missing 1 key '0.weight'", "unexpected 1 key 'fc1.weight'", "another model",
         "small-model"}},
-      {"F64 weights",
+      {"I32 weights",
+       [](SafetensorsFile& f) { tensor(f, "0.weight").dtype = Dtype::I32; },
+       {"'0.weight'", "dtype I32", "F32, F64, F16 or BF16"}},
+      {"F64 weight beyond float's range",
        [](SafetensorsFile& f) {
-         SafeTensor& t = tensor(f, "0.weight");
+         SafeTensor& t = tensor(f, "3.weight");
+         std::string d;
+         for (size_t i = 0; i < t.data.size() / 4; ++i) {
+           double v = i == 2 ? 1e300 : 0.5;
+           d.append(reinterpret_cast<const char*>(&v), 8);
+         }
          t.dtype = Dtype::F64;
-         t.data += t.data;
+         t.data = d;
        },
-       {"'0.weight'", "dtype F64, expected F32"}},
-      {"F16 weights",
+       {"'3.weight'", "holds 1e+300 at flat index 2", "beyond the range of float"}},
+      {"NaN in an F16 tensor",
        [](SafetensorsFile& f) {
          SafeTensor& t = tensor(f, "3.weight");
          t.dtype = Dtype::F16;
-         t.data.resize(t.data.size() / 2);
+         t.data.assign(t.data.size() / 2, '\0');
+         t.data[3] = '\x7E';  // element 1: 0x7E00, a NaN
        },
-       {"'3.weight'", "dtype F16, expected F32"}},
+       {"'3.weight'", "1 non-finite value", "index 1"}},
       {"count as F32",
        [](SafetensorsFile& f) {
          SafeTensor& t = tensor(f, "1.num_batches_tracked");
@@ -277,9 +280,13 @@ std::vector<BadCheckpoint> bad_checkpoints() {
          t.data.resize(4);
        },
        {"'1.num_batches_tracked'", "expected an I64 scalar"}},
-      {"count with shape (1)",
-       [](SafetensorsFile& f) { tensor(f, "1.num_batches_tracked").shape = {1}; },
-       {"'1.num_batches_tracked'", "expected an I64 scalar"}},
+      {"count with shape (2)",
+       [](SafetensorsFile& f) {
+         SafeTensor& t = tensor(f, "1.num_batches_tracked");
+         t.shape = {2};
+         t.data += t.data;
+       },
+       {"'1.num_batches_tracked' is I64 of shape (2)", "count of shape ()"}},
       {"negative count",
        [](SafetensorsFile& f) {
          const int64_t v = -5;
@@ -331,6 +338,191 @@ TEST(Checkpoint, BadFilesAreRefusedAndLeaveTheModelUnchanged) {
   }
 }
 
+// What PyTorch's load_state_dict accepts, normlab accepts too (docs/checkpoints.md),
+// and loads the right values.
+TEST(Checkpoint, ConvertsF64F16AndBF16TensorsLikePyTorch) {
+  TempDir dir;
+  auto source = small_model(1);
+  auto expected = small_model(1);
+  // F64: every value of 0.weight at double precision, a hair off the float.
+  const Tensor<float>& w0 = *source->state()[0].value;
+  // F16 / BF16: values exact in both, incl. 2^-24 (a subnormal half) and -0.
+  const std::vector<float> exact = {0.5f, -2.0f, 0x1p-24f, -0.0f, 65504.0f, 1.5f};
+  const std::string path = write_edited(
+      dir, "mixed.safetensors",
+      [&](SafetensorsFile& f) {
+        SafeTensor& t = tensor(f, "0.weight");
+        t.dtype = Dtype::F64;
+        t.data.clear();
+        for (int64_t i = 0; i < w0.numel(); ++i) {
+          const double v = static_cast<double>(w0[i]) + 1e-12;
+          t.data.append(reinterpret_cast<const char*>(&v), 8);
+        }
+        SafeTensor& h = tensor(f, "3.weight");  // LayerNorm weight (6)
+        h.dtype = Dtype::F16;
+        const uint16_t halves[] = {0x3800, 0xC000, 0x0001, 0x8000, 0x7BFF, 0x3E00};
+        h.data.assign(reinterpret_cast<const char*>(halves), sizeof halves);
+        SafeTensor& b = tensor(f, "3.bias");
+        b.dtype = Dtype::BF16;
+        const uint16_t bf[] = {0x3F00, 0xC000, 0x3380, 0x8000, 0x477F, 0x3FC0};
+        b.data.assign(reinterpret_cast<const char*>(bf), sizeof bf);
+      },
+      {{"", source->state()}});
+  auto target = small_model(2);
+  load_model(path, target->state());
+  auto got = target->state();
+  auto want = expected->state();
+  for (size_t i = 0; i < got.size(); ++i) {
+    SCOPED_TRACE(got[i].name);
+    if (got[i].name == "3.weight" || got[i].name == "3.bias") {
+      for (size_t k = 0; k < exact.size(); ++k) {
+        const float v = (*got[i].value)[static_cast<int64_t>(k)];
+        // BF16 has 8 mantissa bits: 0x477F is 65280, where the half 0x7BFF is 65504.
+        const float e = got[i].name == "3.bias" && k == 4 ? 65280.0f : exact[k];
+        EXPECT_EQ(v, e) << k;
+        EXPECT_EQ(std::signbit(v), std::signbit(e)) << k;
+      }
+    } else if (got[i].count) {
+      EXPECT_EQ(*got[i].count, *want[i].count);
+    } else {  // 0.weight: double rounded to nearest float gives back the float
+      for (int64_t k = 0; k < got[i].value->numel(); ++k)
+        EXPECT_EQ((*got[i].value)[k], (*want[i].value)[k]);
+    }
+  }
+}
+
+TEST(Checkpoint, MissingNumBatchesTrackedKeepsTheModelsCountLikePyTorch) {
+  // PyTorch < 0.4.1 wrote BatchNorm without num_batches_tracked; PyTorch 2.x
+  // loads such a dict with strict=True and the module keeps its own count
+  // (BatchNorm._load_from_state_dict, no version metadata in safetensors).
+  TempDir dir;
+  auto source = small_model(1);
+  const std::string path = write_edited(
+      dir, "old.safetensors",
+      [](SafetensorsFile& f) {
+        std::erase_if(f.tensors,
+                      [](const SafeTensor& t) { return t.name == "1.num_batches_tracked"; });
+      },
+      {{"", source->state()}});
+  auto target = small_model(2);  // its count is 2 + 3
+  load_model(path, target->state());
+  auto* bn = dynamic_cast<BatchNorm1d<float>*>(&(*target)[1]);
+  ASSERT_NE(bn, nullptr);
+  EXPECT_EQ(bn->num_batches_tracked, 5);
+  // Everything else is the file's.
+  auto* src_bn = dynamic_cast<BatchNorm1d<float>*>(&(*source)[1]);
+  for (int64_t c = 0; c < 6; ++c) EXPECT_EQ(bn->running_var[c], src_bn->running_var[c]);
+  // A fresh BatchNorm has counted nothing: 0, what the old files get in PyTorch.
+  Sequential<float> fresh;
+  Rng rng(3);
+  fresh.add(std::make_unique<Linear<float>>(4, 6, true, rng));
+  fresh.add(std::make_unique<BatchNorm1d<float>>(6));
+  StateDict<float> sd = state_dict(*source);
+  StateDict<float> part;
+  for (const auto& item : sd)
+    if (item.key.rfind("0.", 0) == 0 || item.key.rfind("1.", 0) == 0)
+      if (item.key != "1.num_batches_tracked") part.insert(item.key, item.value);
+  const LoadResult r = load_state_dict(fresh, part);
+  EXPECT_EQ(r.kept_counts, std::vector<std::string>{"1.num_batches_tracked"});
+  EXPECT_EQ(dynamic_cast<BatchNorm1d<float>&>(fresh[1]).num_batches_tracked, 0);
+}
+
+TEST(Checkpoint, ShapeOneLoadsIntoScalarsLikePyTorch) {
+  // Module._load_from_state_dict: a (1) tensor loads into a () one (PyTorch 0.3 files).
+  TempDir dir;
+  auto source = small_model(1);
+  const std::string path = write_edited(
+      dir, "s1.safetensors",
+      [](SafetensorsFile& f) {
+        tensor(f, "1.num_batches_tracked").shape = {1};
+        tensor(f, "6.weight_g").shape = {1};  // weight norm over the whole matrix: g is ()
+      },
+      {{"", source->state()}});
+  auto target = small_model(2);
+  load_model(path, target->state());
+  EXPECT_EQ(dynamic_cast<BatchNorm1d<float>&>((*target)[1]).num_batches_tracked, 1 + 3);
+  auto& wn = dynamic_cast<WeightNormLinear<float>&>((*target)[6]);
+  EXPECT_EQ(wn.weight_g.shape(), Shape{});
+  EXPECT_EQ(wn.weight_g[0], dynamic_cast<WeightNormLinear<float>&>((*source)[6]).weight_g[0]);
+}
+
+TEST(Checkpoint, WeightNormKeysBothSpellingsRoundTrip) {
+  TempDir dir;
+  auto a = small_model(1);
+  save_model(dir.file("p.safetensors"), a->state(), {},
+             {.weight_norm_keys = WeightNormKeys::Parametrizations});
+  const SafetensorsFile f = read_safetensors(dir.file("p.safetensors"));
+  std::vector<std::string> names;
+  for (const auto& t : f.tensors) names.push_back(t.name);
+  // PyTorch's order for a parametrized Linear: bias, original0 (g), original1 (v).
+  EXPECT_EQ(std::vector<std::string>(names.end() - 6, names.end()),
+            (std::vector<std::string>{"4.bias", "4.parametrizations.weight.original0",
+                                      "4.parametrizations.weight.original1", "6.bias",
+                                      "6.parametrizations.weight.original0",
+                                      "6.parametrizations.weight.original1"}));
+  EXPECT_EQ(f.find("4.parametrizations.weight.original0")->shape, (Shape{5, 1}));
+  EXPECT_EQ(f.find("6.parametrizations.weight.original0")->shape, Shape{});
+  auto b = small_model(2);
+  load_model(dir.file("p.safetensors"), b->state());
+  EXPECT_EQ(snapshot(a->state()), snapshot(b->state()));
+  // The checkpoint keeps normlab's own keys, whatever the model file uses.
+  save_model(dir.file("l.safetensors"), a->state(), {},
+             {.weight_norm_keys = WeightNormKeys::Legacy});
+  EXPECT_NE(read_safetensors(dir.file("l.safetensors")).find("4.weight_g"), nullptr);
+}
+
+TEST(Checkpoint, MixedWeightNormSpellingsAreRefused) {
+  // g under one spelling and v under the other: PyTorch's compat hook converts
+  // only a complete pair, and so does normlab.
+  TempDir dir;
+  auto a = small_model(1);
+  const std::string path = write_edited(
+      dir, "mixed.safetensors",
+      [](SafetensorsFile& f) { tensor(f, "4.weight_g").name = "4.parametrizations.weight.original0"; },
+      {{"", a->state()}});
+  auto b = small_model(2);
+  const auto before = snapshot(b->state());
+  expect_error([&] { load_model(path, b->state()); },
+               {"missing 1 key '4.weight_g'", "unexpected 1 key '4.parametrizations.weight.original0'"});
+  EXPECT_EQ(snapshot(b->state()), before);
+}
+
+TEST(Checkpoint, DoubleModelsSaveF64AndLoadF32Files) {
+  TempDir dir;
+  Rng rng(5);
+  Sequential<double> d;
+  d.add(std::make_unique<Linear<double>>(3, 2, true, rng));
+  d.add(std::make_unique<BatchNorm1d<double>>(2));
+  dynamic_cast<BatchNorm1d<double>&>(d[1]).num_batches_tracked = 9;
+  save_model(dir.file("d.safetensors"), d.state());
+  const SafetensorsFile f = read_safetensors(dir.file("d.safetensors"));
+  EXPECT_EQ(f.find("0.weight")->dtype, Dtype::F64);
+  EXPECT_EQ(f.find("1.num_batches_tracked")->dtype, Dtype::I64);
+  Rng rng2(6);
+  Sequential<double> e;
+  e.add(std::make_unique<Linear<double>>(3, 2, true, rng2));
+  e.add(std::make_unique<BatchNorm1d<double>>(2));
+  load_model(dir.file("d.safetensors"), e.state());
+  auto& l0 = dynamic_cast<Linear<double>&>(d[0]);
+  auto& l1 = dynamic_cast<Linear<double>&>(e[0]);
+  for (int64_t i = 0; i < 6; ++i) EXPECT_EQ(l1.weight[i], l0.weight[i]);
+  EXPECT_EQ(dynamic_cast<BatchNorm1d<double>&>(e[1]).num_batches_tracked, 9);
+  // An F32 file (a float model's) widens exactly into a double model.
+  auto m = small_model(1);
+  save_model(dir.file("f.safetensors"), m->state());
+  Rng rng3(1);
+  Sequential<double> lin;
+  lin.add(std::make_unique<Linear<double>>(4, 6, true, rng3));
+  StateDict<double> sd =
+      state_dict_from_safetensors<double>(read_safetensors(dir.file("f.safetensors")), "f");
+  const LoadResult r = load_state_dict(lin, sd, {.strict = false});
+  EXPECT_EQ(r.missing_keys, std::vector<std::string>{});
+  EXPECT_EQ(r.unexpected_keys.size(), sd.size() - 2);
+  const auto& w = *m->state()[0].value;
+  for (int64_t i = 0; i < w.numel(); ++i)
+    EXPECT_EQ(dynamic_cast<Linear<double>&>(lin[0]).weight[i], static_cast<double>(w[i]));
+}
+
 TEST(Checkpoint, ShapesFromAnotherModelAreNamed) {
   TempDir dir;
   auto wide = small_model(1, /*hidden=*/8);
@@ -369,7 +561,7 @@ TEST(Checkpoint, OptimizerStateIsCheckedToo) {
       },
       groups);
   expect_error([&] { load_checkpoint(path, b->state(), ob.entries); },
-               {path, "missing 1 tensor 'optimizer.step'"});
+               {path, "missing 1 key 'optimizer.step'"});
   path = write_edited(
       dir, "c3.safetensors", [](SafetensorsFile& f) { f.metadata.erase(kFormatVersionKey); },
       groups);

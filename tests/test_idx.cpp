@@ -58,6 +58,29 @@ TEST(Idx, ReadsConcatenatedGzipMembers) {
   EXPECT_EQ(std::string(a.data.begin(), a.data.end()), ramp(12));
 }
 
+TEST(Idx, IgnoresZeroPaddingAfterTheLastGzipMember) {
+  // Tape and block-device writers pad to a block: gzip -d and Python's gzip
+  // read such a file silently, whatever the amount of padding.
+  TempDir dir;
+  const std::string data = ramp(1000, 10);
+  const std::string gz = gzip(idx_file({1000}, data));
+  for (size_t pad : {size_t{1}, size_t{2}, size_t{512}, size_t{70000}}) {
+    SCOPED_TRACE(pad);
+    const IdxArray a = read_idx(dir.write("pad.gz", gz + std::string(pad, '\0')), 1);
+    EXPECT_EQ(a.dims, (std::vector<int64_t>{1000}));
+    EXPECT_EQ(std::string(a.data.begin(), a.data.end()), data);
+  }
+}
+
+TEST(Idx, ReadsConcatenatedGzipMembersFollowedByZeroPadding) {
+  TempDir dir;
+  const std::string file = idx_file({2, 2, 3}, ramp(12));
+  const std::string gz = gzip(file.substr(0, 9)) + gzip(file.substr(9)) + std::string(512, '\0');
+  const IdxArray a = read_idx(dir.write("m.gz", gz), 3);
+  EXPECT_EQ(a.dims, (std::vector<int64_t>{2, 2, 3}));
+  EXPECT_EQ(std::string(a.data.begin(), a.data.end()), ramp(12));
+}
+
 TEST(Idx, AcceptsAnyRankUpToTheCapWhenNoneExpected) {
   TempDir dir;
   EXPECT_EQ(read_idx(dir.write("r4", idx_file({1, 2, 1, 2}, ramp(4)))).dims.size(), 4u);
@@ -163,7 +186,26 @@ std::vector<BadCase> bad_cases() {
       {"gzip-trailing-garbage",
        big_gz + "garbage!",
        1,
-       {"damaged gzip stream", "after the end of gzip member 1"}},
+       {"trailing garbage after the end of gzip member 1 (4008 decompressed bytes)",
+        "byte offset " + std::to_string(big_gz.size()) + " of the " +
+            std::to_string(big_gz.size() + 8) + "-byte file holds 67 61 72 62 ...",
+        "neither the start of another gzip member (1F 8B) nor zero padding"}},
+      {"gzip-zero-padding-then-garbage",
+       big_gz + std::string(100, '\0') + "x",
+       1,
+       {"trailing garbage after the end of gzip member 1",
+        "byte offset " + std::to_string(big_gz.size() + 100) + " of the " +
+            std::to_string(big_gz.size() + 101) + "-byte file holds 78,",
+        "zero padding may only end the file"}},
+      {"gzip-two-members-then-garbage",
+       big_gz + big_gz + "\x1F\x8C",
+       1,
+       {"trailing garbage after the end of gzip member 2",
+        "byte offset " + std::to_string(2 * big_gz.size()), "holds 1F 8C"}},
+      {"gzip-second-member-cut-after-magic",
+       big_gz + "\x1F",
+       1,
+       {"truncated gzip stream"}},
       {"gzip-empty-content", gzip(""), 0, {"empty: the decompressed data has 0 bytes"}},
       {"gzip-body-truncated",
        gzip(img.substr(0, 30)),

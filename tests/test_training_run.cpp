@@ -10,6 +10,8 @@
 #include <nlohmann/json.hpp>
 
 #include "ckpt_test_util.hpp"
+#include "normlab/checkpoint.hpp"
+#include "normlab/model_spec.hpp"
 #include "normlab/safetensors.hpp"
 #include "normlab/training_run.hpp"
 
@@ -84,6 +86,41 @@ TEST_F(TrainingRun, LearnsMnistSubsetAndWritesTheRunDirectory) {
     EXPECT_NEAR(j.at("test_accuracy").get<double>(), history[lines - 1].test_accuracy, 1e-12);
   }
   EXPECT_EQ(lines, 2);
+}
+
+TEST_F(TrainingRun, WeightNormKeysChooseTheModelFileSpellingAndResumeKeepsIt) {
+  TempDir tmp;
+  TrainConfig c = small_run(tmp.file("wn"));
+  c.model = "flatten, wnlinear(32), relu, bn, wnlinear(10, dim=none)";
+  c.epochs = 1;
+  c.limit_train = 640;
+  c.limit_test = 100;
+  c.weight_norm_keys = WeightNormKeys::Parametrizations;
+  Quiet q;
+  run_training(c, q);
+  const auto model = model_bytes(c.out_dir);
+  for (const char* k : {"1.bias", "1.parametrizations.weight.original0",
+                        "1.parametrizations.weight.original1", "4.parametrizations.weight.original0",
+                        "4.parametrizations.weight.original1", "3.num_batches_tracked"})
+    EXPECT_TRUE(model.count(k)) << k;
+  EXPECT_FALSE(model.count("1.weight_g"));
+  // The checkpoint keeps normlab's own keys; both files load into the model.
+  const SafetensorsFile ckpt = read_safetensors(c.out_dir + "/checkpoint.safetensors");
+  EXPECT_NE(ckpt.find("1.weight_g"), nullptr);
+  EXPECT_NE(ckpt.find("optimizer.exp_avg.1.weight_g"), nullptr);
+  EXPECT_EQ(config_from_checkpoint(c.out_dir + "/checkpoint.safetensors").weight_norm_keys,
+            WeightNormKeys::Parametrizations);
+  Rng rng(0);
+  auto a = build_model<float>(c.model, Shape{2, 784}, rng);
+  auto b = build_model<float>(c.model, Shape{2, 784}, rng);
+  load_model(c.out_dir + "/model.safetensors", a->state());
+  load_model(c.out_dir + "/checkpoint.safetensors", b->state());
+  const StateDict<float> sa = state_dict(*a), sb = state_dict(*b);
+  for (const auto& item : sa) {
+    if (const auto* t = std::get_if<Tensor<float>>(&item.value)) {
+      for (int64_t i = 0; i < t->numel(); ++i) ASSERT_EQ(sb.tensor(item.key)[i], (*t)[i]);
+    }
+  }
 }
 
 TEST_F(TrainingRun, SameSeedSameWeights) {

@@ -9,6 +9,7 @@
 #include "commands.hpp"
 #include "normlab/error.hpp"
 #include "normlab/model_spec.hpp"
+#include "normlab/state_dict.hpp"
 
 namespace normlab::cli {
 namespace {
@@ -17,6 +18,7 @@ struct ModelArgs {
   std::string spec;
   std::string input = "784";
   bool keys_only = false;
+  std::string weight_norm_keys = "legacy";
 };
 
 // "28x28" -> {28, 28}; every dimension a positive whole number.
@@ -57,6 +59,12 @@ void run(const ModelArgs& a) {
   Rng rng(0);
   auto model = build_model<float>(plan, rng);
   auto state = model->state();
+  const auto wn = weight_norm_keys_from_name(a.weight_norm_keys);
+  if (!wn)
+    fail("--weight-norm-keys must be legacy or parametrizations, got '", a.weight_norm_keys, "'");
+  // The keys as exported: renames keep every entry in its place.
+  const std::vector<std::string> keys = state_dict(state, {.weight_norm_keys = *wn}).keys();
+  for (size_t i = 0; i < state.size(); ++i) state[i].name = keys[i];
   if (a.keys_only) {
     for (const auto& e : state)
       std::cout << e.name << '\t' << (e.value ? dims(e.value->shape()) : "()") << '\n';
@@ -89,6 +97,10 @@ void add_model_command(CLI::App& app) {
   cmd->add_option("--input", a->input, "input features without the batch dimension, e.g. 28x28")
       ->capture_default_str();
   cmd->add_flag("--keys", a->keys_only, "print only the state_dict keys and shapes");
+  cmd->add_option("--weight-norm-keys", a->weight_norm_keys,
+                  "legacy (weight_g, weight_v) or parametrizations "
+                  "(parametrizations.weight.original0/1, PyTorch >= 2.1)")
+      ->capture_default_str();
   cmd->callback([a] { run(*a); });
 }
 

@@ -93,6 +93,7 @@ void add_train_command(CLI::App& app) {
   auto lr = std::make_shared<double>(0), wd = std::make_shared<double>(0);
   auto momentum = std::make_shared<double>(0);
   auto nesterov = std::make_shared<bool>(false);
+  auto wn_keys = std::make_shared<std::string>("legacy");
 
   add_data_flags(cmd, *data);
   cmd->add_option("--model,-m", cfg->model, "Model spec or preset (see `normlab model --help`)")
@@ -123,6 +124,12 @@ void add_train_command(CLI::App& app) {
   cmd->add_flag(
       "--profile", cfg->profile,
       "Print where each epoch's training time goes (timers around every phase of a step)");
+  cmd->add_option("--weight-norm-keys", *wn_keys,
+                  "Weight-norm keys in model.safetensors: legacy (weight_g, weight_v: "
+                  "torch.nn.utils.weight_norm) or parametrizations "
+                  "(parametrizations.weight.original0/1: PyTorch >= 2.1's "
+                  "torch.nn.utils.parametrizations.weight_norm)")
+      ->capture_default_str();
   cmd->add_option("--progress", *progress, "auto (a bar on a terminal), always or never")
       ->capture_default_str();
 
@@ -140,6 +147,13 @@ void add_train_command(CLI::App& app) {
       if (!cmd->count("--epochs")) c.epochs = saved.epochs;
       if (!cmd->count("--dataset") && !cmd->count("--data")) data->dataset = saved.dataset;
       c.optim = saved.optim;
+      c.weight_norm_keys = saved.weight_norm_keys;
+    }
+    if (cmd->count("--weight-norm-keys")) {
+      const auto keys = weight_norm_keys_from_name(*wn_keys);
+      if (!keys)
+        fail("--weight-norm-keys must be legacy or parametrizations, got '", *wn_keys, "'");
+      c.weight_norm_keys = *keys;
     }
     if (lr_opt->count()) c.optim.lr = *lr;
     if (wd_opt->count()) c.optim.weight_decay = *wd;

@@ -34,8 +34,11 @@ struct IdxArray {
 // Reads a raw or gzip-compressed IDX file (recognised by its content, not its
 // name). expected_rank: the number of dims the caller needs (1 for labels, 3
 // for images), or 0 to accept any rank from 1 to kIdxMaxRank.
-// A gzip file is read to the end of its stream (several members allowed), so
-// a damaged or truncated stream or a wrong CRC is reported, not ignored.
+// A gzip file is read to the end of its stream (several members allowed, as
+// `cat a.gz b.gz` makes; zero bytes after the last member are padding and
+// ignored, as gzip -d and Python's gzip do), so a damaged or truncated stream,
+// a wrong CRC or other bytes after a member (trailing garbage: the message
+// gives the byte offset) are reported, not ignored.
 IdxArray read_idx(const std::string& path, int expected_rank = 0);
 
 // The same on bytes already in memory; `name` is used in messages (the fuzzer's entry point).

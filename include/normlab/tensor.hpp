@@ -36,6 +36,18 @@ class Tensor {
   // `at`, bound from the start; the contents are the block's as they are.
   Tensor(Shape shape, std::shared_ptr<T[]> block, T* at);
 
+  // An owning tensor of `shape` holding `values` in row-major order:
+  //   Tensor<float>::from({2, 3}, {1, 2, 3, 4, 5, 6})   // (2, 3): rows {1,2,3}, {4,5,6}
+  //   Tensor<float>::from({}, {7})                      // a scalar, shape ()
+  // Throws an Error if the number of values is not shape_numel(shape)
+  // ("Tensor::from: shape (2, 3) needs 6 values, got 5"), or if the shape has
+  // a negative dimension or too many elements.
+  static Tensor from(Shape shape, std::initializer_list<T> values);
+  static Tensor from(Shape shape, std::span<const T> values);
+  static Tensor from(Shape shape, const std::vector<T>& values) {
+    return from(std::move(shape), std::span<const T>(values));
+  }
+
   Tensor(const Tensor& other);  // an owning copy, also of a bound tensor
   Tensor(Tensor&& other) noexcept;
   // Into a bound tensor: copies the elements (counts must match; the shape is
@@ -94,5 +106,20 @@ class Tensor {
 
 extern template class Tensor<float>;
 extern template class Tensor<double>;
+
+// An owning copy of `t` with every element converted to U by static_cast
+// (float <-> double: widening is exact; narrowing rounds to nearest, and a
+// finite double beyond float's range becomes +-inf, as in PyTorch's .float()).
+// Same shape, also for a bound or empty tensor; never throws but for memory.
+//   Tensor<double> d = tensor_cast<double>(Tensor<float>::from({2}, {0.5f, 1.f}));
+template <typename U, typename T>
+Tensor<U> tensor_cast(const Tensor<T>& t) {
+  if (t.numel() == 0 && t.shape().empty()) return {};  // a default-constructed (empty) tensor
+  Tensor<U> out(t.shape());
+  const T* src = t.data();
+  U* dst = out.data();
+  for (int64_t i = 0; i < t.numel(); ++i) dst[i] = static_cast<U>(src[i]);
+  return out;
+}
 
 }  // namespace normlab

@@ -5,7 +5,8 @@
 // The run directory holds, each written atomically:
 //   metrics.jsonl            one JSON object per finished epoch
 //   loss.png, accuracy.png   the training curves (gnuplot)
-//   model.safetensors        the model's state_dict (loads in PyTorch)
+//   model.safetensors        the model's state_dict (loads in PyTorch; weight-norm
+//                            keys as TrainConfig::weight_norm_keys says)
 //   checkpoint.safetensors   model + optimizer + position: what --resume needs
 //
 // Determinism: for a given seed and thread count the run is bitwise
@@ -19,6 +20,7 @@
 #include <vector>
 
 #include "normlab/optim.hpp"
+#include "normlab/state_dict.hpp"
 
 namespace normlab {
 
@@ -43,6 +45,9 @@ struct TrainConfig {
   bool profile = false;          // time the phases of every step (EpochMetrics::profile)
   std::string out_dir = "out/train";
   std::string resume;  // path of a checkpoint.safetensors to continue from ("" : fresh run)
+  // The weight-norm keys of model.safetensors (for PyTorch; checkpoint.safetensors
+  // always has normlab's legacy weight_g / weight_v): state_dict.hpp.
+  WeightNormKeys weight_norm_keys = WeightNormKeys::Legacy;
 };
 
 struct EpochMetrics {

@@ -31,6 +31,22 @@ Tensor<T>::Tensor(Shape shape, T fill) : shape_(std::move(shape)) {
 }
 
 template <typename T>
+Tensor<T> Tensor<T>::from(Shape shape, std::span<const T> values) {
+  const int64_t n = shape_numel(shape);
+  if (static_cast<uint64_t>(n) != values.size())
+    fail("Tensor::from: shape ", shape_str(shape), " needs ", n, " value", n == 1 ? "" : "s",
+         ", got ", values.size());
+  Tensor t(std::move(shape));
+  std::copy(values.begin(), values.end(), t.data());
+  return t;
+}
+
+template <typename T>
+Tensor<T> Tensor<T>::from(Shape shape, std::initializer_list<T> values) {
+  return from(std::move(shape), std::span<const T>(values.begin(), values.size()));
+}
+
+template <typename T>
 Tensor<T>::Tensor(Shape shape, std::shared_ptr<T[]> block, T* at)
     : shape_(std::move(shape)), block_(std::move(block)), data_(at), numel_(shape_numel(shape_)) {
   if (!block_) fail("a tensor of shape ", shape_str(shape_), " cannot be bound to a null block");

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <iomanip>
 #include <limits>
 #include <sstream>
 
@@ -88,8 +89,9 @@ class RawSource final : public ByteSource {
 };
 
 // Decompresses gzip members one after another (as `gzip -d` does) until the
-// input ends. The input must end exactly at the end of a member: anything else
-// is a truncated or damaged stream. zlib checks each member's CRC32 and length.
+// input ends. The input must end at the end of a member, maybe followed by zero
+// padding (see after_member); anything else is a truncated or damaged stream or
+// trailing garbage. zlib checks each member's CRC32 and length.
 class GzipSource final : public ByteSource {
  public:
   GzipSource(std::string_view in, std::string_view name) : in_(in), name_(name) {
@@ -115,11 +117,7 @@ class GzipSource final : public ByteSource {
       out_total_ += produced;
       if (rc == Z_STREAM_END) {
         ++members_;
-        if (zs_.avail_in == 0 && consumed() == in_.size()) {
-          finished_ = true;
-        } else if (inflateReset(&zs_) != Z_OK) {
-          damaged("cannot restart the decompressor");
-        }
+        after_member();
       } else if (rc == Z_BUF_ERROR) {  // no progress possible: the input is used up
         if (consumed() == in_.size()) truncated();
         damaged("no progress");
@@ -141,6 +139,35 @@ class GzipSource final : public ByteSource {
 
  private:
   size_t consumed() const { return fed_ - zs_.avail_in; }
+  // A member ended at consumed(). What may follow, as `gzip -d` reads it: the
+  // end of the file; zero bytes up to the end of the file (padding that tape and
+  // block-device writers add; gzip and Python's gzip accept it silently); or
+  // another member (its magic 1F 8B). Anything else is refused: gzip would only
+  // warn and drop it, but bytes nobody can account for mean a damaged file.
+  void after_member() {
+    const size_t at = consumed();
+    const std::string_view rest = in_.substr(at);
+    if (rest.find_first_not_of('\0') == std::string_view::npos) {
+      finished_ = true;  // nothing left, or only zero padding
+      return;
+    }
+    const auto byte = [&](size_t i) { return static_cast<uint8_t>(rest[i]); };
+    if (byte(0) == 0x1F && (rest.size() == 1 || byte(1) == 0x8B)) {
+      if (inflateReset(&zs_) != Z_OK) damaged("cannot restart the decompressor");
+      return;  // another member (a lone 1F at the end is reported as truncated)
+    }
+    finished_ = true;  // the stream is over: a drain() after this error reads nothing more
+    const size_t bad = at + rest.find_first_not_of('\0');
+    std::ostringstream shown;  // up to four bytes in hex: "67 61 72 62"
+    shown << std::hex << std::uppercase << std::setfill('0');
+    for (size_t i = bad; i < in_.size() && i < bad + 4; ++i)
+      shown << (i > bad ? " " : "") << std::setw(2) << int{static_cast<uint8_t>(in_[i])};
+    fail(name_, ": trailing garbage after the end of gzip member ", members_, " (", out_total_,
+         " decompressed bytes): byte offset ", bad, " of the ", in_.size(), "-byte file holds ",
+         shown.str(), bad + 4 < in_.size() ? " ..." : "",
+         ", neither the start of another gzip member (1F 8B) nor zero padding to the end",
+         bad > at ? " (zero padding may only end the file)" : "");
+  }
   void refill() {
     if (zs_.avail_in > 0 || fed_ == in_.size()) return;
     const size_t chunk = std::min<size_t>(in_.size() - fed_, size_t{1} << 30);

@@ -3,33 +3,28 @@
 #include <charconv>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <sstream>
-#include <unordered_map>
-#include <unordered_set>
 
 #include "normlab/error.hpp"
 
 namespace normlab {
 namespace {
 
-// Where in a run of floats the first non-finite value sits, and how many there are.
+// Where in a run of values the first non-finite one sits, and how many there are.
 struct NonFinite {
   int64_t count = 0, first = -1;
-  float first_value = 0;
+  double first_value = 0;
 };
 
-NonFinite scan_non_finite(const char* bytes, int64_t n) {
+template <typename T>
+NonFinite scan_non_finite(const T* v, int64_t n) {
   NonFinite r;
-  for (int64_t i = 0; i < n; ++i) {
-    float v;
-    std::memcpy(&v, bytes + 4 * i, 4);
-    if (!std::isfinite(v)) {
-      if (r.count++ == 0) {
-        r.first = i;
-        r.first_value = v;
-      }
+  for (int64_t i = 0; i < n; ++i)
+    if (!std::isfinite(v[i]) && r.count++ == 0) {
+      r.first = i;
+      r.first_value = static_cast<double>(v[i]);
     }
-  }
   return r;
 }
 
@@ -40,34 +35,86 @@ std::string describe(const NonFinite& r) {
   return os.str();
 }
 
-// "'a', 'b', 'c' and 4 more"
-std::string name_list(const std::vector<std::string>& names) {
-  constexpr size_t kShown = 6;
-  std::string s;
-  for (size_t i = 0; i < names.size() && i < kShown; ++i) s += (i ? ", '" : "'") + names[i] + "'";
-  if (names.size() > kShown) s += " and " + std::to_string(names.size() - kShown) + " more";
-  return s;
+template <typename T>
+constexpr Dtype dtype_of() {
+  return sizeof(T) == 4 ? Dtype::F32 : Dtype::F64;
 }
 
-struct Target {
-  std::string key;
-  const StateEntry<float>* entry;
-};
+// IEEE binary16 -> float, exactly (every half is a float).
+float half_to_float(uint16_t h) {
+  const uint32_t sign = uint32_t(h & 0x8000) << 16;
+  const uint32_t exp = (h >> 10) & 0x1F, mant = h & 0x3FF;
+  uint32_t bits;
+  if (exp == 0x1F) {
+    bits = sign | 0x7F800000 | (mant << 13);  // inf, NaN
+  } else if (exp != 0) {
+    bits = sign | ((exp + 127 - 15) << 23) | (mant << 13);
+  } else if (mant == 0) {
+    bits = sign;  // +-0
+  } else {        // subnormal: mant * 2^-24
+    const float f = static_cast<float>(mant) * 0x1p-24f;
+    std::memcpy(&bits, &f, 4);
+    bits |= sign;
+  }
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
 
-// Every entry of every group under its full key, in order; throws on malformed
-// entries and key collisions (programming errors of the caller).
-std::vector<Target> targets_of(const std::vector<StateGroup>& groups, const std::string& where) {
-  std::vector<Target> out;
-  std::unordered_map<std::string, size_t> seen;
-  for (const StateGroup& g : groups)
-    for (const StateEntry<float>& e : g.entries) {
-      const std::string key = g.prefix + e.name;
-      if ((e.value == nullptr) == (e.count == nullptr))
-        fail(where, ": state entry '", key, "' must have exactly one of a tensor and a count");
-      if (!seen.emplace(key, out.size()).second)
-        fail(where, ": state entry '", key, "' is given twice");
-      out.push_back({key, &e});
+// bfloat16 is the top half of a float.
+float bf16_to_float(uint16_t b) {
+  const uint32_t bits = uint32_t(b) << 16;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+// The i-th element of a floating-point safetensors tensor, as a double (exact for all four).
+double element(const SafeTensor& t, int64_t i) {
+  const char* p = t.data.data();
+  switch (t.dtype) {
+    case Dtype::F32: {
+      float v;
+      std::memcpy(&v, p + 4 * i, 4);
+      return v;
     }
+    case Dtype::F64: {
+      double v;
+      std::memcpy(&v, p + 8 * i, 8);
+      return v;
+    }
+    case Dtype::F16: {
+      uint16_t v;
+      std::memcpy(&v, p + 2 * i, 2);
+      return half_to_float(v);
+    }
+    default: {  // BF16
+      uint16_t v;
+      std::memcpy(&v, p + 2 * i, 2);
+      return bf16_to_float(v);
+    }
+  }
+}
+
+template <typename T>
+Tensor<T> tensor_from(const SafeTensor& t, const std::string& at) {
+  Tensor<T> out(t.shape);
+  const int64_t n = out.numel();
+  if (t.dtype == dtype_of<T>()) {
+    if (n > 0) std::memcpy(out.data(), t.data.data(), t.data.size());  // empty: data() is null
+  } else {
+    for (int64_t i = 0; i < n; ++i) {
+      const double v = element(t, i);
+      // Checked before the cast: converting a finite double beyond float's
+      // range is undefined behaviour, not inf.
+      if (std::isfinite(v) && std::fabs(v) > static_cast<double>(std::numeric_limits<T>::max()))
+        fail(at, " holds ", v, " at flat index ", i, ", beyond the range of float (",
+             dtype_name(t.dtype), " in the file); refusing to load it as inf");
+      out[i] = static_cast<T>(v);
+    }
+  }
+  const NonFinite bad = scan_non_finite(out.data(), n);
+  if (bad.count) fail(at, " holds ", describe(bad), "; refusing to load damaged weights");
   return out;
 }
 
@@ -84,117 +131,63 @@ std::string another_model_hint(const SafetensorsFile& file) {
   return hint;
 }
 
-void check_tensor(const SafeTensor& t, const Target& target, const SafetensorsFile& file,
-                  const std::string& source) {
-  const std::string at = source + ": tensor '" + target.key + "'";
-  if (target.entry->count) {
-    if (t.dtype != Dtype::I64 || !t.shape.empty())
-      fail(at, " is ", dtype_name(t.dtype), " of shape ", shape_str(t.shape),
-           ", expected an I64 scalar of shape ()");
-    int64_t v;
-    std::memcpy(&v, t.data.data(), 8);
-    if (v < 0) fail(at, " holds the count ", v, ", which cannot be negative");
-    return;
-  }
-  if (t.dtype != Dtype::F32)
-    fail(at, " has dtype ", dtype_name(t.dtype), ", expected F32 (normlab models are float32)");
-  const Shape& want = target.entry->value->shape();
-  if (t.shape != want)
-    fail(at, " has shape ", shape_str(t.shape), " in the file but ", shape_str(want),
-         " in the model", another_model_hint(file));
-  const NonFinite bad = scan_non_finite(t.data.data(), shape_numel(t.shape));
-  if (bad.count) fail(at, " holds ", describe(bad), "; refusing to load damaged weights");
+template <typename T>
+std::vector<StateEntry<T>> prefixed(const BasicStateGroup<T>& g) {
+  std::vector<StateEntry<T>> out = g.entries;
+  for (auto& e : out) e.name = g.prefix + e.name;
+  return out;
 }
 
-}  // namespace
-
-SafetensorsFile pack_state(const std::vector<StateGroup>& groups, const Metadata& meta,
-                           const std::string& dest) {
-  SafetensorsFile file;
-  for (const auto& [k, v] : meta) {
-    if (k == "format" || k == kFormatVersionKey)
-      fail("cannot write ", dest, ": metadata key '", k, "' is reserved for normlab");
-    file.metadata[k] = v;
-  }
-  // "format": "pt" is what safetensors.torch.save_file writes.
-  file.metadata.emplace("format", std::string("pt"));
-  file.metadata.emplace(kFormatVersionKey, std::string(kFormatVersion));
-  for (const Target& t : targets_of(groups, "cannot write " + dest)) {
-    SafeTensor st;
-    st.name = t.key;
-    if (t.entry->count) {
-      st.dtype = Dtype::I64;
-      st.data.assign(reinterpret_cast<const char*>(t.entry->count), 8);
-    } else {
-      const Tensor<float>& v = *t.entry->value;
-      const char* bytes = reinterpret_cast<const char*>(v.data());
-      const NonFinite bad = scan_non_finite(bytes, v.numel());
-      if (bad.count)
-        fail("refusing to write ", dest, ": tensor '", t.key, "' holds ", describe(bad),
-             "; the file on disk is left as it was");
-      st.dtype = Dtype::F32;
-      st.shape = v.shape();
-      st.data.assign(bytes, static_cast<size_t>(v.numel()) * sizeof(float));
+template <typename T>
+SafetensorsFile pack(const std::vector<BasicStateGroup<T>>& groups, const Metadata& meta,
+                     const std::string& dest, const StateDictOptions& options) {
+  StateDict<T> all;
+  for (const auto& g : groups) {
+    // Only the model's keys follow the export option; an optimizer's stay normlab's.
+    const StateDict<T> sd =
+        state_dict(prefixed(g), g.prefix.empty() ? options : StateDictOptions{});
+    for (const auto& item : sd) {
+      if (all.contains(item.key)) fail("cannot write ", dest, ": state entry '", item.key, "' is given twice");
+      all.insert(item.key, item.value);
     }
-    file.tensors.push_back(std::move(st));
   }
-  return file;
+  return state_dict_to_safetensors(all, meta, dest);
 }
 
-void unpack_state(const SafetensorsFile& file, const std::string& source,
-                  const std::vector<StateGroup>& groups,
-                  const std::vector<std::string>& ignore_prefixes) {
-  const std::vector<Target> targets = targets_of(groups, source);
-  std::unordered_map<std::string, const SafeTensor*> in_file;
-  for (const SafeTensor& t : file.tensors)
-    if (!has_prefix(t.name, ignore_prefixes)) in_file.emplace(t.name, &t);
-
-  // 1. The key sets must match exactly, as load_state_dict(strict=True).
-  std::vector<std::string> missing, unexpected;
-  std::unordered_set<std::string> wanted;
-  for (const Target& t : targets) {
-    wanted.insert(t.key);
-    if (!in_file.count(t.key)) missing.push_back(t.key);
-  }
-  for (const SafeTensor& t : file.tensors)
-    if (in_file.count(t.name) && !wanted.count(t.name)) unexpected.push_back(t.name);
-  if (!missing.empty() || !unexpected.empty()) {
-    std::string msg = source + ": the file does not match the model:";
-    if (!missing.empty())
-      msg += " missing " + std::to_string(missing.size()) + " tensor" +
-             (missing.size() == 1 ? "" : "s") + " " + name_list(missing) + ";";
-    if (!unexpected.empty())
-      msg += " unexpected " + std::to_string(unexpected.size()) + " tensor" +
-             (unexpected.size() == 1 ? "" : "s") + " " + name_list(unexpected) + ";";
-    if (!missing.empty() && !unexpected.empty()) msg += another_model_hint(file).substr(1);
-    if (msg.back() == ';') msg.pop_back();
-    throw Error(msg);
-  }
-
-  // 2. Every tensor's dtype, shape and values, still without touching the model.
-  for (const Target& t : targets) check_tensor(*in_file.at(t.key), t, file, source);
-
-  // 3. Commit: sizes are verified, so these copies cannot fail half-way.
-  for (const Target& t : targets) {
-    const SafeTensor& st = *in_file.at(t.key);
-    if (t.entry->count)
-      std::memcpy(t.entry->count, st.data.data(), 8);
+template <typename T>
+void unpack(const SafetensorsFile& file, const std::string& source,
+            const std::vector<BasicStateGroup<T>>& groups,
+            const std::vector<std::string>& ignore_prefixes) {
+  // Each key goes to the group with the longest matching prefix ("" takes the rest).
+  const StateDict<T> all = state_dict_from_safetensors<T>(file, source, ignore_prefixes);
+  std::vector<StateDict<T>> parts(groups.size());
+  std::vector<std::string> unassigned;
+  for (const auto& item : all) {
+    size_t best = groups.size();
+    for (size_t g = 0; g < groups.size(); ++g)
+      if (item.key.compare(0, groups[g].prefix.size(), groups[g].prefix) == 0 &&
+          (best == groups.size() || groups[g].prefix.size() > groups[best].prefix.size()))
+        best = g;
+    if (best == groups.size())
+      unassigned.push_back(item.key);
     else
-      std::memcpy(t.entry->value->data(), st.data.data(), st.data.size());
+      parts[best].insert(item.key, item.value);
   }
+  if (!unassigned.empty())
+    fail(source, ": the file does not match the model: unexpected key '", unassigned[0], "'");
+  std::vector<std::vector<StateEntry<T>>> targets;
+  for (size_t g = 0; g < groups.size(); ++g) {
+    targets.push_back(prefixed(groups[g]));
+    LoadOptions opt;
+    opt.source = source;
+    opt.subject = "the file";
+    opt.hint = another_model_hint(file);
+    opt.pytorch_compat = groups[g].prefix.empty();
+    check_state_dict(targets.back(), parts[g], opt);
+  }
+  // Everything is verified: these copies cannot fail half-way.
+  for (size_t g = 0; g < groups.size(); ++g) copy_state_dict(targets[g], parts[g]);
 }
-
-void save_model(const std::string& path, const std::vector<StateEntry<float>>& model,
-                const Metadata& meta) {
-  write_safetensors(path, pack_state({{"", model}}, meta, path));
-}
-
-void save_checkpoint(const std::string& path, const std::vector<StateEntry<float>>& model,
-                     const std::vector<StateEntry<float>>& optimizer, const Metadata& meta) {
-  write_safetensors(path, pack_state({{"", model}, {kOptimizerPrefix, optimizer}}, meta, path));
-}
-
-namespace {
 
 void check_version(const SafetensorsFile& file, const std::string& path, bool required) {
   const auto it = file.metadata.find(kFormatVersionKey);
@@ -210,15 +203,117 @@ void check_version(const SafetensorsFile& file, const std::string& path, bool re
 
 }  // namespace
 
-Metadata load_model(const std::string& path, const std::vector<StateEntry<float>>& model) {
+template <typename T>
+SafetensorsFile state_dict_to_safetensors(const StateDict<T>& sd, const Metadata& meta,
+                                          const std::string& dest) {
+  SafetensorsFile file;
+  for (const auto& [k, v] : meta) {
+    if (k == "format" || k == kFormatVersionKey)
+      fail("cannot write ", dest, ": metadata key '", k, "' is reserved for normlab");
+    file.metadata[k] = v;
+  }
+  // "format": "pt" is what safetensors.torch.save_file writes.
+  file.metadata.emplace("format", std::string("pt"));
+  file.metadata.emplace(kFormatVersionKey, std::string(kFormatVersion));
+  for (const auto& item : sd) {
+    SafeTensor st;
+    st.name = item.key;
+    if (const int64_t* count = std::get_if<int64_t>(&item.value)) {
+      st.dtype = Dtype::I64;
+      st.data.assign(reinterpret_cast<const char*>(count), 8);
+    } else {
+      const Tensor<T>& v = std::get<Tensor<T>>(item.value);
+      const NonFinite bad = scan_non_finite(v.data(), v.numel());
+      if (bad.count)
+        fail("refusing to write ", dest, ": tensor '", item.key, "' holds ", describe(bad),
+             "; the file on disk is left as it was");
+      st.dtype = dtype_of<T>();
+      st.shape = v.shape();
+      st.data.assign(reinterpret_cast<const char*>(v.data()),
+                     static_cast<size_t>(v.numel()) * sizeof(T));
+    }
+    file.tensors.push_back(std::move(st));
+  }
+  return file;
+}
+
+template <typename T>
+StateDict<T> state_dict_from_safetensors(const SafetensorsFile& file, const std::string& source,
+                                         const std::vector<std::string>& ignore_prefixes) {
+  StateDict<T> sd;
+  for (const SafeTensor& t : file.tensors) {
+    if (has_prefix(t.name, ignore_prefixes)) continue;
+    const std::string at = source + ": tensor '" + t.name + "'";
+    switch (t.dtype) {
+      case Dtype::F32:
+      case Dtype::F64:
+      case Dtype::F16:
+      case Dtype::BF16:
+        sd.insert(t.name, tensor_from<T>(t, at));
+        break;
+      case Dtype::I64: {
+        if (!t.shape.empty() && t.shape != Shape{1})
+          fail(at, " is I64 of shape ", shape_str(t.shape),
+               ": normlab reads I64 only as a count of shape () (num_batches_tracked, step)");
+        int64_t v;
+        std::memcpy(&v, t.data.data(), 8);
+        if (v < 0) fail(at, " holds the count ", v, ", which cannot be negative");
+        sd.insert(t.name, v);
+        break;
+      }
+      default:
+        fail(at, " has dtype ", dtype_name(t.dtype),
+             ": normlab reads tensors stored as F32, F64, F16 or BF16 (converted to ",
+             sizeof(T) == 4 ? "float32" : "float64", ") and counts stored as I64");
+    }
+  }
+  return sd;
+}
+
+SafetensorsFile pack_state(const std::vector<BasicStateGroup<float>>& groups, const Metadata& meta,
+                           const std::string& dest, const StateDictOptions& options) {
+  return pack(groups, meta, dest, options);
+}
+SafetensorsFile pack_state(const std::vector<BasicStateGroup<double>>& groups,
+                           const Metadata& meta, const std::string& dest,
+                           const StateDictOptions& options) {
+  return pack(groups, meta, dest, options);
+}
+
+void unpack_state(const SafetensorsFile& file, const std::string& source,
+                  const std::vector<BasicStateGroup<float>>& groups,
+                  const std::vector<std::string>& ignore_prefixes) {
+  unpack(file, source, groups, ignore_prefixes);
+}
+void unpack_state(const SafetensorsFile& file, const std::string& source,
+                  const std::vector<BasicStateGroup<double>>& groups,
+                  const std::vector<std::string>& ignore_prefixes) {
+  unpack(file, source, groups, ignore_prefixes);
+}
+
+template <typename T>
+void save_model(const std::string& path, const std::vector<StateEntry<T>>& model,
+                const Metadata& meta, const StateDictOptions& options) {
+  write_safetensors(path, pack_state({{"", model}}, meta, path, options));
+}
+
+template <typename T>
+void save_checkpoint(const std::string& path, const std::vector<StateEntry<T>>& model,
+                     const std::vector<StateEntry<T>>& optimizer, const Metadata& meta) {
+  write_safetensors(path, pack_state({{"", model}, {kOptimizerPrefix, optimizer}}, meta, path));
+}
+
+template <typename T>
+Metadata load_model(const std::string& path, const std::vector<StateEntry<T>>& model) {
   const SafetensorsFile file = read_safetensors(path);
   check_version(file, path, false);
   unpack_state(file, path, {{"", model}}, {kOptimizerPrefix});
   return file.metadata;
 }
 
-Metadata load_checkpoint(const std::string& path, const std::vector<StateEntry<float>>& model,
-                         const std::vector<StateEntry<float>>& optimizer) {
+template <typename T>
+Metadata load_checkpoint(const std::string& path, const std::vector<StateEntry<T>>& model,
+                         const std::vector<StateEntry<T>>& optimizer) {
   const SafetensorsFile file = read_safetensors(path);
   check_version(file, path, true);
   if (!optimizer.empty()) {
@@ -233,6 +328,22 @@ Metadata load_checkpoint(const std::string& path, const std::vector<StateEntry<f
   unpack_state(file, path, {{"", model}, {kOptimizerPrefix, optimizer}});
   return file.metadata;
 }
+
+#define NORMLAB_CHECKPOINT(T)                                                                      \
+  template SafetensorsFile state_dict_to_safetensors(const StateDict<T>&, const Metadata&,         \
+                                                     const std::string&);                          \
+  template StateDict<T> state_dict_from_safetensors(const SafetensorsFile&, const std::string&,    \
+                                                    const std::vector<std::string>&);              \
+  template void save_model(const std::string&, const std::vector<StateEntry<T>>&, const Metadata&, \
+                           const StateDictOptions&);                                               \
+  template void save_checkpoint(const std::string&, const std::vector<StateEntry<T>>&,             \
+                                const std::vector<StateEntry<T>>&, const Metadata&);               \
+  template Metadata load_model(const std::string&, const std::vector<StateEntry<T>>&);             \
+  template Metadata load_checkpoint(const std::string&, const std::vector<StateEntry<T>>&,         \
+                                    const std::vector<StateEntry<T>>&);
+
+NORMLAB_CHECKPOINT(float)
+NORMLAB_CHECKPOINT(double)
 
 const std::string& metadata_string(const Metadata& meta, const std::string& key,
                                    const std::string& source) {

@@ -163,6 +163,13 @@ TrainConfig config_from_checkpoint(const std::string& path) {
     c.limit_train = cfg.at("limit_train");
     c.limit_test = cfg.at("limit_test");
     c.epochs = cfg.at("epochs");
+    // Absent in checkpoints written before the option existed: legacy keys then.
+    const std::string keys = cfg.value("weight_norm_keys", std::string("legacy"));
+    const auto parsed = weight_norm_keys_from_name(keys);
+    if (!parsed)
+      fail(path, ": the training configuration says weight_norm_keys '", keys,
+           "', expected legacy or parametrizations");
+    c.weight_norm_keys = *parsed;
   } catch (const json::exception& e) {
     fail(path, ": the training configuration in the checkpoint's metadata is damaged (", e.what(),
          ")");
@@ -221,7 +228,8 @@ std::vector<EpochMetrics> run_training(const TrainConfig& cfg, TrainingObserver&
                              {"seed", cfg.seed},
                              {"limit_train", cfg.limit_train},
                              {"limit_test", cfg.limit_test},
-                             {"epochs", cfg.epochs}};
+                             {"epochs", cfg.epochs},
+                             {"weight_norm_keys", weight_norm_keys_name(cfg.weight_norm_keys)}};
 
   Position pos;
   std::vector<EpochMetrics> history;
@@ -342,7 +350,8 @@ std::vector<EpochMetrics> run_training(const TrainConfig& cfg, TrainingObserver&
     // value finite) the model file is too, and a refusal leaves both files as they were.
     try {
       save_checkpoint(cfg.out_dir + "/checkpoint.safetensors", model_state, optim_state, meta);
-      save_model(cfg.out_dir + "/model.safetensors", model_state, meta);
+      save_model(cfg.out_dir + "/model.safetensors", model_state, meta,
+                 {.weight_norm_keys = cfg.weight_norm_keys});
     } catch (const Error& e) {
       const std::string where = p.batch == 0 ? "at the end of epoch " + std::to_string(p.epoch)
                                              : "in epoch " + std::to_string(p.epoch + 1) +
