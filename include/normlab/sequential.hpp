@@ -17,7 +17,6 @@ class Sequential : public Layer<T> {
 
   std::string name() const override;
   Shape output_shape(const Shape& in) const override;  // checks every layer in turn
-  const Tensor<T>& forward(const Tensor<T>& x) override;
   const Tensor<T>& backward(const Tensor<T>& dy) override;
   std::vector<StateEntry<T>> state() override;
   void set_training(bool on) override;
@@ -31,6 +30,9 @@ class Sequential : public Layer<T> {
   size_t size() const { return layers_.size(); }
   Layer<T>& operator[](size_t i) { return *layers_[i].second; }
   const std::string& child_name(size_t i) const { return layers_[i].first; }
+
+ protected:
+  const Tensor<T>& forward_impl(const Tensor<T>& x) override;
 
  private:
   std::vector<std::pair<std::string, LayerPtr<T>>> layers_;

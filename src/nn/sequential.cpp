@@ -35,7 +35,7 @@ Shape Sequential<T>::output_shape(const Shape& in) const {
 }
 
 template <typename T>
-const Tensor<T>& Sequential<T>::forward(const Tensor<T>& x) {
+const Tensor<T>& Sequential<T>::forward_impl(const Tensor<T>& x) {
   if (layers_.empty()) fail("Sequential: cannot run an empty network");
   const Tensor<T>* h = &x;
   for (auto& entry : layers_) {
