@@ -16,7 +16,7 @@ BatchNorm1d<T>::BatchNorm1d(int64_t C, BatchNormOptions opt) : C_(C), opt_(opt) 
   // Negative eps fails every PyTorch forward and NaN eps makes every output NaN;
   // a non-finite momentum writes NaN into the running statistics on the first
   // step, unseen until eval: refused here. Momentum outside [0, 1] is PyTorch's
-  // formula extrapolating, kept (docs/numerics.md).
+  // formula extrapolating, kept (docs/edge-semantics.md).
   if (!(opt.eps >= 0))
     fail("BatchNorm1d(", C, "): eps must be >= 0 (0 only for eval), got ", opt.eps);
   if (opt.momentum && !std::isfinite(*opt.momentum))

@@ -14,7 +14,7 @@ LayerNorm<T>::LayerNorm(Shape normalized_shape, LayerNormOptions opt)
   for (int64_t d : normalized_shape_)
     if (d <= 0) fail("LayerNorm", shape_str(normalized_shape_), ": dimensions must be positive");
   // PyTorch takes any eps. eps = 0 is kept (a constant row then gives NaN, as in
-  // PyTorch); a negative or NaN eps only ever makes rows NaN: refused (docs/numerics.md).
+  // PyTorch); a negative or NaN eps only ever makes rows NaN: refused (docs/edge-semantics.md).
   if (!(opt.eps >= 0))
     fail("LayerNorm", shape_str(normalized_shape_), ": eps must be >= 0, got ", opt.eps);
   D_ = shape_numel(normalized_shape_);
