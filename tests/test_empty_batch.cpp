@@ -79,7 +79,8 @@ void every_layer_takes_an_empty_batch() {
         expect_empty_pass<T>(bn, s, s);
     }
   LayerNorm<T> ln({5});
-  for (const Shape& s : {Shape{0, 5}, Shape{2, 0, 5}, Shape{0, 2, 5}}) expect_empty_pass<T>(ln, s, s);
+  for (const Shape& s : {Shape{0, 5}, Shape{2, 0, 5}, Shape{0, 2, 5}})
+    expect_empty_pass<T>(ln, s, s);
   LayerNorm<T> ln2({2, 5});
   expect_empty_pass<T>(ln2, {0, 2, 5}, {0, 2, 5});
   for (auto dim : {WeightNormDim::Rows, WeightNormDim::Whole}) {
@@ -102,8 +103,12 @@ void every_layer_takes_an_empty_batch() {
   }
 }
 
-TEST(EmptyBatch, EveryLayerFloat) { every_layer_takes_an_empty_batch<float>(); }
-TEST(EmptyBatch, EveryLayerDouble) { every_layer_takes_an_empty_batch<double>(); }
+TEST(EmptyBatch, EveryLayerFloat) {
+  every_layer_takes_an_empty_batch<float>();
+}
+TEST(EmptyBatch, EveryLayerDouble) {
+  every_layer_takes_an_empty_batch<double>();
+}
 
 TEST(EmptyBatch, SequentialWithEveryLayerAndFusedRelus) {
   Rng rng(2);
@@ -116,7 +121,8 @@ TEST(EmptyBatch, SequentialWithEveryLayerAndFusedRelus) {
   net.add(std::make_unique<ReLU<float>>());
   net.add(std::make_unique<LayerNorm<float>>(Shape{4}));
   net.add(std::make_unique<NotebookWeightNormLinear<float>>(4, 4, true, rng));
-  net.add(std::make_unique<NotebookScalarNorm<float>>(NotebookScalarNorm<float>::Over::Tensor, rng));
+  net.add(
+      std::make_unique<NotebookScalarNorm<float>>(NotebookScalarNorm<float>::Over::Tensor, rng));
   net.add(std::make_unique<NotebookScalarNorm<float>>(NotebookScalarNorm<float>::Over::Rows, rng));
   net.add(std::make_unique<Linear<float>>(4, 2, true, rng));
   expect_empty_pass<float>(net, {0, 2, 3}, {0, 2});

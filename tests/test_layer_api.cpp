@@ -22,9 +22,13 @@ namespace {
 // ------------------------------------------------ no temporaries, at compile time
 
 template <typename L, typename T>
-concept TakesLvalue = requires(L& layer, const Tensor<T>& x) { layer.forward(x); };
+concept TakesLvalue = requires(L& layer, const Tensor<T>& x) {
+  layer.forward(x);
+};
 template <typename L, typename T>
-concept TakesTemporary = requires(L& layer) { layer.forward(Tensor<T>{}); };
+concept TakesTemporary = requires(L& layer) {
+  layer.forward(Tensor<T>{});
+};
 template <typename L, typename T>
 concept TakesConstTemporary = requires(L& layer, const Tensor<T>&& x) {
   layer.forward(std::move(x));
@@ -32,7 +36,7 @@ concept TakesConstTemporary = requires(L& layer, const Tensor<T>&& x) {
 
 template <typename T, typename... Ls>
 constexpr bool forward_refuses_temporaries() {
-  return ((TakesLvalue<Ls, T> && !TakesTemporary<Ls, T> && !TakesConstTemporary<Ls, T>) && ...);
+  return ((TakesLvalue<Ls, T> && !TakesTemporary<Ls, T> && !TakesConstTemporary<Ls, T>)&&...);
 }
 
 template <typename T>
@@ -46,7 +50,9 @@ static_assert(every_layer_refuses_temporaries<float>());
 static_assert(every_layer_refuses_temporaries<double>());
 // The implementation hook is not a way around it.
 template <typename L, typename T>
-concept ImplIsPublic = requires(L& layer, const Tensor<T>& x) { layer.forward_impl(x); };
+concept ImplIsPublic = requires(L& layer, const Tensor<T>& x) {
+  layer.forward_impl(x);
+};
 static_assert(!ImplIsPublic<Linear<float>, float> && !ImplIsPublic<Sequential<float>, float> &&
               !ImplIsPublic<Layer<float>, float>);
 
@@ -129,7 +135,9 @@ void every_layer_honours_input_grad_off() {
   expect_input_grad_honoured<T>(only_relus, {5, 4});
 }
 
-TEST(LayerApi, EveryLayerHonoursInputGradOffFloat) { every_layer_honours_input_grad_off<float>(); }
+TEST(LayerApi, EveryLayerHonoursInputGradOffFloat) {
+  every_layer_honours_input_grad_off<float>();
+}
 TEST(LayerApi, EveryLayerHonoursInputGradOffDouble) {
   every_layer_honours_input_grad_off<double>();
 }
@@ -147,7 +155,8 @@ void expect_zero_twin(Layer<T>& zero, Layer<T>& random) {
     EXPECT_EQ(a[k].is_param(), b[k].is_param());
     ASSERT_TRUE(a[k].value);
     EXPECT_EQ(a[k].value->shape(), b[k].value->shape()) << a[k].name;
-    for (int64_t i = 0; i < a[k].value->numel(); ++i) ASSERT_EQ((*a[k].value)[i], T(0)) << a[k].name;
+    for (int64_t i = 0; i < a[k].value->numel(); ++i)
+      ASSERT_EQ((*a[k].value)[i], T(0)) << a[k].name;
     EXPECT_EQ(a[k].grad->shape(), b[k].grad->shape());
   }
 }

@@ -62,8 +62,12 @@ void relu_like_torch() {
   expect_like_torch(relu.backward(dy2), {0, kInf, kNaN}, "dx2");
 }
 
-TEST(NanPropagation, ReluFloat) { relu_like_torch<float>(); }
-TEST(NanPropagation, ReluDouble) { relu_like_torch<double>(); }
+TEST(NanPropagation, ReluFloat) {
+  relu_like_torch<float>();
+}
+TEST(NanPropagation, ReluDouble) {
+  relu_like_torch<double>();
+}
 
 // The vector loops and the threaded path (n >= 2^15): NaN at every lane position.
 TEST(NanPropagation, ReluLongVectorsKeepEveryNaN) {
@@ -151,8 +155,12 @@ void fused_relu_keeps_nan() {
   EXPECT_TRUE(any_nan);
 }
 
-TEST(NanPropagation, FusedReluInWeightNormLinearFloat) { fused_relu_keeps_nan<float>(); }
-TEST(NanPropagation, FusedReluInWeightNormLinearDouble) { fused_relu_keeps_nan<double>(); }
+TEST(NanPropagation, FusedReluInWeightNormLinearFloat) {
+  fused_relu_keeps_nan<float>();
+}
+TEST(NanPropagation, FusedReluInWeightNormLinearDouble) {
+  fused_relu_keeps_nan<double>();
+}
 
 // bn = nn.BatchNorm1d(2); x = [[1, 3], [nan, 5], [2, 4], [0.5, -1]]
 // y = bn(x); y.backward([[1, 2], [3, 4], [5, 6], [7, 8]])
@@ -167,8 +175,8 @@ TEST(NanPropagation, BatchNormTrainingLikeTorch) {
   expect_like_torch(bn.running_var, {kNaN, 1.591666579246521}, "running_var");
   const Tensor<float> dy = tensor<float>({4, 2}, {1, 2, 3, 4, 5, 6, 7, 8});
   expect_like_torch(bn.backward(dy),
-                    {kNaN, -1.2484019994735718, kNaN, 0.17985329031944275, kNaN,
-                     0.7828954458236694, kNaN, 0.28565335273742676},
+                    {kNaN, -1.2484019994735718, kNaN, 0.17985329031944275, kNaN, 0.7828954458236694,
+                     kNaN, 0.28565335273742676},
                     "dx");
   expect_like_torch(bn.dweight, {kNaN, -5.707736015319824}, "dweight");
   expect_like_torch(bn.dbias, {16, 20}, "dbias");
@@ -209,13 +217,13 @@ TEST(NanPropagation, LayerNormLikeTorch) {
   LayerNorm<float> ln({3});
   const Tensor<float> x = tensor<float>({3, 3}, {1, kInf, 2, 1, 2, 4, kNaN, 0, 1});
   expect_like_torch(ln.forward(x),
-                    {kNaN, kNaN, kNaN, -1.06904137134552, -0.26726028323173523,
-                     1.3363018035888672, kNaN, kNaN, kNaN},
+                    {kNaN, kNaN, kNaN, -1.06904137134552, -0.26726028323173523, 1.3363018035888672,
+                     kNaN, kNaN, kNaN},
                     "y");
   const Tensor<float> dy = tensor<float>({3, 3}, {1, 2, 3, 1, -1, 0.5, 2, 2, 2});
   expect_like_torch(ln.backward(dy),
-                    {kNaN, kNaN, kNaN, 0.6299710869789124, -0.9449561834335327,
-                     0.3149850368499756, kNaN, kNaN, kNaN},
+                    {kNaN, kNaN, kNaN, 0.6299710869789124, -0.9449561834335327, 0.3149850368499756,
+                     kNaN, kNaN, kNaN},
                     "dx");
   expect_like_torch(ln.dweight, {kNaN, kNaN, kNaN}, "dweight");
   expect_like_torch(ln.dbias, {4, 3, 5.5}, "dbias");

@@ -45,7 +45,7 @@ void weightnorm_linear_forward(T* y, T* z, T* norm, T* scale, const T* x, const 
       }
       if (relu) {
 #pragma omp simd
-        for (int64_t o = o0; o < o1; ++o) yr[o] = yr[o] < T(0) ? T(0) : yr[o];  // NaN stays: relu.cpp
+        for (int64_t o = o0; o < o1; ++o) yr[o] = yr[o] < T(0) ? T(0) : yr[o];
       }
     }
   });
