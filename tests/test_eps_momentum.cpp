@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <limits>
 #include <memory>
 #include <optional>
@@ -22,7 +23,11 @@
 namespace normlab {
 namespace {
 
-constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+// Read at run time, not constexpr: GCC 12.2 (-O3 -march=native) built the
+// constant list {NaN, NaN, 0, 0} of one of these tests as four NaNs (a
+// broadcast store), so an expected value was wrong; a NaN the compiler cannot
+// see cannot be folded that way.
+const double kNaN = std::strtod("nan", nullptr);
 constexpr double kInf = std::numeric_limits<double>::infinity();
 
 template <typename T>
