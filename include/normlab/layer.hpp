@@ -6,10 +6,10 @@
 //     Passing a temporary does not compile (the layer keeps a pointer to x).
 //   backward(dy): dy has the shape of the last output; returns dx (the layer's
 //     own buffer), or an empty tensor if input gradients are switched off.
+//     Parameter gradients accumulate (+=); zero_grad() clears them.
 //   Empty batches (N = 0, or any zero dim) work as in PyTorch: empty outputs
 //     and dx, parameter gradients unchanged (docs/edge-semantics.md).
 //   NaN and infinity propagate as in PyTorch (docs/edge-semantics.md).
-//     Parameter gradients accumulate (+=); zero_grad() clears them.
 //   state(): parameters and buffers under PyTorch's state_dict names, in
 //     PyTorch's order; parameters carry a grad tensor, buffers do not.
 #pragma once

@@ -6,7 +6,7 @@ namespace normlab {
 
 template <typename T>
 const Tensor<T>& ReLU<T>::forward_impl(const Tensor<T>& x) {
-  if (fused_) return x;  // the layer before returned max(y, 0) already
+  if (fused_) return x;  // the layer before applied the ReLU already
   y_.resize(x.shape());
   relu_forward(y_.data(), x.data(), x.numel());
   return y_;
