@@ -86,7 +86,8 @@ Tensor<float> sample_input() {
 
 Tensor<float> eval_output(Sequential<float>& m) {
   m.set_training(false);
-  return m.forward(sample_input());
+  const Tensor<float> x = sample_input();  // forward takes no temporaries (layer.hpp)
+  return m.forward(x);
 }
 
 // Writes `file` after `edit` changed it: a damaged checkpoint made to order.

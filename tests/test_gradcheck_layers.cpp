@@ -27,7 +27,10 @@ void jitter_params(Layer<double>& layer, uint64_t seed, double scale = 0.5) {
 // statistics far from their initial (0, 1).
 void warm_up(Layer<double>& layer, const Shape& shape, uint64_t seed) {
   layer.set_training(true);
-  for (uint64_t s = 0; s < 3; ++s) layer.forward(randn(shape, seed + 100 + s, 0.7, 2.0));
+  for (uint64_t s = 0; s < 3; ++s) {
+    const Tensor<double> x = randn(shape, seed + 100 + s, 0.7, 2.0);
+    layer.forward(x);
+  }
 }
 
 // ---- Linear ----

@@ -19,7 +19,7 @@ class Square : public Layer<double> {
 
   std::string name() const override { return "Square"; }
   Shape output_shape(const Shape& in) const override { return in; }
-  const Tensor<double>& forward(const Tensor<double>& x) override {
+  const Tensor<double>& forward_impl(const Tensor<double>& x) override {
     x_ = &x;
     if (training_) ++count;
     y_.resize(x.shape());

@@ -87,6 +87,21 @@ TEST(ModelSpec, ReadsOptionsAliasesAndExplicitSizes) {
   EXPECT_EQ(plan[6].kind, LayerKind::ReLU);
 }
 
+// PyTorch's nn.BatchNorm1d and nn.LayerNorm take these (torch 2.15); the layers
+// then behave as PyTorch's (tests/test_eps_momentum.cpp).
+TEST(ModelSpec, TakesTheEpsAndMomentumPyTorchTakes) {
+  const auto plan =
+      plan_model("bn(momentum=2, eps=0), ln(eps=0), bn(momentum=-0.5, eps=1e3)", {4, 8});
+  ASSERT_EQ(plan.size(), 3u);
+  EXPECT_DOUBLE_EQ(*plan[0].bn.momentum, 2.0);
+  EXPECT_EQ(plan[0].bn.eps, 0.0);
+  EXPECT_EQ(plan[1].ln.eps, 0.0);
+  EXPECT_DOUBLE_EQ(*plan[2].bn.momentum, -0.5);
+  EXPECT_DOUBLE_EQ(plan[2].bn.eps, 1e3);
+  Rng rng(1);
+  EXPECT_NO_THROW(build_model<float>(plan, rng));
+}
+
 TEST(ModelSpec, BatchNormOnThreeDimensionalInputs) {
   const auto plan = plan_model("linear(6), bn(3)", {2, 3, 5});
   EXPECT_EQ(plan[0].out_shape, (Shape{2, 3, 6}));
@@ -264,9 +279,10 @@ TEST(ModelSpecErrors, OptionsAndSizes) {
   EXPECT_ERROR("linear(5, bias=false, bias=true)", "option 'bias' is given twice");
   EXPECT_ERROR("linear(5, bias=maybe)", "bias must be true or false, got 'maybe'");
   EXPECT_ERROR("wnlinear(5, dim=1)", "dim must be 0", "or none");
-  EXPECT_ERROR("bn(momentum=2)", "momentum must be none or a number in [0, 1], got '2'");
-  EXPECT_ERROR("bn(eps=0)", "eps must be a number in (0, 1), got '0'");
-  EXPECT_ERROR("ln(eps=abc)", "eps must be a number in (0, 1)");
+  EXPECT_ERROR("bn(momentum=abc)", "momentum must be none or a finite number, got 'abc'");
+  EXPECT_ERROR("bn(momentum=1e999)", "momentum must be none or a finite number, got '1e999'");
+  EXPECT_ERROR("bn(eps=-1e-5)", "eps must be a finite number >= 0, got '-1e-5'");
+  EXPECT_ERROR("ln(eps=abc)", "eps must be a finite number >= 0");
   EXPECT_ERROR("linear(5, bias=)", "expected a value for bias");
 }
 

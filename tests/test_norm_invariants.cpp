@@ -225,7 +225,8 @@ TEST(NormInvariants, NotebookNormsOnConstantInputGiveBeta) {
 // ---- One value per channel ----
 void expect_one_value_error(BatchNorm1d<float>& bn, const Shape& shape) {
   try {
-    bn.forward(Tensor<float>(shape, 1.0f));
+    const Tensor<float> x(shape, 1.0f);
+    bn.forward(x);
     ADD_FAILURE() << "no error for " << shape_str(shape);
   } catch (const Error& e) {
     const std::string msg = e.what();
@@ -243,10 +244,11 @@ TEST(NormInvariants, BatchNormTrainingOnOneValuePerChannelThrows) {
   EXPECT_EQ(bn.running_var[0], 1.0f);
   // Eval mode uses the running statistics: one sample is fine, as in PyTorch.
   bn.set_training(false);
-  EXPECT_NO_THROW(bn.forward(Tensor<float>({1, 3}, 1.0f)));
+  const Tensor<float> one({1, 3}, 1.0f), two({1, 3, 2}, 1.0f);
+  EXPECT_NO_THROW(bn.forward(one));
   // (1, C, L>1) has L values per channel: fine in training.
   bn.set_training(true);
-  EXPECT_NO_THROW(bn.forward(Tensor<float>({1, 3, 2}, 1.0f)));
+  EXPECT_NO_THROW(bn.forward(two));
 }
 
 // Without running statistics eval mode normalizes with batch statistics too, so

@@ -34,6 +34,7 @@ void linear_backward(T* dx, T* dw, T* db, const T* dy, const T* x, const T* w, i
                      int64_t O);
 
 // ---- ReLU over n elements; backward reads the forward output y ----
+// As PyTorch: y = x < 0 ? 0 : x (NaN and -0.0 pass), dx = y <= 0 ? 0 : dy (a NaN y passes dy).
 template <typename T>
 void relu_forward(T* y, const T* x, int64_t n);
 template <typename T>
@@ -96,16 +97,17 @@ void weightnorm_columns_backward(T* dv, T* dg, const T* dw, const T* v, const T*
 // features o (norms, its columns of z and y, its rows of dv) and of dx's
 // columns. Results equal weightnorm_forward(per_row) + linear_forward and
 // linear_backward + weightnorm_backward(per_row) up to rounding.
-// Forward: y (N,O) = z * s + b (b may be null), or max(z * s + b, 0) with relu
-// (a following ReLU fused in); writes z (N,O), norm (O), scale (O) = s.
+// Forward: y (N,O) = z * s + b (b may be null), or relu(z * s + b) with relu
+// (a following ReLU fused in, NaN kept as in relu_forward); writes z (N,O),
+// norm (O), scale (O) = s.
 template <typename T>
 void weightnorm_linear_forward(T* y, T* z, T* norm, T* scale, const T* x, const T* v, const T* g,
                                const T* b, int64_t N, int64_t I, int64_t O, bool relu = false);
 // Backward from dy (N,O), with z, norm, scale from the forward: dx (N,I) = dy w
 // (null skips it); dv (O,I) +=, dg (O) +=, db (O) += (null: no bias).
-// relu_y: the forward's output if it applied the ReLU (dy then counts only
-// where relu_y > 0, as in ReLU's backward), else null. dys (N,O) and dot (O)
-// are scratch, overwritten.
+// relu_y: the forward's output if it applied the ReLU (dy then counts except
+// where relu_y <= 0, as in relu_backward: a NaN output passes dy), else null.
+// dys (N,O) and dot (O) are scratch, overwritten.
 template <typename T>
 void weightnorm_linear_backward(T* dx, T* dv, T* dg, T* db, T* dys, T* dot, const T* dy, const T* x,
                                 const T* z, const T* v, const T* g, const T* norm, const T* scale,

@@ -3,9 +3,13 @@
 // Contract for every layer:
 //   forward(x): x must stay alive and unchanged until backward(); returns a
 //     reference to the layer's own output buffer, valid until the next forward.
+//     Passing a temporary does not compile (the layer keeps a pointer to x).
 //   backward(dy): dy has the shape of the last output; returns dx (the layer's
 //     own buffer), or an empty tensor if input gradients are switched off.
 //     Parameter gradients accumulate (+=); zero_grad() clears them.
+//   Empty batches (N = 0, or any zero dim) work as in PyTorch: empty outputs
+//     and dx, parameter gradients unchanged (docs/edge-semantics.md).
+//   NaN and infinity propagate as in PyTorch (docs/edge-semantics.md).
 //   state(): parameters and buffers under PyTorch's state_dict names, in
 //     PyTorch's order; parameters carry a grad tensor, buffers do not.
 #pragma once
@@ -36,7 +40,11 @@ class Layer {
   // Shape of the output for an input of shape `in`; throws an Error naming
   // this layer and both shapes if `in` does not fit.
   virtual Shape output_shape(const Shape& in) const = 0;
-  virtual const Tensor<T>& forward(const Tensor<T>& x) = 0;
+  // Not virtual, so that the deleted overload for temporaries is seen on every
+  // layer type (an override of forward in a derived class would hide it);
+  // layers implement forward_impl.
+  const Tensor<T>& forward(const Tensor<T>& x) { return forward_impl(x); }
+  const Tensor<T>& forward(const Tensor<T>&& x) = delete;  // x must outlive backward()
   virtual const Tensor<T>& backward(const Tensor<T>& dy) = 0;
   virtual std::vector<StateEntry<T>> state() { return {}; }
 
@@ -56,6 +64,8 @@ class Layer {
   }
 
  protected:
+  virtual const Tensor<T>& forward_impl(const Tensor<T>& x) = 0;
+
   bool training_ = true;
   bool input_grad_ = true;
 };

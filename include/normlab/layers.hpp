@@ -13,13 +13,18 @@ template <typename T>
 class Linear : public Layer<T> {
  public:
   Linear(int64_t in, int64_t out, bool bias, Rng& rng);
+  // Without an Rng: weight and bias all zeros (y = 0), for a layer whose
+  // parameters are loaded or set right after; the same shapes and state.
+  Linear(int64_t in, int64_t out, bool bias = true);
   std::string name() const override;
   Shape output_shape(const Shape& in) const override;
-  const Tensor<T>& forward(const Tensor<T>& x) override;
   const Tensor<T>& backward(const Tensor<T>& dy) override;
   std::vector<StateEntry<T>> state() override;
 
   Tensor<T> weight, bias, dweight, dbias;  // (out,in), (out) or empty
+
+ protected:
+  const Tensor<T>& forward_impl(const Tensor<T>& x) override;
 
  private:
   int64_t in_, out_;
@@ -45,13 +50,15 @@ class BatchNorm1d : public Layer<T> {
   explicit BatchNorm1d(int64_t C, BatchNormOptions opt = {});
   std::string name() const override;
   Shape output_shape(const Shape& in) const override;
-  const Tensor<T>& forward(const Tensor<T>& x) override;
   const Tensor<T>& backward(const Tensor<T>& dy) override;
   std::vector<StateEntry<T>> state() override;
 
   Tensor<T> weight, bias, dweight, dbias;
   Tensor<T> running_mean, running_var;
   int64_t num_batches_tracked = 0;
+
+ protected:
+  const Tensor<T>& forward_impl(const Tensor<T>& x) override;
 
  private:
   void check_input(const Shape& in) const;  // output_shape's checks, without the copy
@@ -77,11 +84,13 @@ class LayerNorm : public Layer<T> {
   explicit LayerNorm(Shape normalized_shape, LayerNormOptions opt = {});
   std::string name() const override;
   Shape output_shape(const Shape& in) const override;
-  const Tensor<T>& forward(const Tensor<T>& x) override;
   const Tensor<T>& backward(const Tensor<T>& dy) override;
   std::vector<StateEntry<T>> state() override;
 
   Tensor<T> weight, bias, dweight, dbias;
+
+ protected:
+  const Tensor<T>& forward_impl(const Tensor<T>& x) override;
 
  private:
   void check_input(const Shape& in) const;  // output_shape's checks, without the copy
@@ -104,12 +113,14 @@ class WeightNormLinear : public Layer<T> {
   WeightNormLinear(int64_t in, int64_t out, bool bias, WeightNormDim dim, Rng& rng);
   std::string name() const override;
   Shape output_shape(const Shape& in) const override;
-  const Tensor<T>& forward(const Tensor<T>& x) override;
   const Tensor<T>& backward(const Tensor<T>& dy) override;
   std::vector<StateEntry<T>> state() override;
   bool fuse_relu(bool on) override;  // with per-row norms only
 
   Tensor<T> weight_g, weight_v, bias, dweight_g, dweight_v, dbias;
+
+ protected:
+  const Tensor<T>& forward_impl(const Tensor<T>& x) override;
 
  private:
   int64_t in_, out_;
@@ -128,10 +139,12 @@ class ReLU : public Layer<T> {
  public:
   std::string name() const override { return "ReLU"; }
   Shape output_shape(const Shape& in) const override { return in; }
-  const Tensor<T>& forward(const Tensor<T>& x) override;
   const Tensor<T>& backward(const Tensor<T>& dy) override;
   void set_fused(bool on) { fused_ = on; }
   bool fused() const { return fused_; }
+
+ protected:
+  const Tensor<T>& forward_impl(const Tensor<T>& x) override;
 
  private:
   bool fused_ = false;
@@ -144,8 +157,10 @@ class Flatten : public Layer<T> {
  public:
   std::string name() const override { return "Flatten"; }
   Shape output_shape(const Shape& in) const override;
-  const Tensor<T>& forward(const Tensor<T>& x) override;
   const Tensor<T>& backward(const Tensor<T>& dy) override;
+
+ protected:
+  const Tensor<T>& forward_impl(const Tensor<T>& x) override;
 
  private:
   Shape in_shape_;

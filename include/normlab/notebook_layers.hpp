@@ -16,13 +16,18 @@ template <typename T>
 class NotebookWeightNormLinear : public Layer<T> {
  public:
   NotebookWeightNormLinear(int64_t in, int64_t out, bool bias, Rng& rng);
+  // Without an Rng: g, weight and bias all zeros, for parameters loaded right
+  // after. Until then the output is NaN (the column norms of a zero v are 0).
+  NotebookWeightNormLinear(int64_t in, int64_t out, bool bias = true);
   std::string name() const override;
   Shape output_shape(const Shape& in) const override;
-  const Tensor<T>& forward(const Tensor<T>& x) override;
   const Tensor<T>& backward(const Tensor<T>& dy) override;
   std::vector<StateEntry<T>> state() override;
 
   Tensor<T> g, weight, bias, dg, dweight, dbias;
+
+ protected:
+  const Tensor<T>& forward_impl(const Tensor<T>& x) override;
 
  private:
   int64_t in_, out_;
@@ -37,13 +42,17 @@ class NotebookScalarNorm : public Layer<T> {
  public:
   enum class Over { Tensor, Rows };
   NotebookScalarNorm(Over over, Rng& rng);
+  // Without an Rng: gamma = beta = 0 (y = 0), for parameters loaded right after.
+  explicit NotebookScalarNorm(Over over);
   std::string name() const override;
   Shape output_shape(const Shape& in) const override;
-  const Tensor<T>& forward(const Tensor<T>& x) override;
   const Tensor<T>& backward(const Tensor<T>& dy) override;
   std::vector<StateEntry<T>> state() override;
 
   Tensor<T> beta, gamma, dbeta, dgamma;  // (1) each; the notebook registers beta first
+
+ protected:
+  const Tensor<T>& forward_impl(const Tensor<T>& x) override;
 
  private:
   void check_input(const Shape& in) const;  // output_shape's checks, without the copy

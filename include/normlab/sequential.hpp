@@ -2,7 +2,9 @@
 // or a module with named children ("p1", "ln1", ...). State names are
 // "<child>.<name>", PyTorch's state_dict keys.
 #pragma once
+#include <string>
 #include <utility>
+#include <vector>
 
 #include "normlab/layer.hpp"
 
@@ -17,7 +19,6 @@ class Sequential : public Layer<T> {
 
   std::string name() const override;
   Shape output_shape(const Shape& in) const override;  // checks every layer in turn
-  const Tensor<T>& forward(const Tensor<T>& x) override;
   const Tensor<T>& backward(const Tensor<T>& dy) override;
   std::vector<StateEntry<T>> state() override;
   void set_training(bool on) override;
@@ -27,13 +28,24 @@ class Sequential : public Layer<T> {
   // and gradients, one pass less over the activations each way. Returns how
   // many ReLUs were fused. The Trainer calls it.
   int fuse_relus();
+  // After a forward: the first NaN or infinity in the children's outputs, in
+  // order (inside nested Sequentials too), e.g. "the output of layer 2
+  // (LayerNorm(4, eps=0)) holds nan at (0, 1)", or "" if there is none. The
+  // Trainer adds it when the loss is not finite, naming the layer that made it.
+  std::string locate_non_finite_output() const;
 
   size_t size() const { return layers_.size(); }
   Layer<T>& operator[](size_t i) { return *layers_[i].second; }
   const std::string& child_name(size_t i) const { return layers_[i].first; }
 
+ protected:
+  const Tensor<T>& forward_impl(const Tensor<T>& x) override;
+
  private:
+  std::string locate_non_finite_output(const std::string& prefix) const;
+
   std::vector<std::pair<std::string, LayerPtr<T>>> layers_;
+  std::vector<const Tensor<T>*> outputs_;  // each child's output of the last forward
 };
 
 }  // namespace normlab

@@ -45,7 +45,7 @@ void weightnorm_linear_forward(T* y, T* z, T* norm, T* scale, const T* x, const 
       }
       if (relu) {
 #pragma omp simd
-        for (int64_t o = o0; o < o1; ++o) yr[o] = yr[o] > T(0) ? yr[o] : T(0);
+        for (int64_t o = o0; o < o1; ++o) yr[o] = yr[o] < T(0) ? T(0) : yr[o];
       }
     }
   });
@@ -76,7 +76,7 @@ void weightnorm_linear_backward(T* dx, T* dv, T* dg, T* db, T* dys, T* dot, cons
           // row goes to dys first and is scaled there below.
           const T* yr = relu_y + n * O;
 #pragma omp simd
-          for (int64_t o = o0; o < o1; ++o) dysr[o] = yr[o] > T(0) ? dyr[o] : T(0);
+          for (int64_t o = o0; o < o1; ++o) dysr[o] = yr[o] <= T(0) ? T(0) : dyr[o];
           dyr = dysr;
         }
         if (db) {

@@ -5,8 +5,8 @@
 namespace normlab {
 
 template <typename T>
-const Tensor<T>& ReLU<T>::forward(const Tensor<T>& x) {
-  if (fused_) return x;  // the layer before returned max(y, 0) already
+const Tensor<T>& ReLU<T>::forward_impl(const Tensor<T>& x) {
+  if (fused_) return x;  // the layer before applied the ReLU already
   y_.resize(x.shape());
   relu_forward(y_.data(), x.data(), x.numel());
   return y_;
@@ -14,6 +14,11 @@ const Tensor<T>& ReLU<T>::forward(const Tensor<T>& x) {
 
 template <typename T>
 const Tensor<T>& ReLU<T>::backward(const Tensor<T>& dy) {
+  if (!this->input_grad_) {  // a ReLU has no parameters: nothing to do at all
+    if (!fused_) check_same_shape(*this, "output gradient", dy.shape(), y_.shape());
+    dx_.resize({0});
+    return dx_;
+  }
   if (fused_) return dy;  // the layer before masks the gradient itself
   check_same_shape(*this, "output gradient", dy.shape(), y_.shape());
   dx_.resize(dy.shape());
@@ -30,7 +35,7 @@ Shape Flatten<T>::output_shape(const Shape& in) const {
 }
 
 template <typename T>
-const Tensor<T>& Flatten<T>::forward(const Tensor<T>& x) {
+const Tensor<T>& Flatten<T>::forward_impl(const Tensor<T>& x) {
   if (x.rank() == 0) output_shape(x.shape());  // throws the message
   in_shape_ = x.shape();
   int64_t rest = 1;
@@ -43,6 +48,10 @@ const Tensor<T>& Flatten<T>::forward(const Tensor<T>& x) {
 template <typename T>
 const Tensor<T>& Flatten<T>::backward(const Tensor<T>& dy) {
   check_same_shape(*this, "output gradient", dy.shape(), y_.shape());
+  if (!this->input_grad_) {
+    dx_.resize({0});
+    return dx_;
+  }
   dx_.resize(in_shape_);
   std::copy(dy.data(), dy.data() + dy.numel(), dx_.data());
   return dx_;

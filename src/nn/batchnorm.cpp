@@ -11,9 +11,16 @@ namespace normlab {
 template <typename T>
 BatchNorm1d<T>::BatchNorm1d(int64_t C, BatchNormOptions opt) : C_(C), opt_(opt) {
   check_positive("BatchNorm1d", "num_features", C);
-  if (!(opt.eps > 0)) fail("BatchNorm1d(", C, "): eps must be positive, got ", opt.eps);
-  if (opt.momentum && !(*opt.momentum >= 0 && *opt.momentum <= 1))
-    fail("BatchNorm1d(", C, "): momentum must be in [0, 1], got ", *opt.momentum);
+  // PyTorch's constructor takes any eps and momentum. eps = 0 works in eval;
+  // training with batch statistics refuses it in forward, as F.batch_norm does.
+  // Negative eps fails every PyTorch forward and NaN eps makes every output NaN;
+  // a non-finite momentum writes NaN into the running statistics on the first
+  // step, unseen until eval: refused here. Momentum outside [0, 1] is PyTorch's
+  // formula extrapolating, kept (docs/edge-semantics.md).
+  if (!(opt.eps >= 0))
+    fail("BatchNorm1d(", C, "): eps must be >= 0 (0 only for eval), got ", opt.eps);
+  if (opt.momentum && !std::isfinite(*opt.momentum))
+    fail("BatchNorm1d(", C, "): momentum must be a finite number or none, got ", *opt.momentum);
   if (opt.affine) {
     weight = Tensor<T>({C}, T(1));
     bias = Tensor<T>({C}, T(0));
@@ -54,7 +61,7 @@ void BatchNorm1d<T>::check_input(const Shape& in) const {
 }
 
 template <typename T>
-const Tensor<T>& BatchNorm1d<T>::forward(const Tensor<T>& x) {
+const Tensor<T>& BatchNorm1d<T>::forward_impl(const Tensor<T>& x) {
   check_input(x.shape());
   const int64_t N = x.dim(0), L = x.rank() == 3 ? x.dim(2) : 1;
   const T* gamma = opt_.affine ? weight.data() : nullptr;
@@ -65,6 +72,22 @@ const Tensor<T>& BatchNorm1d<T>::forward(const Tensor<T>& x) {
   mean_.resize({C_});
   rstd_.resize({C_});
   used_batch_stats_ = this->training_ || !opt_.track_running_stats;
+  // F.batch_norm's checks, in its order: batch statistics of one value are
+  // meaningless (PyTorch refuses them in eval mode too when there are no running
+  // statistics to use instead), and with eps = 0 a constant channel divides by 0.
+  // An empty batch (N*L = 0) passes both, as in PyTorch.
+  if (used_batch_stats_ && N * L == 1)
+    fail(name(), ": expected more than 1 value per channel when training, got input shape ",
+         shape_str(x.shape()));
+  if (used_batch_stats_ && !(opt_.eps > 0))
+    fail(name(), ": eps must be positive when normalizing with batch statistics, got ", opt_.eps,
+         " (PyTorch refuses it too; eps = 0 works in eval mode with running statistics)");
+  if (N * L == 0) {
+    // PyTorch (2.15) returns the empty output, leaves running_mean and running_var
+    // as they were and still counts the batch in num_batches_tracked.
+    if (this->training_ && opt_.track_running_stats) ++num_batches_tracked;
+    return y_;
+  }
   if (!used_batch_stats_) {
     batchnorm_forward_eval(y_.data(), x.data(), running_mean.data(), running_var.data(), gamma,
                            beta, N, C_, L, eps);
@@ -74,11 +97,6 @@ const Tensor<T>& BatchNorm1d<T>::forward(const Tensor<T>& x) {
     }
     return y_;
   }
-  // Batch statistics of one value are meaningless; PyTorch refuses them in eval mode too
-  // when there are no running statistics to use instead.
-  if (N * L <= 1)
-    fail(name(), ": expected more than 1 value per channel when training, got input shape ",
-         shape_str(x.shape()));
   var_.resize({C_});
   batchnorm_forward_train(y_.data(), mean_.data(), rstd_.data(), var_.data(), x.data(), gamma, beta,
                           N, C_, L, eps);
@@ -103,13 +121,8 @@ template <typename T>
 const Tensor<T>& BatchNorm1d<T>::backward(const Tensor<T>& dy) {
   check_same_shape(*this, "output gradient", dy.shape(), y_.shape());
   const int64_t N = x_->dim(0), L = x_->rank() == 3 ? x_->dim(2) : 1;
-  T* dx = nullptr;
-  if (this->input_grad_) {
-    dx_.resize(x_->shape());
-    dx = dx_.data();
-  } else {
-    dx_.resize({0});
-  }
+  T* dx = size_dx(dx_, *x_, this->input_grad_) ? dx_.data() : nullptr;
+  if (N * L == 0) return dx_;  // an empty batch adds nothing to dweight and dbias
   const T* gamma = opt_.affine ? weight.data() : nullptr;
   T* dgamma = opt_.affine ? dweight.data() : nullptr;
   T* dbeta = opt_.affine ? dbias.data() : nullptr;

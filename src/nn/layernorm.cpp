@@ -13,7 +13,10 @@ LayerNorm<T>::LayerNorm(Shape normalized_shape, LayerNormOptions opt)
   if (normalized_shape_.empty()) fail("LayerNorm: normalized_shape must not be empty");
   for (int64_t d : normalized_shape_)
     if (d <= 0) fail("LayerNorm", shape_str(normalized_shape_), ": dimensions must be positive");
-  if (!(opt.eps > 0)) fail("LayerNorm", shape_str(normalized_shape_), ": eps must be positive");
+  // PyTorch takes any eps. eps = 0 is kept (a constant row then gives NaN, as in
+  // PyTorch); a negative or NaN eps only ever makes rows NaN: refused (docs/edge-semantics.md).
+  if (!(opt.eps >= 0))
+    fail("LayerNorm", shape_str(normalized_shape_), ": eps must be >= 0, got ", opt.eps);
   D_ = shape_numel(normalized_shape_);
   if (opt.elementwise_affine) {
     weight = Tensor<T>(normalized_shape_, T(1));
@@ -55,7 +58,7 @@ void LayerNorm<T>::check_input(const Shape& in) const {
 }
 
 template <typename T>
-const Tensor<T>& LayerNorm<T>::forward(const Tensor<T>& x) {
+const Tensor<T>& LayerNorm<T>::forward_impl(const Tensor<T>& x) {
   check_input(x.shape());
   const int64_t N = x.numel() / D_;
   x_ = &x;
@@ -64,6 +67,7 @@ const Tensor<T>& LayerNorm<T>::forward(const Tensor<T>& x) {
   rstd_.resize({N});
   const T* gamma = weight.numel() ? weight.data() : nullptr;
   const T* beta = bias.numel() ? bias.data() : nullptr;
+  if (N == 0) return y_;  // an empty batch: an empty output, as in PyTorch
   layernorm_forward(y_.data(), mean_.data(), rstd_.data(), x.data(), gamma, beta, N, D_,
                     static_cast<T>(opt_.eps));
   exact_ = statistics_overflowed(mean_, rstd_);  // see nn/overflow_fallback.hpp
@@ -77,10 +81,8 @@ template <typename T>
 const Tensor<T>& LayerNorm<T>::backward(const Tensor<T>& dy) {
   check_same_shape(*this, "output gradient", dy.shape(), y_.shape());
   const int64_t N = x_->numel() / D_;
-  if (this->input_grad_)
-    dx_.resize(x_->shape());
-  else
-    dx_.resize({0});
+  size_dx(dx_, *x_, this->input_grad_);
+  if (N == 0) return dx_;  // an empty batch adds nothing to dweight and dbias
   (exact_ ? ref::layernorm_backward<T>
           : layernorm_backward<T>)(this->input_grad_ ? dx_.data() : nullptr,
                                    weight.numel() ? dweight.data() : nullptr,

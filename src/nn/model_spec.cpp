@@ -418,18 +418,20 @@ class OptionReader {
     return v;
   }
 
+  // PyTorch takes any momentum (outside [0, 1] its formula extrapolates) and any
+  // eps; only values that can do nothing but write NaN are refused here: a
+  // non-finite momentum, a negative eps (docs/edge-semantics.md). BatchNorm with
+  // eps = 0 refuses training itself, as PyTorch does, and works in eval.
   std::optional<double> momentum(const Arg& a) {
     if (lower(a.value.text) == "none") return std::nullopt;
     const auto v = number(a);
-    if (!v || *v < 0 || *v > 1)
-      bad(a.pos, "momentum must be none or a number in [0, 1], got '" + a.value.text + "'");
+    if (!v) bad(a.pos, "momentum must be none or a finite number, got '" + a.value.text + "'");
     return v;
   }
 
   double eps(const Arg& a) {
     const auto v = number(a);
-    if (!v || !(*v > 0) || *v >= 1)
-      bad(a.pos, "eps must be a number in (0, 1), got '" + a.value.text + "'");
+    if (!v || *v < 0) bad(a.pos, "eps must be a finite number >= 0, got '" + a.value.text + "'");
     return *v;
   }
 

@@ -8,27 +8,32 @@
 namespace normlab {
 
 template <typename T>
-NotebookWeightNormLinear<T>::NotebookWeightNormLinear(int64_t in, int64_t out, bool has_bias,
-                                                      Rng& rng)
+NotebookWeightNormLinear<T>::NotebookWeightNormLinear(int64_t in, int64_t out, bool has_bias)
     : in_(in), out_(out) {
   check_positive("NotebookWeightNormLinear", "in_features", in);
   check_positive("NotebookWeightNormLinear", "out_features", out);
-  // The notebook's reset_parameters: kaiming_uniform_(a=sqrt(5)) on g and on v, bias
-  // U(+-1/sqrt(in)).
-  const double bound = 1.0 / std::sqrt(static_cast<double>(in));
   g = Tensor<T>({out, in});
   weight = Tensor<T>({out, in});
-  rng.fill_uniform(g.data(), g.numel(), -bound, bound);
-  rng.fill_uniform(weight.data(), weight.numel(), -bound, bound);
   dg = Tensor<T>({out, in});
   dweight = Tensor<T>({out, in});
   if (has_bias) {
     bias = Tensor<T>({out});
     dbias = Tensor<T>({out});
-    rng.fill_uniform(bias.data(), bias.numel(), -bound, bound);
   }
   w_ = Tensor<T>({out, in});
   norm_ = Tensor<T>({in});
+}
+
+template <typename T>
+NotebookWeightNormLinear<T>::NotebookWeightNormLinear(int64_t in, int64_t out, bool has_bias,
+                                                      Rng& rng)
+    : NotebookWeightNormLinear(in, out, has_bias) {
+  // The notebook's reset_parameters: kaiming_uniform_(a=sqrt(5)) on g and on v, bias
+  // U(+-1/sqrt(in)).
+  const double bound = 1.0 / std::sqrt(static_cast<double>(in));
+  rng.fill_uniform(g.data(), g.numel(), -bound, bound);
+  rng.fill_uniform(weight.data(), weight.numel(), -bound, bound);
+  if (has_bias) rng.fill_uniform(bias.data(), bias.numel(), -bound, bound);
 }
 
 template <typename T>
@@ -46,11 +51,12 @@ Shape NotebookWeightNormLinear<T>::output_shape(const Shape& in) const {
 }
 
 template <typename T>
-const Tensor<T>& NotebookWeightNormLinear<T>::forward(const Tensor<T>& x) {
+const Tensor<T>& NotebookWeightNormLinear<T>::forward_impl(const Tensor<T>& x) {
   const int64_t N = rows_with_last_dim(*this, x.shape(), in_);
   x_ = &x;
-  weightnorm_columns_forward(w_.data(), norm_.data(), weight.data(), g.data(), out_, in_);
   y_.resize_last(x.shape(), out_);
+  if (N == 0) return y_;  // an empty batch: an empty output, as in PyTorch
+  weightnorm_columns_forward(w_.data(), norm_.data(), weight.data(), g.data(), out_, in_);
   linear_forward(y_.data(), x.data(), w_.data(), bias.numel() ? bias.data() : nullptr, N, in_,
                  out_);
   return y_;
@@ -60,10 +66,8 @@ template <typename T>
 const Tensor<T>& NotebookWeightNormLinear<T>::backward(const Tensor<T>& dy) {
   check_same_shape(*this, "output gradient", dy.shape(), y_.shape());
   const int64_t N = x_->numel() / in_;
-  if (this->input_grad_)
-    dx_.resize(x_->shape());
-  else
-    dx_.resize({0});
+  size_dx(dx_, *x_, this->input_grad_);
+  if (N == 0) return dx_;  // an empty batch adds nothing to the parameter gradients
   dw_.resize({out_, in_});
   dw_.fill(T(0));
   linear_backward(this->input_grad_ ? dx_.data() : nullptr, dw_.data(),
@@ -82,13 +86,17 @@ std::vector<StateEntry<T>> NotebookWeightNormLinear<T>::state() {
 }
 
 template <typename T>
-NotebookScalarNorm<T>::NotebookScalarNorm(Over over, Rng& rng) : over_(over) {
+NotebookScalarNorm<T>::NotebookScalarNorm(Over over) : over_(over) {
   beta = Tensor<T>({1});
   gamma = Tensor<T>({1});
-  rng.fill_uniform(beta.data(), 1, 0.0, 1.0);
-  rng.fill_uniform(gamma.data(), 1, 0.0, 1.0);
   dbeta = Tensor<T>({1});
   dgamma = Tensor<T>({1});
+}
+
+template <typename T>
+NotebookScalarNorm<T>::NotebookScalarNorm(Over over, Rng& rng) : NotebookScalarNorm(over) {
+  rng.fill_uniform(beta.data(), 1, 0.0, 1.0);
+  rng.fill_uniform(gamma.data(), 1, 0.0, 1.0);
 }
 
 template <typename T>
@@ -110,13 +118,16 @@ Shape NotebookScalarNorm<T>::output_shape(const Shape& in) const {
 // The normalization is LayerNorm without affine over groups (all values, or
 // each row), then a scalar affine; the layer keeps xhat for the scalar gradients.
 template <typename T>
-const Tensor<T>& NotebookScalarNorm<T>::forward(const Tensor<T>& x) {
+const Tensor<T>& NotebookScalarNorm<T>::forward_impl(const Tensor<T>& x) {
   check_input(x.shape());
   const int64_t groups = over_ == Over::Tensor ? 1 : x.dim(0);
   const int64_t len = groups ? x.numel() / groups : 0;
   x_ = &x;
   xhat_.resize(x.shape());
   y_.resize(x.shape());
+  // An empty input: an empty output. The notebook's x.mean() over no values is
+  // NaN, but it reaches no output, and the gradients are empty sums (0).
+  if (x.numel() == 0) return y_;
   mean_.resize({groups});
   rstd_.resize({groups});
   layernorm_forward(xhat_.data(), mean_.data(), rstd_.data(), x.data(),
@@ -132,6 +143,10 @@ const Tensor<T>& NotebookScalarNorm<T>::backward(const Tensor<T>& dy) {
   check_same_shape(*this, "output gradient", dy.shape(), y_.shape());
   const int64_t groups = over_ == Over::Tensor ? 1 : x_->dim(0);
   const int64_t len = groups ? x_->numel() / groups : 0;
+  if (x_->numel() == 0) {  // an empty input adds nothing to dgamma and dbeta
+    size_dx(dx_, *x_, this->input_grad_);
+    return dx_;
+  }
   double sg = 0, sb = 0;
   dxhat_.resize(dy.shape());
   for (int64_t i = 0; i < dy.numel(); ++i) {

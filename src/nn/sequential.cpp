@@ -1,5 +1,8 @@
 #include "normlab/sequential.hpp"
 
+#include <cmath>
+#include <sstream>
+
 #include "normlab/error.hpp"
 #include "normlab/layers.hpp"
 #include "normlab/profile.hpp"
@@ -35,9 +38,11 @@ Shape Sequential<T>::output_shape(const Shape& in) const {
 }
 
 template <typename T>
-const Tensor<T>& Sequential<T>::forward(const Tensor<T>& x) {
+const Tensor<T>& Sequential<T>::forward_impl(const Tensor<T>& x) {
   if (layers_.empty()) fail("Sequential: cannot run an empty network");
   const Tensor<T>* h = &x;
+  outputs_.assign(layers_.size(), nullptr);  // allocates on the first forward only
+  size_t i = 0;
   for (auto& entry : layers_) {
     // entry.first/second, not a structured binding: C++20 lets a lambda capture a
     // binding, but clang 14 (the fuzz build's compiler) does not implement it yet.
@@ -46,6 +51,7 @@ const Tensor<T>& Sequential<T>::forward(const Tensor<T>& x) {
     const profile::Scope timer("forward", layer.get(),
                                [&] { return "layer " + name + " " + layer->name() + " forward"; });
     h = &layer->forward(*h);
+    outputs_[i++] = h;
   }
   return *h;
 }
@@ -105,6 +111,39 @@ int Sequential<T>::fuse_relus() {
     }
   }
   return fused;
+}
+
+template <typename T>
+std::string Sequential<T>::locate_non_finite_output() const {
+  return locate_non_finite_output("");
+}
+
+template <typename T>
+std::string Sequential<T>::locate_non_finite_output(const std::string& prefix) const {
+  for (size_t i = 0; i < outputs_.size() && i < layers_.size(); ++i) {
+    const std::string path = prefix + layers_[i].first;
+    if (const auto* child = dynamic_cast<const Sequential<T>*>(layers_[i].second.get())) {
+      std::string inner = child->locate_non_finite_output(path + ".");
+      if (!inner.empty()) return inner;
+    }
+    const Tensor<T>* y = outputs_[i];
+    if (!y) break;  // that forward stopped before this layer
+    for (int64_t k = 0; k < y->numel(); ++k) {
+      if (std::isfinite((*y)[k])) continue;
+      std::ostringstream os;
+      os << "the output of layer " << path << " (" << layers_[i].second->name() << ") holds "
+         << (*y)[k] << " at (";
+      int64_t rest = k, stride = y->numel();
+      for (int d = 0; d < y->rank(); ++d) {
+        stride /= y->dim(d);
+        os << (d ? ", " : "") << rest / stride;
+        rest %= stride;
+      }
+      os << ")";
+      return os.str();
+    }
+  }
+  return "";
 }
 
 template class Sequential<float>;

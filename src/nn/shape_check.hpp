@@ -23,6 +23,17 @@ void check_same_shape(const L& layer, const char* what, const Shape& got, const 
     fail(layer.name(), ": ", what, " has shape ", shape_str(got), ", expected ", shape_str(want));
 }
 
+// Sizes a backward's dx like the layer's input x, or empty when the layer's
+// input gradient is off (the Layer contract); returns whether dx is wanted.
+template <typename T>
+bool size_dx(Tensor<T>& dx, const Tensor<T>& x, bool input_grad) {
+  if (input_grad)
+    dx.resize(x.shape());
+  else
+    dx.resize({0});
+  return input_grad;
+}
+
 inline void check_positive(const std::string& layer, const char* what, int64_t v) {
   if (v <= 0) fail(layer, ": ", what, " must be positive, got ", v);
 }

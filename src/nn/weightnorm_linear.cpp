@@ -50,10 +50,11 @@ Shape WeightNormLinear<T>::output_shape(const Shape& in) const {
 }
 
 template <typename T>
-const Tensor<T>& WeightNormLinear<T>::forward(const Tensor<T>& x) {
+const Tensor<T>& WeightNormLinear<T>::forward_impl(const Tensor<T>& x) {
   const int64_t N = rows_with_last_dim(*this, x.shape(), in_);
   x_ = &x;
   y_.resize_last(x.shape(), out_);
+  if (N == 0) return y_;  // an empty batch: an empty output, as in PyTorch
   const T* b = bias.numel() ? bias.data() : nullptr;
   if (dim_ == WeightNormDim::Rows) {
     z_.resize_last(x.shape(), out_);
@@ -73,11 +74,8 @@ template <typename T>
 const Tensor<T>& WeightNormLinear<T>::backward(const Tensor<T>& dy) {
   check_same_shape(*this, "output gradient", dy.shape(), y_.shape());
   const int64_t N = x_->numel() / in_;
-  if (this->input_grad_)
-    dx_.resize(x_->shape());
-  else
-    dx_.resize({0});
-  T* dx = this->input_grad_ ? dx_.data() : nullptr;
+  T* dx = size_dx(dx_, *x_, this->input_grad_) ? dx_.data() : nullptr;
+  if (N == 0) return dx_;  // an empty batch adds nothing to the parameter gradients
   T* db = bias.numel() ? dbias.data() : nullptr;
   if (dim_ == WeightNormDim::Rows) {
     dys_.resize({N, out_});

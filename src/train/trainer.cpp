@@ -150,6 +150,10 @@ StepResult Trainer::train_step(const Tensor<float>& x, const int32_t* labels) {
   if (!std::isfinite(r.loss)) {
     std::ostringstream os;
     os << "the loss is " << r.loss;
+    // Name the layer whose output first went non-finite (the input was checked above).
+    if (const auto* seq = dynamic_cast<const Sequential<float>*>(&model_))
+      if (const std::string where = seq->locate_non_finite_output(); !where.empty())
+        os << "; " << where;
     non_finite(os.str());
   }
 
