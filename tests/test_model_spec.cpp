@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "normlab/error.hpp"
+#include "normlab/layers.hpp"
 #include "normlab/model_spec.hpp"
 
 using namespace normlab;
@@ -85,6 +86,28 @@ TEST(ModelSpec, ReadsOptionsAliasesAndExplicitSizes) {
   EXPECT_EQ(plan[5].kind, LayerKind::NotebookWeightNormLinear);
   EXPECT_EQ(plan[5].in, 5);
   EXPECT_EQ(plan[6].kind, LayerKind::ReLU);
+}
+
+// weight_norm's dim as PyTorch reads it for a Linear weight: 0 and -2 per
+// output row, 1 per input column, none and -1 the whole matrix (PyTorch 2.15's
+// weight_norm gives weight_g shape () for dim=-1).
+TEST(ModelSpec, WeightNormDims) {
+  const auto plan = plan_model(
+      "wnlinear(5), wnlinear(5, dim=0), wnlinear(5, dim=-2), wnlinear(5, dim=1), "
+      "wnlinear(5, dim=None), wnlinear(5, dim=-1)",
+      {2, 5});
+  ASSERT_EQ(plan.size(), 6u);
+  EXPECT_EQ(plan[0].wn_dim, WeightNormDim::Rows);
+  EXPECT_EQ(plan[1].wn_dim, WeightNormDim::Rows);
+  EXPECT_EQ(plan[2].wn_dim, WeightNormDim::Rows);
+  EXPECT_EQ(plan[3].wn_dim, WeightNormDim::Columns);
+  EXPECT_EQ(plan[4].wn_dim, WeightNormDim::Whole);
+  EXPECT_EQ(plan[5].wn_dim, WeightNormDim::Whole);
+  EXPECT_EQ(weight_norm_dim(1), WeightNormDim::Columns);
+  EXPECT_EQ(weight_norm_dim(-1), WeightNormDim::Whole);
+  EXPECT_EQ(weight_norm_dim(std::nullopt), WeightNormDim::Whole);
+  EXPECT_THROW(weight_norm_dim(2), Error);
+  EXPECT_THROW(weight_norm_dim(-3), Error);
 }
 
 TEST(ModelSpec, BatchNormOnThreeDimensionalInputs) {
@@ -263,7 +286,8 @@ TEST(ModelSpecErrors, OptionsAndSizes) {
   EXPECT_ERROR("flatten(x=1)", "unknown option 'x' for flatten", "takes no options");
   EXPECT_ERROR("linear(5, bias=false, bias=true)", "option 'bias' is given twice");
   EXPECT_ERROR("linear(5, bias=maybe)", "bias must be true or false, got 'maybe'");
-  EXPECT_ERROR("wnlinear(5, dim=1)", "dim must be 0", "or none");
+  EXPECT_ERROR("wnlinear(5, dim=2)", "dim must be 0 or -2", "1 (one per input column)",
+               "or none or -1");
   EXPECT_ERROR("bn(momentum=2)", "momentum must be none or a number in [0, 1], got '2'");
   EXPECT_ERROR("bn(eps=0)", "eps must be a number in (0, 1), got '0'");
   EXPECT_ERROR("ln(eps=abc)", "eps must be a number in (0, 1)");
