@@ -3,6 +3,7 @@
 // memory once and y (or dx) written once. Tested against ref:: in
 // tests/test_kernels_fast.cpp; timings in docs/performance.md.
 #include <cmath>
+#include <type_traits>
 
 #include "kernels/norm_common.hpp"
 #include "normlab/kernels.hpp"
@@ -69,6 +70,48 @@ void layernorm_forward(T* y, T* mean, T* rstd, const T* x, const T* gamma, const
   }
 }
 
+// The backward's row sums in one pass: sx = sum (x - m), sg = sum g,
+// sgx = sum g * (x - m), sgg = sum g^2 with g = dy * gamma (gamma may be
+// null); two vector accumulators each. Wide: terms and sums in double;
+// otherwise in T (float's vector width, as PyTorch's float LayerNorm backward).
+template <bool Wide, typename T>
+void row_grad_sums(double& sx, double& sg, double& sgx, double& sgg, const T* x, const T* dy,
+                   const T* gamma, T m, int64_t D) {
+  using A = std::conditional_t<Wide, double, T>;
+  using V = detail::Vec<A>;
+  constexpr int64_t W = Wide ? detail::kWideLanes : static_cast<int64_t>(detail::kVecBytes / sizeof(T));
+  const auto ld = [](const T* p) {
+    if constexpr (Wide)
+      return detail::load_wide(p);
+    else
+      return detail::load(p);
+  };
+  const A mm = m;
+  V a0{}, a1{}, b0{}, b1{}, c0{}, c1{}, e0{}, e1{};
+  const auto step = [&](int64_t i, V& a, V& b, V& c, V& e) {
+    const V d = ld(x + i) - mm;
+    V g = ld(dy + i);
+    if (gamma) g *= ld(gamma + i);
+    a += d;
+    b += g;
+    c += g * d;
+    e += g * g;
+  };
+  int64_t i = 0;
+  for (; i + 2 * W <= D; i += 2 * W) {
+    step(i, a0, b0, c0, e0);
+    step(i + W, a1, b1, c1, e1);
+  }
+  for (; i + W <= D; i += W) step(i, a0, b0, c0, e0);
+  A s1 = detail::hsum<A>(a0 + a1), s2 = detail::hsum<A>(b0 + b1);
+  A s3 = detail::hsum<A>(c0 + c1), s4 = detail::hsum<A>(e0 + e1);
+  for (; i < D; ++i) {
+    const A d = static_cast<A>(x[i]) - mm, g = static_cast<A>(dy[i]) * (gamma ? gamma[i] : T(1));
+    s1 += d, s2 += g, s3 += g * d, s4 += g * g;
+  }
+  sx = s1, sg = s2, sgx = s3, sgg = s4;
+}
+
 // Per row, with g = dy * gamma and xhat = (x - mean) * rstd:
 //   dx = rstd * (g - mean(g) - xhat * mean(g * xhat))     (docs/derivations.md)
 // The row is read from memory once (by the first row sum); the other sums
@@ -102,33 +145,24 @@ void layernorm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, con
       // With g = dy * gamma: dx = g * r + xc * c1 + c0, where c1 = -r^3 * mean(g * xc)
       // and c0 = -r * mean(g); folded: (x - m) * c1 + (c0 - delta * c1). The row sums
       // come first: loads only, so the row streams in from memory at full speed.
+      // One pass in T (as before; PyTorch's float backward also sums in float):
+      // delta's sum, and with g = dy * gamma, sum g, sum g * (x - m) and sum g^2
+      // (the last bounds |g| for the checks below). A row whose sums or
+      // coefficients fail the checks is summed again in double and computed as
+      // ref:: does.
       const double inv_d = 1.0 / static_cast<double>(D);
-      const double delta = detail::sum_row_wide<T>(
-                               D, [=](auto v) { return v - md; }, xr) *
-                           inv_d;
-      const T delta_t = static_cast<T>(delta);
-      double sg = 0, sgx = 0, sgg = 0;
-      if (dx && gamma) {
-        sg = detail::sum_row_wide<T>(
-            D, [](auto dv, auto gm) { return dv * gm; }, dyr, gamma);
-        sgx = detail::sum_row_wide<T>(
-            D, [=](auto v, auto dv, auto gm) { return dv * gm * (v - md); }, xr, dyr, gamma);
-        sgg = detail::sum_row_wide<T>(
-            D, [](auto dv, auto gm) { return (dv * gm) * (dv * gm); }, dyr, gamma);
-      } else if (dx) {
-        sg = detail::sum_row_wide<T>(
-            D, [](auto dv) { return dv; }, dyr);
-        sgx = detail::sum_row_wide<T>(
-            D, [=](auto v, auto dv) { return dv * (v - md); }, xr, dyr);
-        sgg = detail::sum_row_wide<T>(
-            D, [](auto dv) { return dv * dv; }, dyr);
-      }
+      double sx = 0, sg = 0, sgx = 0, sgg = 0;
+      row_grad_sums<false>(sx, sg, sgx, sgg, xr, dyr, dx ? gamma : nullptr, m, dx ? D : 0);
+      if (!dx)
+        sx = detail::sum_row<T>(
+            D, [=](auto v) { return v - m; }, xr);
+      double delta = sx * inv_d;
       const double c1 = -rd * rd * rd * ((sgx - delta * sg) * inv_d),
                    c0 = -rd * sg * inv_d - delta * c1;
       // In T: x - m (at most sqrt(D) / r + |delta|), xhat; dy * gamma (at most
       // sqrt(sgg)), times r, plus (x - m) times c1, plus c0. Where a bound fails
       // (huge gamma or dy, spreads near float's limits) the row is computed in
-      // double, as ref:: does.
+      // double, as ref:: does. (NaN in any sum fails every check.)
       const double gmax = std::sqrt(sgg), dev = 1.01 * std::sqrt(static_cast<double>(D)) / rd +
                                                   std::abs(delta);
       const bool stats_ok = dev < detail::fold_big<T> && detail::fold_coeff_ok<T>(rd);
@@ -137,6 +171,8 @@ void layernorm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, con
                          detail::fold_product_ok<T>(dev, c1) && std::abs(c0) < detail::fold_big<T>;
       T* dxr = dx ? dx + n * D : nullptr;
       if (!stats_ok || (dx && !dx_ok)) {
+        row_grad_sums<true>(sx, sg, sgx, sgg, xr, dyr, gamma, m, D);
+        delta = sx * inv_d;
         const double m_exact = md + delta, mg = sg * inv_d,
                      mgx = (sgx - delta * sg) * inv_d * rd;  // mean(g * xhat)
         for (int64_t d = 0; d < D; ++d) {
@@ -149,6 +185,7 @@ void layernorm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, con
         }
         continue;
       }
+      const T delta_t = static_cast<T>(delta);
       // The row's share of dgamma (dy * xhat) and dbeta (dy), from L1.
 #pragma omp simd
       for (int64_t d = 0; d < D; ++d) {
