@@ -82,12 +82,11 @@ void add_shifted_sums(double* s1, double* s2, const T* x, const double* K, int64
 }
 
 // The rows [r0, r1), in double: s[c] += sum dy, q[c] += sum dy * (x - mean[c]),
-// p[c] += sum (x - mean[c]), d[c] += sum dy^2; four rows per step. p measures
-// how far the saved (float-rounded) mean is from the data's (see
-// backward_rows); d bounds |dy| for the fold's checks.
+// p[c] += sum (x - mean[c]); four rows per step. p measures how far the saved
+// (float-rounded) mean is from the data's (see fold_backward).
 template <typename T>
-void add_grad_sums(double* s, double* q, double* p, double* d, const T* dy, const T* x,
-                   const T* mean, int64_t r0, int64_t r1, int64_t C) {
+void add_grad_sums(double* s, double* q, double* p, const T* dy, const T* x, const T* mean,
+                   int64_t r0, int64_t r1, int64_t C) {
   int64_t r = r0;
   for (; r + 4 <= r1; r += 4) {
     const T *x0 = x + r * C, *g0 = dy + r * C;
@@ -100,7 +99,6 @@ void add_grad_sums(double* s, double* q, double* p, double* d, const T* dy, cons
       s[c] += (e0 + e1) + (e2 + e3);
       q[c] += (e0 * d0 + e1 * d1) + (e2 * d2 + e3 * d3);
       p[c] += (d0 + d1) + (d2 + d3);
-      d[c] += (e0 * e0 + e1 * e1) + (e2 * e2 + e3 * e3);
     }
   }
   for (; r < r1; ++r) {
@@ -111,7 +109,6 @@ void add_grad_sums(double* s, double* q, double* p, double* d, const T* dy, cons
       s[c] += e;
       q[c] += e * dd;
       p[c] += dd;
-      d[c] += e * e;
     }
   }
 }
@@ -199,15 +196,17 @@ void forward_train_rows(T* y, T* mean, T* rstd, T* var, const T* x, const T* gam
 // mean + delta with delta = mean(x - mean), so every (x - mean) becomes
 // (x - mean) - delta: sdyx loses delta * sdy and the dx map's constant absorbs
 // -delta * Bc. Eval statistics are constants: no delta. Adds dgamma, dbeta;
-// returns whether dx's fold is safe in T (else ChannelGrad holds what the
-// exact computation needs).
+// returns whether dx's coefficients are usable in T (0 or normal, below
+// fold_big; else ChannelGrad holds what the exact computation needs). An
+// overflow in the map itself shows as a non-finite dx: the row (segment) is
+// then computed exactly (map_row_finite).
 struct ChannelGrad {
   double m, r, gm, sdy, sdyx, M;  // exact mean, rstd, gamma, sum dy, sum dy * xhat, count
 };
 template <typename T>
 bool fold_backward(bool train, T& A, T& Bc, T& Cc, ChannelGrad& g, T* dgamma, T* dbeta, double sdy,
-                   double sdyx, double sx, double sdd, const T* mean, const T* rstd, const T* gamma,
-                   int64_t c, double M) {
+                   double sdyx, double sx, const T* mean, const T* rstd, const T* gamma, int64_t c,
+                   double M) {
   const double r = rstd[c], gm = gamma ? gamma[c] : 1.0, delta = train ? sx / M : 0.0;
   sdyx = (sdyx - delta * sdy) * r;  // sum(dy * xhat)
   if (dgamma) dgamma[c] += static_cast<T>(sdyx);
@@ -218,12 +217,8 @@ bool fold_backward(bool train, T& A, T& Bc, T& Cc, ChannelGrad& g, T* dgamma, T*
   Bc = static_cast<T>(bc);
   Cc = static_cast<T>(cc);
   g = {mean[c] + delta, r, gm, sdy, sdyx, M};
-  // |x - mean| <= sqrt(M * var) + |delta| <= sqrt(M) / rstd + |delta| (1/rstd^2 = var + eps,
-  // with slack for rstd's rounding); |dy| <= sqrt(sum dy^2).
-  const double dev = 1.01 * std::sqrt(M) / r + std::abs(delta);
-  return fold_coeff_ok<T>(ad) && fold_product_ok<T>(std::sqrt(sdd), ad) &&
-         (!train || (fold_coeff_ok<T>(bc) && dev < fold_big<T> && fold_product_ok<T>(dev, bc) &&
-                     std::abs(cc) < fold_big<T>));
+  return fold_coeff_ok<T>(ad) &&
+         (!train || (fold_coeff_ok<T>(bc) && std::abs(cc) < fold_big<T>));
 }
 
 // dx of one value as ref:: computes it, for a channel whose fold is not safe.
@@ -242,16 +237,16 @@ void backward_rows(bool train, T* dx, T* dgamma, T* dbeta, const T* dy, const T*
   const int threads = detail::kernel_threads(N * C);
   const bool stream = detail::stream_output<T>(N * C);
   const int64_t Cp = detail::padded(C);
-  // Per thread: sums of dy, dy * (x - mean), x - mean, dy^2 (double). Shared:
-  // A, Bc, Cc (T); per channel whether dx is exact (double) and its ChannelGrad.
+  // Per thread: sums of dy, dy * (x - mean), x - mean (double). Shared: A, Bc,
+  // Cc (T); per channel whether dx is exact (double) and its ChannelGrad.
   T* work = detail::scratch<T>(3 * Cp);
-  double* totals = detail::scratch<double, 1>(4 * Cp * threads + Cp);
+  double* totals = detail::scratch<double, 1>(3 * Cp * threads + Cp);
   ChannelGrad* grads = reinterpret_cast<ChannelGrad*>(
       detail::scratch<double, 2>(static_cast<int64_t>(sizeof(ChannelGrad) / sizeof(double)) * C));
   T* A = work;
   T* Bc = A + Cp;
   T* Cc = Bc + Cp;
-  double* exact = totals + 4 * Cp * threads;
+  double* exact = totals + 3 * Cp * threads;
   // Eval writes dx during the sums: A and its check come first.
   for (int64_t c = 0; c < C; ++c) {
     const double ad = (gamma ? gamma[c] : 1.0) * static_cast<double>(rstd[c]);
@@ -262,45 +257,54 @@ void backward_rows(bool train, T* dx, T* dgamma, T* dbeta, const T* dy, const T*
   {
     const int nt = omp_get_num_threads(), t = omp_get_thread_num();
     const int64_t r0 = N * t / nt, r1 = N * (t + 1) / nt;
-    double* ts = totals + 4 * Cp * t;
+    double* ts = totals + 3 * Cp * t;
     double* tq = ts + Cp;
     double* tp = tq + Cp;
-    double* td = tp + Cp;
-    std::fill(ts, ts + 4 * Cp, 0.0);
+    std::fill(ts, ts + 3 * Cp, 0.0);
+    // Rows of eval's dx with a non-finite value (an overflow in dy * A): redone below.
+    bool redo_eval = false;
     for (int64_t b0 = r0; b0 < r1; b0 += detail::kBlockRows) {
       const int64_t b1 = std::min(b0 + detail::kBlockRows, r1);
-      add_grad_sums(ts, tq, tp, td, dy, x, mean, b0, b1, C);
+      add_grad_sums(ts, tq, tp, dy, x, mean, b0, b1, C);
       if (dx && !train)  // eval: dx = A * dy while the block is in cache
         for (int64_t r = b0; r < b1; ++r)
-          detail::map_row(
+          redo_eval |= !detail::map_row_finite(
               dx + r * C, C, stream, [](auto dv, auto ac) { return dv * ac; }, dy + r * C, A);
     }
 #pragma omp barrier
 #pragma omp for schedule(static)
     for (int64_t c = 0; c < C; ++c) {
-      double sdy = 0, sdyx = 0, sx = 0, sdd = 0;
+      double sdy = 0, sdyx = 0, sx = 0;
       for (int u = 0; u < nt; ++u) {
-        sdy += totals[4 * Cp * u + c];
-        sdyx += totals[4 * Cp * u + Cp + c];
-        sx += totals[4 * Cp * u + 2 * Cp + c];
-        sdd += totals[4 * Cp * u + 3 * Cp + c];
+        sdy += totals[3 * Cp * u + c];
+        sdyx += totals[3 * Cp * u + Cp + c];
+        sx += totals[3 * Cp * u + 2 * Cp + c];
       }
       T a;
       const bool ok = fold_backward(train, a, Bc[c], Cc[c], grads[c], dgamma, dbeta, sdy, sdyx, sx,
-                                    sdd, mean, rstd, gamma, c, static_cast<double>(N));
+                                    mean, rstd, gamma, c, static_cast<double>(N));
       if (train) {
         A[c] = a;
         exact[c] = ok ? 0.0 : 1.0;
       }
     }
+    const auto exact_row = [&](int64_t r) {
+      for (int64_t c = 0; c < C; ++c)
+        dx[r * C + c] = exact_dx(train, x[r * C + c], dy[r * C + c], grads[c]);
+    };
     if (dx && train)
       for (int64_t r = r0; r < r1; ++r)
-        detail::map_row(
-            dx + r * C, C, stream,
-            [](auto v, auto dv, auto m, auto ac, auto bc, auto cc) {
-              return dv * ac + (v - m) * bc + cc;
-            },
-            x + r * C, dy + r * C, mean, A, Bc, Cc);
+        if (!detail::map_row_finite(
+                dx + r * C, C, stream,
+                [](auto v, auto dv, auto m, auto ac, auto bc, auto cc) {
+                  return dv * ac + (v - m) * bc + cc;
+                },
+                x + r * C, dy + r * C, mean, A, Bc, Cc))
+          exact_row(r);
+    if (dx && redo_eval)
+      for (int64_t r = r0; r < r1; ++r)
+        for (int64_t c = 0; c < C; ++c)
+          if (!std::isfinite(dx[r * C + c])) exact_row(r);
     if (stream) detail::stream_fence();
     if (dx)
       for (int64_t c = 0; c < C; ++c)
@@ -351,7 +355,7 @@ void backward_segments(bool train, T* dx, T* dgamma, T* dbeta, const T* dy, cons
 #pragma omp parallel for schedule(static) num_threads(detail::kernel_threads(N* C* L))
   for (int64_t c = 0; c < C; ++c) {
     const double m = mean[c];
-    double sdy = 0, sdyx = 0, sx = 0, sdd = 0;
+    double sdy = 0, sdyx = 0, sx = 0;
     for (int64_t i = 0; i < N; ++i) {
       const T* xs = x + (i * C + c) * L;
       const T* dys = dy + (i * C + c) * L;
@@ -361,28 +365,33 @@ void backward_segments(bool train, T* dx, T* dgamma, T* dbeta, const T* dy, cons
           L, [=](auto v, auto dv) { return dv * (v - m); }, xs, dys);
       sx += detail::sum_row_wide<T>(
           L, [=](auto v) { return v - m; }, xs);
-      sdd += detail::sum_row_wide<T>(
-          L, [](auto dv) { return dv * dv; }, dys);
     }
     T A, Bc, Cc;
     ChannelGrad g;
     const bool ok =
-        fold_backward(train, A, Bc, Cc, g, dgamma, dbeta, sdy, sdyx, sx, sdd, mean, rstd, gamma, c, M);
+        fold_backward(train, A, Bc, Cc, g, dgamma, dbeta, sdy, sdyx, sx, mean, rstd, gamma, c, M);
     if (!dx) continue;
     const T mc = mean[c];
     for (int64_t i = 0; i < N; ++i) {
       const T* xs = x + (i * C + c) * L;
       const T* dys = dy + (i * C + c) * L;
       T* dxs = dx + (i * C + c) * L;
-      if (!ok) {
-        for (int64_t l = 0; l < L; ++l) dxs[l] = exact_dx(train, xs[l], dys[l], g);
-      } else if (train) {
-#pragma omp simd
-        for (int64_t l = 0; l < L; ++l) dxs[l] = dys[l] * A + (xs[l] - mc) * Bc + Cc;
-      } else {
-#pragma omp simd
-        for (int64_t l = 0; l < L; ++l) dxs[l] = dys[l] * A;
+      T chk = 0;  // an overflow in the fold shows as inf or NaN: redo the segment
+      if (ok && train) {
+#pragma omp simd reduction(+ : chk)
+        for (int64_t l = 0; l < L; ++l) {
+          dxs[l] = dys[l] * A + (xs[l] - mc) * Bc + Cc;
+          chk += dxs[l] - dxs[l];
+        }
+      } else if (ok) {
+#pragma omp simd reduction(+ : chk)
+        for (int64_t l = 0; l < L; ++l) {
+          dxs[l] = dys[l] * A;
+          chk += dxs[l] - dxs[l];
+        }
       }
+      if (!ok || chk != chk)
+        for (int64_t l = 0; l < L; ++l) dxs[l] = exact_dx(train, xs[l], dys[l], g);
     }
   }
 }
@@ -400,17 +409,16 @@ void batchnorm_forward_train(T* y, T* mean, T* rstd, T* var, const T* x, const T
 }
 
 // y = (x - mean_c) * a_c + beta_c with a_c = gamma_c / sqrt(var_c + eps): one pass.
-// Eval has no statistics of x to bound the fold with, so the bounds are on the
-// inputs: the fold is safe in T for a channel with a usable a_c and |a_c|,
-// |mean_c| <= lim, on a row (segment) whose every |x| <= lim, lim =
-// sqrt(fold_big) / 4 (1e18 for float): products stay below fold_big / 8. Other
-// channels and rows are computed as ref:: does. The row's check reads it from L1.
+// Eval has no statistics of x to bound the fold with: a channel whose a_c is
+// not a usable T (0 or normal, below fold_big) is computed as ref:: does, and
+// so is a row (segment) with a non-finite output: if (x - mean) * a + b
+// overflowed anywhere, its result is inf or NaN (map_row_finite), and ref::
+// may still be finite (a = 1e-3 on x = 3e38, mean = -3e38).
 template <typename T>
 void batchnorm_forward_eval(T* y, const T* x, const T* mean, const T* var, const T* gamma,
                             const T* beta, int64_t N, int64_t C, int64_t L, T eps) {
   const bool stream = detail::stream_output<T>(N * C * L);
   const int64_t Cp = detail::padded(C);
-  const double lim = std::sqrt(fold_big<T>) / 4;
   T* a = detail::scratch<T>(2 * Cp);
   T* b = a + Cp;
   double* rd = detail::scratch<double, 1>(Cp);
@@ -421,9 +429,7 @@ void batchnorm_forward_eval(T* y, const T* x, const T* mean, const T* var, const
     const double ad = (gamma ? gamma[c] : 1.0) * rd[c];
     a[c] = static_cast<T>(ad);
     b[c] = beta ? beta[c] : T(0);
-    if (!(fold_coeff_ok<T>(ad) && std::abs(ad) <= lim && std::abs(mean[c]) <= lim &&
-          std::abs(b[c]) < fold_big<T>))
-      exact[n_exact++] = c;
+    if (!fold_coeff_ok<T>(ad)) exact[n_exact++] = c;
   }
   const auto exact_one = [&](int64_t i, int64_t c, int64_t l) {
     const int64_t k = (i * C + c) * L + l;
@@ -434,24 +440,27 @@ void batchnorm_forward_eval(T* y, const T* x, const T* mean, const T* var, const
 #pragma omp for schedule(static) nowait
     for (int64_t i = 0; i < N; ++i) {
       if (L == 1) {
-        if (detail::max_abs_row(C, x + i * C) > lim) {
-          for (int64_t c = 0; c < C; ++c) exact_one(i, c, 0);
-          continue;
-        }
-        detail::map_row(
+        const bool finite = detail::map_row_finite(
             y + i * C, C, stream,
             [](auto v, auto m, auto ac, auto bc) { return (v - m) * ac + bc; }, x + i * C, mean, a,
             b);
-        for (int64_t e = 0; e < n_exact; ++e) exact_one(i, exact[e], 0);
+        if (!finite)
+          for (int64_t c = 0; c < C; ++c) exact_one(i, c, 0);
+        else
+          for (int64_t e = 0; e < n_exact; ++e) exact_one(i, exact[e], 0);
         continue;
       }
       for (int64_t c = 0; c < C; ++c) {
         const T m = mean[c], ac = a[c], bc = b[c];
         const T* xs = x + (i * C + c) * L;
         T* ys = y + (i * C + c) * L;
-#pragma omp simd
-        for (int64_t l = 0; l < L; ++l) ys[l] = (xs[l] - m) * ac + bc;
-        if (detail::max_abs_row(L, xs) > lim)
+        T chk = 0;
+#pragma omp simd reduction(+ : chk)
+        for (int64_t l = 0; l < L; ++l) {
+          ys[l] = (xs[l] - m) * ac + bc;
+          chk += ys[l] - ys[l];
+        }
+        if (chk != chk)
           for (int64_t l = 0; l < L; ++l) exact_one(i, c, l);
       }
       for (int64_t e = 0; e < n_exact; ++e)
