@@ -34,8 +34,8 @@ bool stream_output(int64_t n) {
   return n * static_cast<int64_t>(sizeof(T)) >= kStreamMinBytes;
 }
 
-// Rows per block in the per-channel (BatchNorm) passes: the first block gives
-// each thread its shift, and eval's backward writes dx while a block is cached.
+// Rows per block in BatchNorm's backward: eval writes dx while a block of dy
+// is cached.
 inline constexpr int64_t kBlockRows = 64;
 
 // Asks for the first 8 KB of a row the thread will work on next. Row kernels

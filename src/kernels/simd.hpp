@@ -92,34 +92,38 @@ void map_row(T* out, int64_t n, bool stream, F f, const In*... in) {
   for (; i < n; ++i) out[i] = f(in[i]...);
 }
 
-// map_row that also reports whether every output is finite: each output
-// vector r adds r - r (0, or NaN for an inf or NaN lane) into a check vector,
-// one subtract and one add per vector. Kernels use it where a fold may
-// overflow on inputs they have no bound for, and redo a row that is not.
+// map_row that also reports whether every output is finite: for each output
+// vector r, z = r - r is 0, or NaN for an inf or NaN lane, and z != z is ORed
+// into a mask (a one-cycle dependency chain, so the loop keeps map_row's
+// speed). Kernels use it where a fold may overflow on inputs they have no
+// bound for, and redo a row whose outputs are not all finite.
 template <typename T, typename F, typename... In>
 bool map_row_finite(T* out, int64_t n, bool stream, F f, const In*... in) {
   constexpr int64_t W = kVecBytes / sizeof(T);
-  Vec<T> chk{};
-  T tail = 0;
-  int64_t i = 0;
-  for (; i < n && stream && reinterpret_cast<uintptr_t>(out + i) % kVecBytes != 0; ++i) {
+  using Mask = decltype(Vec<T>{} != Vec<T>{});
+  Mask bad{};
+  bool tail_bad = false;
+  const auto scalar = [&](int64_t i) {
     out[i] = f(in[i]...);
-    tail += out[i] - out[i];
-  }
+    const T z = out[i] - out[i];
+    tail_bad |= z != z;
+  };
+  int64_t i = 0;
+  if (stream)
+    for (; i < n && reinterpret_cast<uintptr_t>(out + i) % kVecBytes != 0; ++i) scalar(i);
   for (; i + W <= n; i += W) {
     const Vec<T> r = f(load(in + i)...);
-    chk += r - r;
+    const Vec<T> z = r - r;
+    bad |= z != z;
     if (stream)
       stream_store(out + i, r);
     else
       std::memcpy(out + i, &r, sizeof r);
   }
-  for (; i < n; ++i) {
-    out[i] = f(in[i]...);
-    tail += out[i] - out[i];
-  }
-  const T sum = hsum<T>(chk) + tail;
-  return sum == sum;  // false for NaN
+  for (; i < n; ++i) scalar(i);
+  for (int64_t k = 0; k < W; ++k)
+    if (bad[k]) return false;
+  return !tail_bad;
 }
 
 // Sum over i in [0, n) of f(in[i]...), in four vector accumulators: the adds
