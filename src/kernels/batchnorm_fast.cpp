@@ -6,11 +6,14 @@
 //     per-channel multiply-add. x is read twice, y written once.
 //   (N,C,L), L > 1: each channel's N segments of L contiguous values belong to
 //     one thread (OpenMP over channels); segment moments are Chan-merged.
-// Large means stay exact by summing x - shift with a shift near each channel's
-// mean (a value of the data or a block mean, see shifted_moments). Every
-// statistic and gradient sum is accumulated in double (as PyTorch's CPU
-// BatchNorm does), and every folded coefficient is checked against bounds
-// from those sums (norm_common.hpp: "Folding coefficients"). Derivations:
+// Large means stay exact by summing x - shift with a value of the data as the
+// shift (the thread's first row, the channel's first value; see
+// shifted_moments). Every statistic and gradient sum is accumulated in double
+// (as PyTorch's CPU BatchNorm does). Every folded coefficient must be a usable
+// float, and a fold is used only where bounds from those sums keep it from
+// overflowing or, where no bound is at hand (eval, the backward's dx), where
+// its outputs come out finite (norm_common.hpp: "Folding coefficients").
+// Channels, rows or segments that fail are computed as ref:: does. Derivations:
 // docs/derivations.md; why: docs/performance.md; numerics: docs/numerics.md.
 #include <cmath>
 
