@@ -16,6 +16,7 @@
 // Channels, rows or segments that fail are computed as ref:: does. Derivations:
 // docs/derivations.md; why: docs/performance.md; numerics: docs/numerics.md.
 #include <cmath>
+#include <vector>
 
 #include "kernels/norm_common.hpp"
 #include "normlab/kernels.hpp"
@@ -237,8 +238,9 @@ void backward_rows(bool train, T* dx, T* dgamma, T* dbeta, const T* dy, const T*
   // Cc (T); per channel whether dx is exact (double) and its ChannelGrad.
   T* work = detail::scratch<T>(3 * Cp);
   double* totals = detail::scratch<double, 1>(3 * Cp * threads + Cp);
-  ChannelGrad* grads = reinterpret_cast<ChannelGrad*>(
-      detail::scratch<double, 2>(static_cast<int64_t>(sizeof(ChannelGrad) / sizeof(double)) * C));
+  thread_local std::vector<ChannelGrad> grad_buf;  // grows once, then reused
+  if (static_cast<int64_t>(grad_buf.size()) < C) grad_buf.resize(static_cast<size_t>(C));
+  ChannelGrad* grads = grad_buf.data();
   T* A = work;
   T* Bc = A + Cp;
   T* Cc = Bc + Cp;
