@@ -285,6 +285,19 @@ def build_sequence(items, shape):
     return nn.Sequential(children), shape
 
 
+def weight_norm_dim(text):
+    """wnlinear's dim= as normlab reads it (src/nn/model_spec.cpp), passed to weight_norm as
+    given: 0 and -2 per output row, 1 per input column, none and -1 the whole matrix
+    (weight_norm itself reads -1 as the whole tensor, as it does None)."""
+    v = text.lower()
+    if v == "none":
+        return None
+    if v in ("0", "1", "-1", "-2"):
+        return int(v)
+    raise SpecError(f"dim must be 0 or -2 (one norm per output row), 1 (one per input column), "
+                    f"or none or -1 (one norm for the whole matrix), got '{text}'")
+
+
 def build_layer(item, shape):
     kind, lo, hi, keys = LAYERS[item["layer"]]
     sizes, opt = item["sizes"], item["options"]
@@ -305,8 +318,7 @@ def build_layer(item, shape):
         if kind == "linear":
             layer = nn.Linear(last, out, bias=bias)
         elif kind == "wnlinear":
-            dim = opt.get("dim", "0").lower()
-            layer = nn.utils.weight_norm(nn.Linear(last, out, bias=bias), dim=None if dim == "none" else 0)
+            layer = nn.utils.weight_norm(nn.Linear(last, out, bias=bias), dim=weight_norm_dim(opt.get("dim", "0")))
         else:
             layer = WeightNormalizedLinear(last, out, bias=bias)
         return layer, shape[:-1] + [out]

@@ -161,17 +161,20 @@ TEST(GradCheckKernels, BatchNormDefaultAndRef) {
     }
 }
 
-// ---- WeightNorm: per row, whole, and the notebook's per column ----
+// ---- WeightNorm: per row, whole, the notebook's per column, PyTorch's dim=1 ----
 TEST(GradCheckKernels, WeightNorm) {
   const int64_t O = 4, I = 6;
-  for (int mode = 0; mode < 3; ++mode) {
-    const bool columns = mode == 2, per_row = mode == 0;
+  for (int mode = 0; mode < 4; ++mode) {
+    const bool columns = mode == 2, per_row = mode == 0, dim1 = mode == 3;
     Tensor<double> v = randn({O, I}, 10), G = randn({O, I}, 11);
-    Tensor<double> g = columns ? randn({O, I}, 12) : randn({per_row ? O : 1}, 12, 1.0, 0.5);
-    Tensor<double> w({O, I}), norm({columns ? I : (per_row ? O : 1)});
+    Tensor<double> g = columns ? randn({O, I}, 12)
+                               : randn({per_row ? O : (dim1 ? I : 1)}, 12, 1.0, 0.5);
+    Tensor<double> w({O, I}), norm({columns || dim1 ? I : (per_row ? O : 1)});
     auto loss = [&] {
       if (columns)
         weightnorm_columns_forward(w.data(), norm.data(), v.data(), g.data(), O, I);
+      else if (dim1)
+        weightnorm_dim1_forward(w.data(), norm.data(), v.data(), g.data(), O, I);
       else
         weightnorm_forward(w.data(), norm.data(), v.data(), g.data(), O, I, per_row);
       return dot(G, w);
@@ -181,11 +184,14 @@ TEST(GradCheckKernels, WeightNorm) {
     if (columns)
       weightnorm_columns_backward(dv.data(), dg.data(), G.data(), v.data(), g.data(), norm.data(),
                                   O, I);
+    else if (dim1)
+      weightnorm_dim1_backward(dv.data(), dg.data(), G.data(), v.data(), g.data(), norm.data(), O,
+                               I);
     else
       weightnorm_backward(dv.data(), dg.data(), G.data(), v.data(), g.data(), norm.data(), O, I,
                           per_row);
     expect_grads_ok({{"v", &v, dv}, {"g", &g, dg}}, loss,
-                    columns ? "columns" : (per_row ? "per row" : "whole"));
+                    columns ? "columns" : (dim1 ? "dim 1" : (per_row ? "per row" : "whole")));
   }
 }
 

@@ -171,7 +171,9 @@ INSTANTIATE_TEST_SUITE_P(Configs, GradCheckWeightNorm,
                          ::testing::Values(WnCase{"dim0_bias", true, WeightNormDim::Rows},
                                            WnCase{"dim0_no_bias", false, WeightNormDim::Rows},
                                            WnCase{"dim_none_bias", true, WeightNormDim::Whole},
-                                           WnCase{"dim_none_no_bias", false, WeightNormDim::Whole}),
+                                           WnCase{"dim_none_no_bias", false, WeightNormDim::Whole},
+                                           WnCase{"dim1_bias", true, WeightNormDim::Columns},
+                                           WnCase{"dim1_no_bias", false, WeightNormDim::Columns}),
                          [](const auto& info) { return std::string(info.param.label); });
 
 // ---- ReLU, Flatten ----

@@ -4,8 +4,8 @@
 //
 // Tolerances (float): the reference accumulates its statistics in double and
 // rounds once, but sums LayerNorm's dgamma/dbeta row by row in float; the fast
-// kernels accumulate in float in vector lanes and blocks (BatchNorm's per-thread
-// totals in double). Each result thus carries the rounding of float sums of at
+// kernels accumulate statistics in double and LayerNorm's backward row sums in
+// float in vector lanes. Each result thus carries the rounding of float sums of at
 // most ~1000 terms in sequence: worst case ~1000 * 6e-8 = 6e-5 relative to the
 // sum of |terms|, typically ~1e-7. Measured over all cases below: median 1.1e-7,
 // max 2.0e-5 (LayerNorm dgamma over N = 1030 rows, where both sides sum in

@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "normlab/error.hpp"
+#include "normlab/layers.hpp"
 #include "normlab/model_spec.hpp"
 
 using namespace normlab;
@@ -100,6 +101,28 @@ TEST(ModelSpec, TakesTheEpsAndMomentumPyTorchTakes) {
   EXPECT_DOUBLE_EQ(plan[2].bn.eps, 1e3);
   Rng rng(1);
   EXPECT_NO_THROW(build_model<float>(plan, rng));
+}
+
+// weight_norm's dim as PyTorch reads it for a Linear weight: 0 and -2 per
+// output row, 1 per input column, none and -1 the whole matrix (PyTorch 2.15's
+// weight_norm gives weight_g shape () for dim=-1).
+TEST(ModelSpec, WeightNormDims) {
+  const auto plan = plan_model(
+      "wnlinear(5), wnlinear(5, dim=0), wnlinear(5, dim=-2), wnlinear(5, dim=1), "
+      "wnlinear(5, dim=None), wnlinear(5, dim=-1)",
+      {2, 5});
+  ASSERT_EQ(plan.size(), 6u);
+  EXPECT_EQ(plan[0].wn_dim, WeightNormDim::Rows);
+  EXPECT_EQ(plan[1].wn_dim, WeightNormDim::Rows);
+  EXPECT_EQ(plan[2].wn_dim, WeightNormDim::Rows);
+  EXPECT_EQ(plan[3].wn_dim, WeightNormDim::Columns);
+  EXPECT_EQ(plan[4].wn_dim, WeightNormDim::Whole);
+  EXPECT_EQ(plan[5].wn_dim, WeightNormDim::Whole);
+  EXPECT_EQ(weight_norm_dim(1), WeightNormDim::Columns);
+  EXPECT_EQ(weight_norm_dim(-1), WeightNormDim::Whole);
+  EXPECT_EQ(weight_norm_dim(std::nullopt), WeightNormDim::Whole);
+  EXPECT_THROW(weight_norm_dim(2), Error);
+  EXPECT_THROW(weight_norm_dim(-3), Error);
 }
 
 TEST(ModelSpec, BatchNormOnThreeDimensionalInputs) {
@@ -278,7 +301,8 @@ TEST(ModelSpecErrors, OptionsAndSizes) {
   EXPECT_ERROR("flatten(x=1)", "unknown option 'x' for flatten", "takes no options");
   EXPECT_ERROR("linear(5, bias=false, bias=true)", "option 'bias' is given twice");
   EXPECT_ERROR("linear(5, bias=maybe)", "bias must be true or false, got 'maybe'");
-  EXPECT_ERROR("wnlinear(5, dim=1)", "dim must be 0", "or none");
+  EXPECT_ERROR("wnlinear(5, dim=2)", "dim must be 0 or -2", "1 (one per input column)",
+               "or none or -1");
   EXPECT_ERROR("bn(momentum=abc)", "momentum must be none or a finite number, got 'abc'");
   EXPECT_ERROR("bn(momentum=1e999)", "momentum must be none or a finite number, got '1e999'");
   EXPECT_ERROR("bn(eps=-1e-5)", "eps must be a finite number >= 0, got '-1e-5'");

@@ -4,6 +4,7 @@
 // BatchNorm on (N, C, L) with L = 1, and inputs near float's overflow (1e38).
 // Both kernel sets are checked: the default (fast) kernels and ref::.
 #include <gtest/gtest.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
@@ -282,7 +283,22 @@ TEST(NumericsEdges, NearOverflowReferenceKernels) {
   for (const Case& c : near_overflow()) check_both(c, 16, 32, 8, 4, {&kRef});
 }
 
-// The default kernels keep float moments: up to a spread of ~1e19 / sqrt(count)
+// The default kernels accumulate their moments in double too (docs/numerics.md,
+// "How the default (fast) kernels compute"): right up to float's largest
+// values, with no fallback, on (N, C, L) and (N, C) layouts, 1 and 2 threads.
+TEST(NumericsEdges, NearOverflowDefaultKernels) {
+  for (int threads : {1, 2}) {
+    const int saved = omp_get_max_threads();
+    omp_set_num_threads(threads);
+    for (const Case& c : near_overflow()) {
+      check_both(c, 16, 32, 8, 4, {&kDefault});
+      check_both(c, 16, 32, 32, 1, {&kDefault});
+    }
+    omp_set_num_threads(saved);
+  }
+}
+
+// The contract the layers' fallback relied on, kept: up to a spread of ~1e19 / sqrt(count)
 // they are right; beyond, they must say so through their statistics (rstd 0 or
 // a non-finite mean), which is what the layers check to fall back on ref::
 // (src/nn/overflow_fallback.hpp). Either right or flagged, never silently wrong.

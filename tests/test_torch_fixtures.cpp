@@ -1,5 +1,7 @@
-// The layers against PyTorch 1.13: tests/fixtures/layers/*.json, written by
-// tests/fixtures/generate_layers.py (see its docstring for the format). For each
+// The layers against PyTorch: tests/fixtures/layers/*.json, written by
+// tests/fixtures/generate_layers.py (see its docstring for the format; each
+// file records the torch_version that wrote it: 1.13, and 2.15 for the
+// weight_norm dim=1 / dim=-1 / dim=-2 cases). For each
 // case the layer is built from the same spec, its state() names are compared with
 // the state_dict keys (names AND order), the initial state is loaded through those
 // names, and every step (train or eval) must reproduce PyTorch's output, input
@@ -87,8 +89,9 @@ LayerPtr<T> build(const json& spec, Rng& rng) {
     return std::make_unique<LayerNorm<T>>(c["normalized_shape"].get<Shape>(), o);
   }
   if (kind == "WeightNormLinear") {
-    const WeightNormDim dim = c["dim"].is_null() ? WeightNormDim::Whole : WeightNormDim::Rows;
-    if (!c["dim"].is_null() && c["dim"] != 0) throw std::runtime_error("unsupported dim");
+    // PyTorch's dim, read as weight_norm reads it (-1 is the whole matrix, see layers.hpp).
+    const WeightNormDim dim = weight_norm_dim(
+        c["dim"].is_null() ? std::nullopt : std::optional<int64_t>(c["dim"].get<int64_t>()));
     return std::make_unique<WeightNormLinear<T>>(c["in"], c["out"], c["bias"], dim, rng);
   }
   if (kind == "NotebookWeightNormLinear")

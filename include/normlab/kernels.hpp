@@ -80,6 +80,17 @@ template <typename T>
 void weightnorm_backward(T* dv, T* dg, const T* dw, const T* v, const T* g, const T* norm,
                          int64_t O, int64_t I, bool per_row);
 
+// PyTorch's dim=1 for a Linear weight: one norm and one g per input column,
+// w[o,i] = g[i] * v[o,i] / ||v[:,i]||; norm (I), g (I) (stored (1, I)).
+template <typename T>
+void weightnorm_dim1_forward(T* w, T* norm, const T* v, const T* g, int64_t O, int64_t I);
+template <typename T>
+void weightnorm_dim1_backward(T* dv, T* dg, const T* dw, const T* v, const T* g, const T* norm,
+                              int64_t O, int64_t I);
+
+// Every norm above is computed without overflow or underflow (float: squares
+// summed in double; double: scaled as BLAS nrm2), src/kernels/vector_norm.hpp.
+
 // The seed-001 notebook's WeightNormalizedLinear: a full matrix g (O,I) and the
 // norm over dim 0, i.e. per input column: w[o,i] = g[o,i] * v[o,i] / ||v[:,i]||, norm (I).
 template <typename T>

@@ -102,15 +102,30 @@ class LayerNorm : public Layer<T> {
   Tensor<T> y_, dx_, mean_, rstd_;
 };
 
-enum class WeightNormDim { Rows, Whole };  // PyTorch dim=0 / dim=None
+// Which norms torch.nn.utils.weight_norm(nn.Linear(in, out), dim) takes of the
+// (out, in) weight: Rows = dim 0 (one per output row, weight_g (out, 1)),
+// Columns = dim 1 (one per input column, weight_g (1, in)), Whole = dim None
+// (one for the whole matrix, weight_g ()).
+enum class WeightNormDim { Rows, Whole, Columns };
+
+// PyTorch's dim argument for a 2-D weight, as weight_norm reads it: 0 and -2
+// are Rows, 1 is Columns, None is Whole, and -1 is Whole too (weight_norm
+// maps None to -1 and takes -1 as "the whole tensor", not as the last dim;
+// PyTorch 2.15 still does). Other values throw normlab::Error.
+WeightNormDim weight_norm_dim(std::optional<int64_t> torch_dim);
 
 // torch.nn.utils.weight_norm(nn.Linear(in, out), dim): w = g * v / ||v||.
 // v starts as Linear's weight and g as its norm, so the initial w equals Linear's.
-// State: bias (out), weight_g ((out,1) or ()), weight_v (out,in) — PyTorch's order.
+// State: bias (out), weight_g ((out,1), (1,in) or ()), weight_v (out,in) — PyTorch's order.
 template <typename T>
 class WeightNormLinear : public Layer<T> {
  public:
   WeightNormLinear(int64_t in, int64_t out, bool bias, WeightNormDim dim, Rng& rng);
+  // Without an Rng: bias 0, weight_v all ones and weight_g its norms (sqrt(in)
+  // per row, sqrt(out) per column, sqrt(in * out) whole), so w = v = all ones:
+  // finite and deterministic (an all-zero v would make w = 0/0). For a layer
+  // whose parameters are loaded or set right after; the same shapes and state.
+  WeightNormLinear(int64_t in, int64_t out, bool bias = true, WeightNormDim dim = WeightNormDim::Rows);
   std::string name() const override;
   Shape output_shape(const Shape& in) const override;
   const Tensor<T>& backward(const Tensor<T>& dy) override;
@@ -123,13 +138,17 @@ class WeightNormLinear : public Layer<T> {
   const Tensor<T>& forward_impl(const Tensor<T>& x) override;
 
  private:
+  void init_g();  // weight_g = the norms of weight_v
   int64_t in_, out_;
   WeightNormDim dim_;
   bool relu_ = false;  // a following ReLU applied here (fuse_relu)
+  // Per-row norms whose g / ||v|| is not a usable T (overflow, underflow):
+  // this batch went through w, as the other dims do.
+  bool unfused_ = false;
   const Tensor<T>* x_ = nullptr;
   Tensor<T> norm_, y_, dx_;
   Tensor<T> z_, scale_, dys_, dot_;  // per-row norms: x v^T (N,O), g/||v|| (O), scratch
-  Tensor<T> w_, dw_;                 // one norm for the whole matrix: w and its gradient
+  Tensor<T> w_, dw_;                 // other norms (or unfused_): w and its gradient
 };
 
 // With set_fused(true) the layer before applies this ReLU (Layer::fuse_relu):

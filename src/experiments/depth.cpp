@@ -15,6 +15,7 @@
 #include <exception>
 #include <numeric>
 
+#include "kernels/vector_norm.hpp"
 #include "normlab/error.hpp"
 #include "normlab/kernels.hpp"
 #include "normlab/model_spec.hpp"
@@ -127,9 +128,7 @@ double fresh_output_norm(const std::vector<LayerPlan>& plan, const Tensor<float>
     cur ^= 1;
   }
   const int64_t n = shape_numel(plan.back().out_shape);
-  double sum = 0;
-  for (int64_t i = 0; i < n; ++i) sum += static_cast<double>(h[i]) * h[i];
-  return std::sqrt(sum);
+  return detail::norm2(h, n);  // kernels/vector_norm.hpp
 }
 
 // Sets OpenMP's thread count for a scope: the outer loop uses it, and nested

@@ -6,10 +6,17 @@
 //     per-channel multiply-add. x is read twice, y written once.
 //   (N,C,L), L > 1: each channel's N segments of L contiguous values belong to
 //     one thread (OpenMP over channels); segment moments are Chan-merged.
-// Large means stay exact by summing x - shift with a shift near each channel's
-// mean (a value of the data or a block mean, see shifted_moments). Derivations:
-// docs/derivations.md; why: docs/performance.md.
+// Large means stay exact by summing x - shift with a value of the data as the
+// shift (the thread's first row, the channel's first value; see
+// shifted_moments). Every statistic and gradient sum is accumulated in double
+// (as PyTorch's CPU BatchNorm does). Every folded coefficient must be a usable
+// float, and a fold is used only where bounds from those sums keep it from
+// overflowing or, where no bound is at hand (eval, the backward's dx), where
+// its outputs come out finite (norm_common.hpp: "Folding coefficients").
+// Channels, rows or segments that fail are computed as ref:: does. Derivations:
+// docs/derivations.md; why: docs/performance.md; numerics: docs/numerics.md.
 #include <cmath>
+#include <vector>
 
 #include "kernels/norm_common.hpp"
 #include "normlab/kernels.hpp"
@@ -18,20 +25,51 @@ namespace normlab {
 namespace {
 
 using detail::chan_merge;
+using detail::fold_big;
+using detail::fold_coeff_ok;
+using detail::fold_product_ok;
+
+// The training forward's map, y = ((x - m) * r) * gamma + beta, in double as
+// ref:: computes it: for a channel whose folded coefficients fail their bounds.
+template <typename T>
+T exact_y(T x, double m, double r, const T* gamma, const T* beta, int64_t c) {
+  double out = (x - m) * r;
+  if (gamma) out *= gamma[c];
+  if (beta) out += beta[c];
+  return static_cast<T>(out);
+}
+
+// Coefficients of y = (x - shift) * a + b for a channel with exact mean m and
+// M2 = sum (x - m)^2: shift = m rounded to T (x - shift is exact near the mean,
+// the rounding goes into b). Returns whether the fold is safe in T: every
+// |x - shift| <= sqrt(M2) + |m - shift| times |a|, and b, stay below fold_big.
+template <typename T>
+bool fold_forward(T& shift, T& a, T& b, double m, double m2, double r, const T* gamma,
+                  const T* beta, int64_t c) {
+  const double ac = gamma ? r * gamma[c] : r;
+  shift = static_cast<T>(m);
+  const double bc = (beta ? beta[c] : 0.0) - (m - shift) * ac;
+  a = static_cast<T>(ac);
+  b = static_cast<T>(bc);
+  const double dev = std::sqrt(m2) + std::abs(m - shift);
+  return fold_coeff_ok<T>(ac) && dev < fold_big<T> && fold_product_ok<T>(dev, ac) &&
+         std::abs(bc) < fold_big<T>;
+}
 
 // ---- (N,C): rows split across threads, per-thread per-channel partial sums ----
 
-// The rows [r0, r1) of the thread's block: s1[c] += sum (x - K[c]), s2[c] += sum (x - K[c])^2.
-// Four rows per step, so the sums are loaded and stored once per four rows.
+// The rows [r0, r1): s1[c] += sum (x - K[c]), s2[c] += sum (x - K[c])^2, in
+// double. Four rows per step, so the sums are loaded and stored once per four rows.
 template <typename T>
-void add_shifted_sums(T* s1, T* s2, const T* x, const T* K, int64_t r0, int64_t r1, int64_t C) {
+void add_shifted_sums(double* s1, double* s2, const T* x, const double* K, int64_t r0, int64_t r1,
+                      int64_t C) {
   int64_t r = r0;
   for (; r + 4 <= r1; r += 4) {
     const T* x0 = x + r * C;
     const T *x1 = x0 + C, *x2 = x1 + C, *x3 = x2 + C;
 #pragma omp simd
     for (int64_t c = 0; c < C; ++c) {
-      const T d0 = x0[c] - K[c], d1 = x1[c] - K[c], d2 = x2[c] - K[c], d3 = x3[c] - K[c];
+      const double d0 = x0[c] - K[c], d1 = x1[c] - K[c], d2 = x2[c] - K[c], d3 = x3[c] - K[c];
       s1[c] += (d0 + d1) + (d2 + d3);
       s2[c] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3);
     }
@@ -40,29 +78,30 @@ void add_shifted_sums(T* s1, T* s2, const T* x, const T* K, int64_t r0, int64_t 
     const T* xr = x + r * C;
 #pragma omp simd
     for (int64_t c = 0; c < C; ++c) {
-      const T d = xr[c] - K[c];
+      const double d = xr[c] - K[c];
       s1[c] += d;
       s2[c] += d * d;
     }
   }
 }
 
-// The rows [r0, r1): s[c] += sum dy, q[c] += sum dy * (x - mean[c]),
+// The rows [r0, r1), in double: s[c] += sum dy, q[c] += sum dy * (x - mean[c]),
 // p[c] += sum (x - mean[c]); four rows per step. p measures how far the saved
-// (float-rounded) mean is from the data's: see backward_rows.
+// (float-rounded) mean is from the data's (see fold_backward).
 template <typename T>
-void add_grad_sums(T* s, T* q, T* p, const T* dy, const T* x, const T* mean, int64_t r0, int64_t r1,
-                   int64_t C) {
+void add_grad_sums(double* s, double* q, double* p, const T* dy, const T* x, const T* mean,
+                   int64_t r0, int64_t r1, int64_t C) {
   int64_t r = r0;
   for (; r + 4 <= r1; r += 4) {
     const T *x0 = x + r * C, *g0 = dy + r * C;
     const T *x1 = x0 + C, *x2 = x1 + C, *x3 = x2 + C, *g1 = g0 + C, *g2 = g1 + C, *g3 = g2 + C;
 #pragma omp simd
     for (int64_t c = 0; c < C; ++c) {
-      const T d0 = x0[c] - mean[c], d1 = x1[c] - mean[c], d2 = x2[c] - mean[c],
-              d3 = x3[c] - mean[c];
-      s[c] += (g0[c] + g1[c]) + (g2[c] + g3[c]);
-      q[c] += (g0[c] * d0 + g1[c] * d1) + (g2[c] * d2 + g3[c] * d3);
+      const double m = mean[c];
+      const double d0 = x0[c] - m, d1 = x1[c] - m, d2 = x2[c] - m, d3 = x3[c] - m;
+      const double e0 = g0[c], e1 = g1[c], e2 = g2[c], e3 = g3[c];
+      s[c] += (e0 + e1) + (e2 + e3);
+      q[c] += (e0 * d0 + e1 * d1) + (e2 * d2 + e3 * d3);
       p[c] += (d0 + d1) + (d2 + d3);
     }
   }
@@ -70,77 +109,47 @@ void add_grad_sums(T* s, T* q, T* p, const T* dy, const T* x, const T* mean, int
     const T *xr = x + r * C, *gr = dy + r * C;
 #pragma omp simd
     for (int64_t c = 0; c < C; ++c) {
-      const T d = xr[c] - mean[c];
-      s[c] += gr[c];
-      q[c] += gr[c] * d;
-      p[c] += d;
+      const double dd = xr[c] - static_cast<double>(mean[c]), e = gr[c];
+      s[c] += e;
+      q[c] += e * dd;
+      p[c] += dd;
     }
   }
 }
 
-// Adds the block sums (T) into the thread's totals (double) and clears them.
-template <typename T>
-void flush_block(double* t1, double* t2, T* b1, T* b2, int64_t C) {
-#pragma omp simd
-  for (int64_t c = 0; c < C; ++c) {
-    t1[c] += b1[c];
-    t2[c] += b2[c];
-    b1[c] = b2[c] = T(0);
-  }
-}
-template <typename T>
-void flush_block(double* t1, double* t2, double* t3, T* b1, T* b2, T* b3, int64_t C) {
-#pragma omp simd
-  for (int64_t c = 0; c < C; ++c) {
-    t1[c] += b1[c];
-    t2[c] += b2[c];
-    t3[c] += b3[c];
-    b1[c] = b2[c] = b3[c] = T(0);
-  }
-}
-
-// Statistics in one pass over x: each thread sums x - K and (x - K)^2 per
-// channel, with K its first block's mean (one extra pass over that cached
-// block). With K within a few standard deviations of the mean the one-pass
-// variance S2 - S1^2 / n loses almost nothing, and large means stay exact;
-// the threads' (n, mean, M2) are then Chan-merged in double.
+// Statistics in one pass over x, summed in double: each thread sums x - K and
+// (x - K)^2 per channel, with K its first row. The one-pass variance
+// S2 - S1^2 / n in double then loses nothing visible in float, and large
+// means stay exact; the threads' (n, mean, M2) are then Chan-merged.
 template <typename T>
 void forward_train_rows(T* y, T* mean, T* rstd, T* var, const T* x, const T* gamma, const T* beta,
                         int64_t N, int64_t C, T eps) {
   const int threads = detail::kernel_threads(N * C);
   const bool stream = detail::stream_output<T>(N * C);
   const int64_t Cp = detail::padded(C);
-  // Per thread: shift K, block sums b1, b2 (T); totals S1, S2 (double). Shared: K, a, b for y.
-  T* work = detail::scratch<T>(Cp * (3 * threads + 3));
-  double* totals = detail::scratch<double, 1>(2 * Cp * threads);
-  T* shift = work + 3 * Cp * threads;
+  // Per thread: shift K, sums S1, S2 (double). Shared: shift, a, b for y (T);
+  // exact mean and rstd (double) and whether the fold is safe, per channel.
+  T* work = detail::scratch<T>(3 * Cp);
+  double* totals = detail::scratch<double, 1>(3 * Cp * threads + 3 * Cp);
+  T* shift = work;
   T* a = shift + Cp;
   T* b = a + Cp;
+  double* md = totals + 3 * Cp * threads;
+  double* rd = md + Cp;
+  double* exact = rd + Cp;  // 1: the channel is computed as ref:: does
 #pragma omp parallel num_threads(threads)
   {
     const int nt = omp_get_num_threads(), t = omp_get_thread_num();
     const int64_t r0 = N * t / nt, r1 = N * (t + 1) / nt;
-    T* K = work + 3 * Cp * t;
-    T* b1 = K + Cp;
-    T* b2 = b1 + Cp;
-    double* S1 = totals + 2 * Cp * t;
+    double* K = totals + 3 * Cp * t;
+    double* S1 = K + Cp;
     double* S2 = S1 + Cp;
-    std::fill(b1, b1 + 2 * Cp, T(0));
     std::fill(S1, S1 + 2 * Cp, 0.0);
-    if (r0 < r1) {  // K = mean of the first block, summed around its first row
-      const int64_t e = std::min(r0 + detail::kBlockRows, r1);
-      std::copy(x + r0 * C, x + r0 * C + C, K);
-      add_shifted_sums(b1, b2, x, K, r0, e, C);
-#pragma omp simd
-      for (int64_t c = 0; c < C; ++c) {
-        K[c] += b1[c] / static_cast<T>(e - r0);
-        b1[c] = b2[c] = T(0);
-      }
-    }
-    for (int64_t b0 = r0; b0 < r1; b0 += detail::kBlockRows) {
-      add_shifted_sums(b1, b2, x, K, b0, std::min(b0 + detail::kBlockRows, r1), C);
-      flush_block(S1, S2, b1, b2, C);
-    }
+    // K = the thread's first row: a value of the data, so (mean - K)^2 <= n var
+    // and the one-pass S2 - S1^2 / n in double loses at most ~n * 1e-16 of the
+    // variance (the float version needed a block mean here).
+    if (r0 < r1) std::copy(x + r0 * C, x + r0 * C + C, K);
+    add_shifted_sums(S1, S2, x, K, r0, r1, C);
 #pragma omp barrier
 #pragma omp for schedule(static)
     for (int64_t c = 0; c < C; ++c) {
@@ -148,19 +157,17 @@ void forward_train_rows(T* y, T* mean, T* rstd, T* var, const T* x, const T* gam
       for (int u = 0; u < nt; ++u) {
         const double nu = static_cast<double>(N * (u + 1) / nt - N * u / nt);
         if (nu == 0) continue;
-        const double s1 = totals[2 * Cp * u + c], s2 = totals[2 * Cp * u + Cp + c];
-        chan_merge(n, m, q, nu, work[3 * Cp * u + c] + s1 / nu, std::max(0.0, s2 - s1 * s1 / nu));
+        const double* Ku = totals + 3 * Cp * u;
+        const double s1 = Ku[Cp + c], s2 = Ku[2 * Cp + c];
+        chan_merge(n, m, q, nu, Ku[c] + s1 / nu, std::max(0.0, s2 - s1 * s1 / nu));
       }
       const double v = q / n, r = 1.0 / std::sqrt(v + eps);
-      const double ac = gamma ? r * gamma[c] : r;
       mean[c] = static_cast<T>(m);
       rstd[c] = static_cast<T>(r);
       if (var) var[c] = static_cast<T>(v);
-      // y = (x - shift) * a + b with shift = mean rounded to T: x - shift is exact
-      // near the mean, and the rounding of the mean goes into b.
-      shift[c] = static_cast<T>(m);
-      a[c] = static_cast<T>(ac);
-      b[c] = static_cast<T>((beta ? beta[c] : 0.0) - (m - shift[c]) * ac);
+      md[c] = m;
+      rd[c] = r;
+      exact[c] = fold_forward(shift[c], a[c], b[c], m, q, r, gamma, beta, c) ? 0.0 : 1.0;
     }
     // Rows in plain order: visiting the newest block first (hoping for L3 hits)
     // measured 3-9 % slower here, interleaved in one process (docs/performance.md).
@@ -169,47 +176,97 @@ void forward_train_rows(T* y, T* mean, T* rstd, T* var, const T* x, const T* gam
           y + r * C, C, stream, [](auto v, auto k, auto ac, auto bc) { return (v - k) * ac + bc; },
           x + r * C, shift, a, b);
     if (stream) detail::stream_fence();
+    for (int64_t c = 0; c < C; ++c)
+      if (exact[c] != 0)
+        for (int64_t r = r0; r < r1; ++r)
+          y[r * C + c] = exact_y(x[r * C + c], md[c], rd[c], gamma, beta, c);
   }
 }
 
-// Backward, train and eval. With xhat = (x - mean) * rstd, A = gamma * rstd, M = N:
+// The backward's coefficients for one channel from its sums (double): with
+// xhat = (x - mean) * rstd, A = gamma * rstd, M values per channel,
 //   train: dx = A * (dy - sum(dy) / M - xhat * sum(dy * xhat) / M)
-//        = A * dy + (x - mean) * Bc + Cc, with per-channel Bc, Cc;
-//   eval:  dx = A * dy (the statistics are constants), written in the reduction pass.
-// One pass gathers both per-channel sums (per-thread partial sums).
+//        = A * dy + (x - mean) * Bc + Cc;
+//   eval:  dx = A * dy (the statistics are constants).
+// The saved mean is the batch mean rounded to T; for inputs like
+// 1e4 + 0.01 * randn that rounding is a few % of the spread. The exact mean is
+// mean + delta with delta = mean(x - mean), so every (x - mean) becomes
+// (x - mean) - delta: sdyx loses delta * sdy and the dx map's constant absorbs
+// -delta * Bc. Eval statistics are constants: no delta. Adds dgamma, dbeta;
+// returns whether dx's coefficients are usable in T (0 or normal, below
+// fold_big; else ChannelGrad holds what the exact computation needs). An
+// overflow in the map itself shows as a non-finite dx: the row (segment) is
+// then computed exactly (map_row_finite).
+struct ChannelGrad {
+  double m, r, gm, sdy, sdyx, M;  // exact mean, rstd, gamma, sum dy, sum dy * xhat, count
+};
+template <typename T>
+bool fold_backward(bool train, T& A, T& Bc, T& Cc, ChannelGrad& g, T* dgamma, T* dbeta, double sdy,
+                   double sdyx, double sx, const T* mean, const T* rstd, const T* gamma, int64_t c,
+                   double M) {
+  const double r = rstd[c], gm = gamma ? gamma[c] : 1.0, delta = train ? sx / M : 0.0;
+  sdyx = (sdyx - delta * sdy) * r;  // sum(dy * xhat)
+  if (dgamma) dgamma[c] += static_cast<T>(sdyx);
+  if (dbeta) dbeta[c] += static_cast<T>(sdy);
+  const double ad = gm * r, bc = train ? -ad * r * sdyx / M : 0.0;
+  const double cc = train ? -ad * sdy / M - delta * bc : 0.0;
+  A = static_cast<T>(ad);
+  Bc = static_cast<T>(bc);
+  Cc = static_cast<T>(cc);
+  g = {mean[c] + delta, r, gm, sdy, sdyx, M};
+  return fold_coeff_ok<T>(ad) &&
+         (!train || (fold_coeff_ok<T>(bc) && std::abs(cc) < fold_big<T>));
+}
+
+// dx of one value as ref:: computes it, for a channel whose fold is not safe.
+template <typename T>
+T exact_dx(bool train, T x, T dy, const ChannelGrad& g) {
+  if (!train) return static_cast<T>(dy * g.gm * g.r);
+  const double xhat = (x - g.m) * g.r;
+  return static_cast<T>(g.gm * g.r * (dy - g.sdy / g.M - xhat * g.sdyx / g.M));
+}
+
+// Backward, train and eval (see fold_backward). One pass gathers the
+// per-channel sums (per-thread partial sums in double); eval writes dx in it.
 template <typename T>
 void backward_rows(bool train, T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, const T* mean,
                    const T* rstd, const T* gamma, int64_t N, int64_t C) {
   const int threads = detail::kernel_threads(N * C);
   const bool stream = detail::stream_output<T>(N * C);
   const int64_t Cp = detail::padded(C);
-  // Per thread: block sums of dy, dy * (x - mean) and x - mean (T), their
-  // totals (double). Shared: A, Bc, Cc.
-  T* work = detail::scratch<T>(Cp * (3 * threads + 3));
-  double* totals = detail::scratch<double, 1>(3 * Cp * threads);
-  T* A = work + 3 * Cp * threads;
+  // Per thread: sums of dy, dy * (x - mean), x - mean (double). Shared: A, Bc,
+  // Cc (T); per channel whether dx is exact (double) and its ChannelGrad.
+  T* work = detail::scratch<T>(3 * Cp);
+  double* totals = detail::scratch<double, 1>(3 * Cp * threads + Cp);
+  thread_local std::vector<ChannelGrad> grad_buf;  // grows once, then reused
+  if (static_cast<int64_t>(grad_buf.size()) < C) grad_buf.resize(static_cast<size_t>(C));
+  ChannelGrad* grads = grad_buf.data();
+  T* A = work;
   T* Bc = A + Cp;
   T* Cc = Bc + Cp;
-  for (int64_t c = 0; c < C; ++c) A[c] = gamma ? gamma[c] * rstd[c] : rstd[c];
+  double* exact = totals + 3 * Cp * threads;
+  // Eval writes dx during the sums: A and its check come first.
+  for (int64_t c = 0; c < C; ++c) {
+    const double ad = (gamma ? gamma[c] : 1.0) * static_cast<double>(rstd[c]);
+    A[c] = static_cast<T>(ad);
+    exact[c] = train || fold_coeff_ok<T>(ad) ? 0.0 : 1.0;
+  }
 #pragma omp parallel num_threads(threads)
   {
     const int nt = omp_get_num_threads(), t = omp_get_thread_num();
     const int64_t r0 = N * t / nt, r1 = N * (t + 1) / nt;
-    T* bs = work + 3 * Cp * t;
-    T* bq = bs + Cp;
-    T* bp = bq + Cp;
     double* ts = totals + 3 * Cp * t;
     double* tq = ts + Cp;
     double* tp = tq + Cp;
-    std::fill(bs, bs + 3 * Cp, T(0));
     std::fill(ts, ts + 3 * Cp, 0.0);
+    // Rows of eval's dx with a non-finite value (an overflow in dy * A): redone below.
+    bool redo_eval = false;
     for (int64_t b0 = r0; b0 < r1; b0 += detail::kBlockRows) {
       const int64_t b1 = std::min(b0 + detail::kBlockRows, r1);
-      add_grad_sums(bs, bq, bp, dy, x, mean, b0, b1, C);
-      flush_block(ts, tq, tp, bs, bq, bp, C);
+      add_grad_sums(ts, tq, tp, dy, x, mean, b0, b1, C);
       if (dx && !train)  // eval: dx = A * dy while the block is in cache
         for (int64_t r = b0; r < b1; ++r)
-          detail::map_row(
+          redo_eval |= !detail::map_row_finite(
               dx + r * C, C, stream, [](auto dv, auto ac) { return dv * ac; }, dy + r * C, A);
     }
 #pragma omp barrier
@@ -221,28 +278,37 @@ void backward_rows(bool train, T* dx, T* dgamma, T* dbeta, const T* dy, const T*
         sdyx += totals[3 * Cp * u + Cp + c];
         sx += totals[3 * Cp * u + 2 * Cp + c];
       }
-      // Training: the saved mean is the batch mean rounded to T; for inputs like
-      // 1e4 + 0.01 * randn that rounding is a few % of the spread. The exact
-      // mean is mean + delta with delta = mean(x - mean), so every (x - mean)
-      // becomes (x - mean) - delta: sdyx loses delta * sdy and the dx map's
-      // constant absorbs -delta * Bc. Eval statistics are constants: no delta.
-      const double delta = train ? sx / N : 0.0;
-      sdyx = (sdyx - delta * sdy) * rstd[c];  // sum(dy * xhat)
-      if (dgamma) dgamma[c] += static_cast<T>(sdyx);
-      if (dbeta) dbeta[c] += static_cast<T>(sdy);
-      const double bc = -A[c] * static_cast<double>(rstd[c]) * sdyx / N;
-      Bc[c] = static_cast<T>(bc);
-      Cc[c] = static_cast<T>(-A[c] * sdy / N - delta * bc);
+      T a;
+      const bool ok = fold_backward(train, a, Bc[c], Cc[c], grads[c], dgamma, dbeta, sdy, sdyx, sx,
+                                    mean, rstd, gamma, c, static_cast<double>(N));
+      if (train) {
+        A[c] = a;
+        exact[c] = ok ? 0.0 : 1.0;
+      }
     }
+    const auto exact_row = [&](int64_t r) {
+      for (int64_t c = 0; c < C; ++c)
+        dx[r * C + c] = exact_dx(train, x[r * C + c], dy[r * C + c], grads[c]);
+    };
     if (dx && train)
       for (int64_t r = r0; r < r1; ++r)
-        detail::map_row(
-            dx + r * C, C, stream,
-            [](auto v, auto dv, auto m, auto ac, auto bc, auto cc) {
-              return dv * ac + (v - m) * bc + cc;
-            },
-            x + r * C, dy + r * C, mean, A, Bc, Cc);
+        if (!detail::map_row_finite(
+                dx + r * C, C, stream,
+                [](auto v, auto dv, auto m, auto ac, auto bc, auto cc) {
+                  return dv * ac + (v - m) * bc + cc;
+                },
+                x + r * C, dy + r * C, mean, A, Bc, Cc))
+          exact_row(r);
+    if (dx && redo_eval)
+      for (int64_t r = r0; r < r1; ++r)
+        for (int64_t c = 0; c < C; ++c)
+          if (!std::isfinite(dx[r * C + c])) exact_row(r);
     if (stream) detail::stream_fence();
+    if (dx)
+      for (int64_t c = 0; c < C; ++c)
+        if (exact[c] != 0)
+          for (int64_t r = r0; r < r1; ++r)
+            dx[r * C + c] = exact_dx(train, x[r * C + c], dy[r * C + c], grads[c]);
   }
 }
 
@@ -253,23 +319,28 @@ void forward_train_segments(T* y, T* mean, T* rstd, T* var, const T* x, const T*
                             const T* beta, int64_t N, int64_t C, int64_t L, T eps) {
 #pragma omp parallel for schedule(static) num_threads(detail::kernel_threads(N* C* L))
   for (int64_t c = 0; c < C; ++c) {
-    const T shift = x[c * L];
+    const double shift = x[c * L];
     double n = 0, m = 0, q = 0;
     for (int64_t i = 0; i < N; ++i) {
       const auto [sm, sq] = detail::shifted_moments(x + (i * C + c) * L, L, shift);
       chan_merge(n, m, q, static_cast<double>(L), sm, sq);
     }
+    m += shift;
     const double v = q / n, r = 1.0 / std::sqrt(v + eps);
-    const double ac = gamma ? r * gamma[c] : r;
-    mean[c] = static_cast<T>(shift + m);
+    mean[c] = static_cast<T>(m);
     rstd[c] = static_cast<T>(r);
     if (var) var[c] = static_cast<T>(v);
-    const T a = static_cast<T>(ac), b = static_cast<T>((beta ? beta[c] : 0.0) - m * ac);
+    T k, a, b;
+    const bool ok = fold_forward(k, a, b, m, q, r, gamma, beta, c);
     for (int64_t i = 0; i < N; ++i) {
       const T* xs = x + (i * C + c) * L;
       T* ys = y + (i * C + c) * L;
+      if (!ok) {
+        for (int64_t l = 0; l < L; ++l) ys[l] = exact_y(xs[l], m, r, gamma, beta, c);
+        continue;
+      }
 #pragma omp simd
-      for (int64_t l = 0; l < L; ++l) ys[l] = (xs[l] - shift) * a + b;
+      for (int64_t l = 0; l < L; ++l) ys[l] = (xs[l] - k) * a + b;
     }
   }
 }
@@ -281,41 +352,44 @@ void backward_segments(bool train, T* dx, T* dgamma, T* dbeta, const T* dy, cons
   const double M = static_cast<double>(N * L);
 #pragma omp parallel for schedule(static) num_threads(detail::kernel_threads(N* C* L))
   for (int64_t c = 0; c < C; ++c) {
-    const T m = mean[c], A = gamma ? gamma[c] * rstd[c] : rstd[c];
+    const double m = mean[c];
     double sdy = 0, sdyx = 0, sx = 0;
     for (int64_t i = 0; i < N; ++i) {
       const T* xs = x + (i * C + c) * L;
       const T* dys = dy + (i * C + c) * L;
-      T s = 0, q = 0, p = 0;
-#pragma omp simd reduction(+ : s, q, p)
-      for (int64_t l = 0; l < L; ++l) {
-        s += dys[l];
-        q += dys[l] * (xs[l] - m);
-        p += xs[l] - m;
-      }
-      sdy += s;
-      sdyx += q;
-      sx += p;
-      if (dx && !train) {
-        T* dxs = dx + (i * C + c) * L;
-#pragma omp simd
-        for (int64_t l = 0; l < L; ++l) dxs[l] = dys[l] * A;
-      }
+      sdy += detail::sum_row_wide<T>(
+          L, [](auto dv) { return dv; }, dys);
+      sdyx += detail::sum_row_wide<T>(
+          L, [=](auto v, auto dv) { return dv * (v - m); }, xs, dys);
+      sx += detail::sum_row_wide<T>(
+          L, [=](auto v) { return v - m; }, xs);
     }
-    const double delta = train ? sx / M : 0.0;  // the saved mean's rounding: see backward_rows
-    sdyx = (sdyx - delta * sdy) * rstd[c];
-    if (dgamma) dgamma[c] += static_cast<T>(sdyx);
-    if (dbeta) dbeta[c] += static_cast<T>(sdy);
-    if (!dx || !train) continue;
-    const double bc = -A * static_cast<double>(rstd[c]) * sdyx / M;
-    const T Bc = static_cast<T>(bc);
-    const T Cc = static_cast<T>(-A * sdy / M - delta * bc);
+    T A, Bc, Cc;
+    ChannelGrad g;
+    const bool ok =
+        fold_backward(train, A, Bc, Cc, g, dgamma, dbeta, sdy, sdyx, sx, mean, rstd, gamma, c, M);
+    if (!dx) continue;
+    const T mc = mean[c];
     for (int64_t i = 0; i < N; ++i) {
       const T* xs = x + (i * C + c) * L;
       const T* dys = dy + (i * C + c) * L;
       T* dxs = dx + (i * C + c) * L;
-#pragma omp simd
-      for (int64_t l = 0; l < L; ++l) dxs[l] = dys[l] * A + (xs[l] - m) * Bc + Cc;
+      T chk = 0;  // an overflow in the fold shows as inf or NaN: redo the segment
+      if (ok && train) {
+#pragma omp simd reduction(+ : chk)
+        for (int64_t l = 0; l < L; ++l) {
+          dxs[l] = dys[l] * A + (xs[l] - mc) * Bc + Cc;
+          chk += dxs[l] - dxs[l];
+        }
+      } else if (ok) {
+#pragma omp simd reduction(+ : chk)
+        for (int64_t l = 0; l < L; ++l) {
+          dxs[l] = dys[l] * A;
+          chk += dxs[l] - dxs[l];
+        }
+      }
+      if (!ok || chk != chk)
+        for (int64_t l = 0; l < L; ++l) dxs[l] = exact_dx(train, xs[l], dys[l], g);
     }
   }
 }
@@ -333,6 +407,11 @@ void batchnorm_forward_train(T* y, T* mean, T* rstd, T* var, const T* x, const T
 }
 
 // y = (x - mean_c) * a_c + beta_c with a_c = gamma_c / sqrt(var_c + eps): one pass.
+// Eval has no statistics of x to bound the fold with: a channel whose a_c is
+// not a usable T (0 or normal, below fold_big) is computed as ref:: does, and
+// so is a row (segment) with a non-finite output: if (x - mean) * a + b
+// overflowed anywhere, its result is inf or NaN (map_row_finite), and ref::
+// may still be finite (a = 1e-3 on x = 3e38, mean = -3e38).
 template <typename T>
 void batchnorm_forward_eval(T* y, const T* x, const T* mean, const T* var, const T* gamma,
                             const T* beta, int64_t N, int64_t C, int64_t L, T eps) {
@@ -340,28 +419,50 @@ void batchnorm_forward_eval(T* y, const T* x, const T* mean, const T* var, const
   const int64_t Cp = detail::padded(C);
   T* a = detail::scratch<T>(2 * Cp);
   T* b = a + Cp;
+  double* rd = detail::scratch<double, 1>(Cp);
+  int64_t* exact = detail::scratch<int64_t>(C);  // the channels computed as ref:: does
+  int64_t n_exact = 0;
   for (int64_t c = 0; c < C; ++c) {
-    a[c] = static_cast<T>((gamma ? gamma[c] : 1.0) / std::sqrt(static_cast<double>(var[c]) + eps));
+    rd[c] = 1.0 / std::sqrt(static_cast<double>(var[c]) + static_cast<double>(eps));
+    const double ad = (gamma ? gamma[c] : 1.0) * rd[c];
+    a[c] = static_cast<T>(ad);
     b[c] = beta ? beta[c] : T(0);
+    if (!fold_coeff_ok<T>(ad)) exact[n_exact++] = c;
   }
+  const auto exact_one = [&](int64_t i, int64_t c, int64_t l) {
+    const int64_t k = (i * C + c) * L + l;
+    y[k] = exact_y(x[k], static_cast<double>(mean[c]), rd[c], gamma, beta, c);
+  };
 #pragma omp parallel num_threads(detail::kernel_threads(N* C* L))
   {
 #pragma omp for schedule(static) nowait
     for (int64_t i = 0; i < N; ++i) {
       if (L == 1) {
-        detail::map_row(
+        const bool finite = detail::map_row_finite(
             y + i * C, C, stream,
             [](auto v, auto m, auto ac, auto bc) { return (v - m) * ac + bc; }, x + i * C, mean, a,
             b);
+        if (!finite)
+          for (int64_t c = 0; c < C; ++c) exact_one(i, c, 0);
+        else
+          for (int64_t e = 0; e < n_exact; ++e) exact_one(i, exact[e], 0);
         continue;
       }
       for (int64_t c = 0; c < C; ++c) {
         const T m = mean[c], ac = a[c], bc = b[c];
         const T* xs = x + (i * C + c) * L;
         T* ys = y + (i * C + c) * L;
-#pragma omp simd
-        for (int64_t l = 0; l < L; ++l) ys[l] = (xs[l] - m) * ac + bc;
+        T chk = 0;
+#pragma omp simd reduction(+ : chk)
+        for (int64_t l = 0; l < L; ++l) {
+          ys[l] = (xs[l] - m) * ac + bc;
+          chk += ys[l] - ys[l];
+        }
+        if (chk != chk)
+          for (int64_t l = 0; l < L; ++l) exact_one(i, c, l);
       }
+      for (int64_t e = 0; e < n_exact; ++e)
+        for (int64_t l = 0; l < L; ++l) exact_one(i, exact[e], l);
     }
     if (stream) detail::stream_fence();
   }

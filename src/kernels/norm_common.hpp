@@ -4,6 +4,8 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cmath>
+#include <limits>
 #include <cstdint>
 #include <vector>
 
@@ -32,9 +34,8 @@ bool stream_output(int64_t n) {
   return n * static_cast<int64_t>(sizeof(T)) >= kStreamMinBytes;
 }
 
-// Rows per block in the per-channel (BatchNorm) sums: float partial sums over
-// a block, added into double per-thread totals, so no float sum runs over more
-// than kBlockRows / 4 terms (the blocks are summed four rows at a time).
+// Rows per block in BatchNorm's backward: eval writes dx while a block of dy
+// is cached.
 inline constexpr int64_t kBlockRows = 64;
 
 // Asks for the first 8 KB of a row the thread will work on next. Row kernels
@@ -70,26 +71,68 @@ T* scratch(int64_t n) {
 }
 
 // Mean of (x - shift) and M2 = sum (x - shift - mean)^2 over n contiguous
-// values, in two passes (the second reads from cache). Shifting by a value of
-// the data keeps large-mean inputs (1e4 + 0.01 * randn) exact: x - shift is
-// then computed without rounding and the sums see only the spread.
-template <typename T>
+// values, in one pass with every term and sum in double: S1 = sum d and
+// S2 = sum d^2 with d = x - shift, M2 = S2 - S1^2 / n. Shifting by a value of
+// the data (or near the mean) keeps large-mean inputs (1e4 + 0.01 * randn)
+// exact, and then the one-pass formula loses at most ~n * 1e-16 relative
+// ((mean - shift)^2 <= n * var when shift is a data value): invisible in
+// float. Double sums make the mean as accurate as PyTorch's (which sums
+// BatchNorm statistics in double on CPU) and squares of float values cannot
+// overflow.
 struct Moments {
-  T mean, m2;
+  double mean, m2;
 };
 template <typename T>
-Moments<T> shifted_moments(const T* x, int64_t n, T shift) {
-  const T m = sum_row<T>(
-                  n, [=](auto v) { return v - shift; }, x) /
-              static_cast<T>(n);
-  const T m2 = sum_row<T>(
-      n,
-      [=](auto v) {
-        const auto t = v - shift - m;
-        return t * t;
-      },
-      x);
-  return {m, m2};
+Moments shifted_moments(const T* x, int64_t n, double shift) {
+  constexpr int64_t W = kWideLanes;
+  Vec<double> a0{}, a1{}, q0{}, q1{};
+  int64_t i = 0;
+  for (; i + 2 * W <= n; i += 2 * W) {
+    const Vec<double> d0 = load_wide(x + i) - shift, d1 = load_wide(x + i + W) - shift;
+    a0 += d0;
+    a1 += d1;
+    q0 += d0 * d0;
+    q1 += d1 * d1;
+  }
+  for (; i + W <= n; i += W) {
+    const Vec<double> d0 = load_wide(x + i) - shift;
+    a0 += d0;
+    q0 += d0 * d0;
+  }
+  double s1 = hsum<double>(a0 + a1), s2 = hsum<double>(q0 + q1);
+  for (; i < n; ++i) {
+    const double d = x[i] - shift;
+    s1 += d;
+    s2 += d * d;
+  }
+  const double m = s1 / static_cast<double>(n);
+  return {m, std::max(0.0, s2 - s1 * m)};
+}
+
+// ---- Folding coefficients without overflow or underflow ----
+// The fast kernels fold per-row / per-channel constants (rstd * gamma, the
+// mean's correction, the backward's coefficients) and evaluate the fold in T.
+// A fold can overflow where the unfolded expression does not (rstd * gamma =
+// inf times x - mean = 0 is NaN, where y = beta) or lose precision to
+// subnormal coefficients. Each kernel bounds every intermediate of its folded
+// expression from the statistics (in double) and, where a bound fails, computes
+// that row or channel exactly as the reference does (in double): the results
+// then equal ref:: wherever ref:: is finite (docs/numerics.md).
+//
+// A value below fold_big<T> can be added to a few others in T without
+// overflowing; a coefficient is usable in T if it is 0 or a normal number
+// below fold_big<T>.
+template <typename T>
+inline constexpr double fold_big = static_cast<double>(std::numeric_limits<T>::max()) / 64;
+template <typename T>
+bool fold_coeff_ok(double c) {
+  const double a = std::abs(c);
+  return a == 0 || (a >= static_cast<double>(std::numeric_limits<T>::min()) && a < fold_big<T>);
+}
+// |a * b| < fold_big<T>, with NaN false.
+template <typename T>
+bool fold_product_ok(double a, double b) {
+  return std::abs(a) * std::abs(b) < fold_big<T>;
 }
 
 // Chan, Golub & LeVeque's merge of two (count, mean, M2) summaries into a.

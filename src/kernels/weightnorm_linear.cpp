@@ -10,6 +10,7 @@
 #include <cmath>
 
 #include "kernels/parallel_slices.hpp"
+#include "kernels/vector_norm.hpp"
 #include "normlab/kernels.hpp"
 #include "normlab/profile.hpp"
 
@@ -23,13 +24,10 @@ void weightnorm_linear_forward(T* y, T* z, T* norm, T* scale, const T* x, const 
     if (o0 >= o1) return;
     {
       const profile::Scope timer("weightnorm forward");  // thread 0's share, if profiling
-      for (int64_t o = o0; o < o1; ++o) {
-        const T* vr = v + o * I;
-        T ss = 0;
-#pragma omp simd reduction(+ : ss)
-        for (int64_t i = 0; i < I; ++i) ss += vr[i] * vr[i];
-        norm[o] = std::sqrt(ss);
-        scale[o] = g[o] / norm[o];
+      for (int64_t o = o0; o < o1; ++o) {  // norm2: no overflow (v = [1e20, 1, 1])
+        const double n = detail::norm2(v + o * I, I);
+        norm[o] = static_cast<T>(n);
+        scale[o] = static_cast<T>(g[o] / n);
       }
     }
     gemm<T>(false, true, N, o1 - o0, I, T(1), x, I, v + o0 * I, I, T(0), z + o0, O);
@@ -89,7 +87,7 @@ void weightnorm_linear_backward(T* dx, T* dv, T* dg, T* db, T* dys, T* dot, cons
           dysr[o] = dyr[o] * scale[o];
         }
       }
-      for (int64_t o = o0; o < o1; ++o) dg[o] += dot[o] / norm[o];
+      for (int64_t o = o0; o < o1; ++o) dg[o] += static_cast<T>(dot[o] / static_cast<double>(norm[o]));
     }
     // dx needs every column of dys. (team > 1 only in run_threads' own region: an
     // orphaned barrier would otherwise bind to a caller's region.)
@@ -104,12 +102,14 @@ void weightnorm_linear_backward(T* dx, T* dv, T* dg, T* db, T* dys, T* dot, cons
     gemm<T>(true, false, o1 - o0, I, N, T(1), dys + o0, O, x, I, T(1), dv + o0 * I, I);
     const profile::Scope timer("weightnorm backward");
     for (int64_t o = o0; o < o1; ++o) {
+      // g c / n^3 in double and applied in double: in T it can be subnormal or
+      // overflow (n = 1e20: 1e-60) where its products with v are ordinary numbers.
       const double n = norm[o];
-      const T c = static_cast<T>(g[o] * static_cast<double>(dot[o]) / (n * n * n));
+      const double c = (g[o] / n) * (static_cast<double>(dot[o]) / n) / n;
       const T* vr = v + o * I;
       T* dvr = dv + o * I;
 #pragma omp simd
-      for (int64_t i = 0; i < I; ++i) dvr[i] -= c * vr[i];
+      for (int64_t i = 0; i < I; ++i) dvr[i] = static_cast<T>(dvr[i] - c * vr[i]);
     }
   });
 }

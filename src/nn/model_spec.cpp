@@ -45,7 +45,7 @@ const std::vector<LayerInfo>& layer_table() {
        1,
        2,
        {"bias", "dim"},
-       "wnlinear([IN,] OUT[, bias=false][, dim=0|none])"},
+       "wnlinear([IN,] OUT[, bias=false][, dim=0|1|none])"},
       {"batchnorm",
        "bn",
        LayerKind::BatchNorm,
@@ -398,13 +398,16 @@ class OptionReader {
     bad(a.pos, a.key + " must be true or false, got '" + a.value.text + "'");
   }
 
+  // PyTorch's weight_norm dim for a Linear weight: 0 (or -2) per output row,
+  // 1 per input column, none (or -1: weight_norm takes -1 as the whole tensor).
   WeightNormDim dim(const Arg& a) {
     const std::string v = lower(a.value.text);
-    if (v == "0") return WeightNormDim::Rows;
-    if (v == "none") return WeightNormDim::Whole;
+    if (v == "0" || v == "-2") return WeightNormDim::Rows;
+    if (v == "1") return WeightNormDim::Columns;
+    if (v == "none" || v == "-1") return WeightNormDim::Whole;
     bad(a.pos,
-        "dim must be 0 (one norm per output row) or none (one norm for the whole matrix), "
-        "got '" +
+        "dim must be 0 or -2 (one norm per output row), 1 (one per input column), or none or -1 "
+        "(one norm for the whole matrix, as PyTorch's weight_norm takes -1), got '" +
             a.value.text + "'");
   }
 

@@ -39,6 +39,7 @@ SPECS = [
     ("wnlinear(8, dim=none), bn(track_running_stats=false), ln(bias=false, eps=1e-3), wnlinear(8, bias=false)", "16"),
     ("head: [flatten, linear(16)], relu, 7: nb_wnlinear(4, bias=false), nb_layernorm, nb_batchnorm", "4x4"),
     ("linear(6), bn", "3x5"),  # BatchNorm1d on (N, C, L)
+    ("wnlinear(7, dim=1), relu, wnlinear(5, dim=-1), wnlinear(4, dim=-2, bias=false)", "9"),
 ]
 
 
