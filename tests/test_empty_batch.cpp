@@ -50,9 +50,10 @@ void expect_empty_pass(Layer<T>& layer, const Shape& in, const Shape& out) {
       EXPECT_EQ(dx.numel(), 0);
     size_t k = 0;
     for (auto& e : layer.state()) {
-      if (e.grad)
+      if (e.grad) {
         for (int64_t i = 0; i < e.grad->numel(); ++i)
           ASSERT_EQ((*e.grad)[i], T(kMark)) << e.name << " gradient changed";
+      }
       if (e.value) {
         EXPECT_EQ(std::vector<T>(e.value->data(), e.value->data() + e.value->numel()), before[k])
             << e.name << " changed";

@@ -122,7 +122,9 @@ void fused_relu_keeps_nan() {
     net->add(std::make_unique<WeightNormLinear<T>>(4, 3, true, WeightNormDim::Rows, rng));
     net->add(std::make_unique<ReLU<T>>());
     net->add(std::make_unique<Linear<T>>(3, 2, true, rng));
-    if (fuse) EXPECT_EQ(net->fuse_relus(), 1);
+    if (fuse) {
+      EXPECT_EQ(net->fuse_relus(), 1);
+    }
     return net;
   };
   auto plain = make(false), fused = make(true);

@@ -51,7 +51,8 @@ template <typename T>
 void expect_pytorch_output(Sequential<T>& m, double tol) {
   const Io d = io();
   m.set_training(false);
-  const Tensor<T>& y = m.forward(tensor_cast<T>(d.x));
+  const Tensor<T> x = tensor_cast<T>(d.x);  // forward keeps a pointer to its input
+  const Tensor<T>& y = m.forward(x);
   ASSERT_EQ(y.shape(), d.y.shape());
   for (int64_t i = 0; i < y.numel(); ++i)
     EXPECT_NEAR(static_cast<double>(y[i]), static_cast<double>(d.y[i]), tol) << "y[" << i << "]";
