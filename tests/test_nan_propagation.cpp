@@ -136,7 +136,9 @@ void fused_relu_keeps_nan() {
   ASSERT_EQ(yp.shape(), yf.shape());
   for (int64_t i = 0; i < yp.numel(); ++i) {
     EXPECT_EQ(std::isnan(yp[i]), std::isnan(yf[i])) << i;
-    if (!std::isnan(yp[i])) EXPECT_EQ(yp[i], yf[i]) << i;
+    if (!std::isnan(yp[i])) {
+      EXPECT_EQ(yp[i], yf[i]) << i;
+    }
   }
   for (int64_t i = 0; i < 2; ++i) EXPECT_TRUE(std::isnan(yf[i])) << "row 0 must stay NaN";
   const Tensor<T> dy({3, 2}, T(1));
@@ -144,7 +146,9 @@ void fused_relu_keeps_nan() {
   const Tensor<T>& dxf = fused->backward(dy);
   for (int64_t i = 0; i < dxp.numel(); ++i) {
     EXPECT_EQ(std::isnan(dxp[i]), std::isnan(dxf[i])) << i;
-    if (!std::isnan(dxp[i])) EXPECT_NEAR(dxp[i], dxf[i], 1e-5 * std::max(T(1), std::abs(dxp[i])));
+    if (!std::isnan(dxp[i])) {
+      EXPECT_NEAR(dxp[i], dxf[i], 1e-5 * std::max(T(1), std::abs(dxp[i])));
+    }
   }
   auto a = plain->state(), b = fused->state();
   for (size_t k = 0; k < a.size(); ++k) {
@@ -152,7 +156,9 @@ void fused_relu_keeps_nan() {
     for (int64_t i = 0; i < a[k].grad->numel(); ++i) {
       const T p = (*a[k].grad)[i], f = (*b[k].grad)[i];
       EXPECT_EQ(std::isnan(p), std::isnan(f)) << a[k].name << "[" << i << "]";
-      if (!std::isnan(p)) EXPECT_NEAR(p, f, 1e-5 * std::max(T(1), std::abs(p))) << a[k].name;
+      if (!std::isnan(p)) {
+        EXPECT_NEAR(p, f, 1e-5 * std::max(T(1), std::abs(p))) << a[k].name;
+      }
     }
   }
   // The NaN row reached the parameters, as in PyTorch (weight_v.grad holds NaN).

@@ -2,6 +2,7 @@
 // A row (D values) stays in L1/L2 while it is worked on, so x is read from
 // memory once and y (or dx) written once. Tested against ref:: in
 // tests/test_kernels_fast.cpp; timings in docs/performance.md.
+#include <algorithm>
 #include <cmath>
 #include <type_traits>
 
@@ -26,6 +27,13 @@ template <typename T>
 void layernorm_forward(T* y, T* mean, T* rstd, const T* x, const T* gamma, const T* beta, int64_t N,
                        int64_t D, T eps) {
   const bool stream = detail::stream_output<T>(N * D);
+  // The largest |gamma| and |beta|: xhat * gamma (+ beta) stays below float's
+  // largest value only while |xhat| * gmax + bmax does. Without FMA (an
+  // x86-64-v2 build) the product is rounded to T on its own and overflows
+  // where the reference's double does not, so such rows go exact too.
+  double gmax = gamma ? 0.0 : 1.0, bmax = 0.0;
+  for (int64_t d = 0; gamma && d < D; ++d) gmax = std::max(gmax, std::abs(double(gamma[d])));
+  for (int64_t d = 0; beta && d < D; ++d) bmax = std::max(bmax, std::abs(double(beta[d])));
 #pragma omp parallel num_threads(detail::kernel_threads(N* D))
   {
 #pragma omp for schedule(static) nowait
@@ -48,7 +56,8 @@ void layernorm_forward(T* y, T* mean, T* rstd, const T* x, const T* gamma, const
       // normal float, takes the row as ref:: does.
       const double dev = std::sqrt(mo.m2) + std::abs(mo.mean);
       if (!(dev < detail::fold_big<T> && detail::fold_coeff_ok<T>(rd) &&
-            detail::fold_product_ok<T>(mo.mean, rd))) {
+            detail::fold_product_ok<T>(mo.mean, rd) &&
+            dev * rd * gmax + bmax < detail::fold_big<T>)) {
         exact_row(yr, xr, gamma, beta, D, static_cast<double>(shift) + mo.mean, rd);
         continue;
       }
