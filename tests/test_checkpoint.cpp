@@ -349,26 +349,26 @@ TEST(Checkpoint, ConvertsF64F16AndBF16TensorsLikePyTorch) {
   const Tensor<float>& w0 = *source->state()[0].value;
   // F16 / BF16: values exact in both, incl. 2^-24 (a subnormal half) and -0.
   const std::vector<float> exact = {0.5f, -2.0f, 0x1p-24f, -0.0f, 65504.0f, 1.5f};
-  const std::string path = write_edited(
-      dir, "mixed.safetensors",
-      [&](SafetensorsFile& f) {
-        SafeTensor& t = tensor(f, "0.weight");
-        t.dtype = Dtype::F64;
-        t.data.clear();
-        for (int64_t i = 0; i < w0.numel(); ++i) {
-          const double v = static_cast<double>(w0[i]) + 1e-12;
-          t.data.append(reinterpret_cast<const char*>(&v), 8);
-        }
-        SafeTensor& h = tensor(f, "3.weight");  // LayerNorm weight (6)
-        h.dtype = Dtype::F16;
-        const uint16_t halves[] = {0x3800, 0xC000, 0x0001, 0x8000, 0x7BFF, 0x3E00};
-        h.data.assign(reinterpret_cast<const char*>(halves), sizeof halves);
-        SafeTensor& b = tensor(f, "3.bias");
-        b.dtype = Dtype::BF16;
-        const uint16_t bf[] = {0x3F00, 0xC000, 0x3380, 0x8000, 0x477F, 0x3FC0};
-        b.data.assign(reinterpret_cast<const char*>(bf), sizeof bf);
-      },
-      {{"", source->state()}});
+  const std::string path =
+      write_edited(dir, "mixed.safetensors",
+                   [&](SafetensorsFile& f) {
+                     SafeTensor& t = tensor(f, "0.weight");
+                     t.dtype = Dtype::F64;
+                     t.data.clear();
+                     for (int64_t i = 0; i < w0.numel(); ++i) {
+                       const double v = static_cast<double>(w0[i]) + 1e-12;
+                       t.data.append(reinterpret_cast<const char*>(&v), 8);
+                     }
+                     SafeTensor& h = tensor(f, "3.weight");  // LayerNorm weight (6)
+                     h.dtype = Dtype::F16;
+                     const uint16_t halves[] = {0x3800, 0xC000, 0x0001, 0x8000, 0x7BFF, 0x3E00};
+                     h.data.assign(reinterpret_cast<const char*>(halves), sizeof halves);
+                     SafeTensor& b = tensor(f, "3.bias");
+                     b.dtype = Dtype::BF16;
+                     const uint16_t bf[] = {0x3F00, 0xC000, 0x3380, 0x8000, 0x477F, 0x3FC0};
+                     b.data.assign(reinterpret_cast<const char*>(bf), sizeof bf);
+                   },
+                   {{"", source->state()}});
   auto target = small_model(2);
   load_model(path, target->state());
   auto got = target->state();
@@ -398,13 +398,13 @@ TEST(Checkpoint, MissingNumBatchesTrackedKeepsTheModelsCountLikePyTorch) {
   // (BatchNorm._load_from_state_dict, no version metadata in safetensors).
   TempDir dir;
   auto source = small_model(1);
-  const std::string path = write_edited(
-      dir, "old.safetensors",
-      [](SafetensorsFile& f) {
-        std::erase_if(f.tensors,
-                      [](const SafeTensor& t) { return t.name == "1.num_batches_tracked"; });
-      },
-      {{"", source->state()}});
+  const std::string path = write_edited(dir, "old.safetensors",
+                                        [](SafetensorsFile& f) {
+                                          std::erase_if(f.tensors, [](const SafeTensor& t) {
+                                            return t.name == "1.num_batches_tracked";
+                                          });
+                                        },
+                                        {{"", source->state()}});
   auto target = small_model(2);  // its count is 2 + 3
   load_model(path, target->state());
   auto* bn = dynamic_cast<BatchNorm1d<float>*>(&(*target)[1]);
@@ -456,11 +456,11 @@ TEST(Checkpoint, WeightNormKeysBothSpellingsRoundTrip) {
   std::vector<std::string> names;
   for (const auto& t : f.tensors) names.push_back(t.name);
   // PyTorch's order for a parametrized Linear: bias, original0 (g), original1 (v).
-  EXPECT_EQ(std::vector<std::string>(names.end() - 6, names.end()),
-            (std::vector<std::string>{"4.bias", "4.parametrizations.weight.original0",
-                                      "4.parametrizations.weight.original1", "6.bias",
-                                      "6.parametrizations.weight.original0",
-                                      "6.parametrizations.weight.original1"}));
+  EXPECT_EQ(
+      std::vector<std::string>(names.end() - 6, names.end()),
+      (std::vector<std::string>{
+          "4.bias", "4.parametrizations.weight.original0", "4.parametrizations.weight.original1",
+          "6.bias", "6.parametrizations.weight.original0", "6.parametrizations.weight.original1"}));
   EXPECT_EQ(f.find("4.parametrizations.weight.original0")->shape, (Shape{5, 1}));
   EXPECT_EQ(f.find("6.parametrizations.weight.original0")->shape, Shape{});
   auto b = small_model(2);
@@ -477,14 +477,17 @@ TEST(Checkpoint, MixedWeightNormSpellingsAreRefused) {
   // only a complete pair, and so does normlab.
   TempDir dir;
   auto a = small_model(1);
-  const std::string path = write_edited(
-      dir, "mixed.safetensors",
-      [](SafetensorsFile& f) { tensor(f, "4.weight_g").name = "4.parametrizations.weight.original0"; },
-      {{"", a->state()}});
+  const std::string path = write_edited(dir, "mixed.safetensors",
+                                        [](SafetensorsFile& f) {
+                                          tensor(f, "4.weight_g").name =
+                                              "4.parametrizations.weight.original0";
+                                        },
+                                        {{"", a->state()}});
   auto b = small_model(2);
   const auto before = snapshot(b->state());
-  expect_error([&] { load_model(path, b->state()); },
-               {"missing 1 key '4.weight_g'", "unexpected 1 key '4.parametrizations.weight.original0'"});
+  expect_error(
+      [&] { load_model(path, b->state()); },
+      {"missing 1 key '4.weight_g'", "unexpected 1 key '4.parametrizations.weight.original0'"});
   EXPECT_EQ(snapshot(b->state()), before);
 }
 

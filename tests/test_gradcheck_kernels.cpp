@@ -167,8 +167,8 @@ TEST(GradCheckKernels, WeightNorm) {
   for (int mode = 0; mode < 4; ++mode) {
     const bool columns = mode == 2, per_row = mode == 0, dim1 = mode == 3;
     Tensor<double> v = randn({O, I}, 10), G = randn({O, I}, 11);
-    Tensor<double> g = columns ? randn({O, I}, 12)
-                               : randn({per_row ? O : (dim1 ? I : 1)}, 12, 1.0, 0.5);
+    Tensor<double> g =
+        columns ? randn({O, I}, 12) : randn({per_row ? O : (dim1 ? I : 1)}, 12, 1.0, 0.5);
     Tensor<double> w({O, I}), norm({columns || dim1 ? I : (per_row ? O : 1)});
     auto loss = [&] {
       if (columns)

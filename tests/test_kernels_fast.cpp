@@ -26,21 +26,12 @@
 #include "alloc_counter.hpp"
 #include "normlab/kernels.hpp"
 #include "normlab/rng.hpp"
+#include "omp_threads.hpp"
 
 namespace normlab {
 namespace {
 
 constexpr double kTolF = 1e-4;
-
-// Sets the OpenMP thread count for one scope.
-class Threads {
- public:
-  explicit Threads(int n) : saved_(omp_get_max_threads()) { omp_set_num_threads(n); }
-  ~Threads() { omp_set_num_threads(saved_); }
-
- private:
-  int saved_;
-};
 
 template <typename T>
 std::vector<T> randn(int64_t n, uint64_t seed, double mean = 0.0, double stddev = 1.0) {

@@ -12,19 +12,11 @@
 
 #include "normlab/kernels.hpp"
 #include "normlab/rng.hpp"
+#include "omp_threads.hpp"
 
 using namespace normlab;
 
 namespace {
-
-class Threads {
- public:
-  explicit Threads(int n) : saved_(omp_get_max_threads()) { omp_set_num_threads(n); }
-  ~Threads() { omp_set_num_threads(saved_); }
-
- private:
-  int saved_;
-};
 
 template <typename T>
 std::vector<T> random(int64_t n, uint64_t seed, double lo = -1, double hi = 1) {

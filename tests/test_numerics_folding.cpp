@@ -17,18 +17,10 @@
 #include "normlab/kernels.hpp"
 #include "normlab/layers.hpp"
 #include "normlab/rng.hpp"
+#include "omp_threads.hpp"
 
 namespace normlab {
 namespace {
-
-class Threads {
- public:
-  explicit Threads(int n) : saved_(omp_get_max_threads()) { omp_set_num_threads(n); }
-  ~Threads() { omp_set_num_threads(saved_); }
-
- private:
-  int saved_;
-};
 
 std::vector<float> randn(int64_t n, uint64_t seed, double mean, double sd) {
   std::vector<float> v(static_cast<size_t>(n));
@@ -64,9 +56,9 @@ TEST(BatchStatistics, WithinOneUlpOfExactForEveryLayoutAndThreadCount) {
     double mean, sd;
   };
   const std::vector<Case> cases = {
-      {{1, 1, 3}, 0.1, 1500},    {{5, 3, 7}, 0.1, 1e3},     {{64, 300, 1}, 0.3, 1e3},
-      {{64, 300}, 1e4, 1},       {{700, 3, 9}, 0.2, 2e3},   {{3, 2, 5000}, 1e4, 1e-2},
-      {{2000, 17}, -0.5, 3e3},   {{4, 5, 4099}, 1e-3, 1e3}, {{37, 1, 1000}, 123.4, 5e2},
+      {{1, 1, 3}, 0.1, 1500},  {{5, 3, 7}, 0.1, 1e3},     {{64, 300, 1}, 0.3, 1e3},
+      {{64, 300}, 1e4, 1},     {{700, 3, 9}, 0.2, 2e3},   {{3, 2, 5000}, 1e4, 1e-2},
+      {{2000, 17}, -0.5, 3e3}, {{4, 5, 4099}, 1e-3, 1e3}, {{37, 1, 1000}, 123.4, 5e2},
   };
   for (const Case& cs : cases)
     for (int threads : {1, 2, 3}) {
@@ -75,7 +67,7 @@ TEST(BatchStatistics, WithinOneUlpOfExactForEveryLayoutAndThreadCount) {
       const std::vector<float> x = randn(N * C * L, 7 + N + C, cs.mean, cs.sd);
       std::vector<float> y(x.size()), mean(C), rstd(C), var(C);
       batchnorm_forward_train<float>(y.data(), mean.data(), rstd.data(), var.data(), x.data(),
-                              static_cast<const float*>(nullptr), nullptr, N, C, L, 1e-5f);
+                                     static_cast<const float*>(nullptr), nullptr, N, C, L, 1e-5f);
       for (int64_t c = 0; c < C; ++c) {
         long double m = 0, v = 0;
         for (int64_t n = 0; n < N; ++n)
@@ -106,7 +98,7 @@ TEST(BatchStatistics, LayerNormRowMeansWithinOneUlp) {
     const std::vector<float> x = randn(N * D, 100 + D, 0.1, 1e3);
     std::vector<float> y(x.size()), mean(N), rstd(N);
     layernorm_forward<float>(y.data(), mean.data(), rstd.data(), x.data(),
-                      static_cast<const float*>(nullptr), nullptr, N, D, 1e-5f);
+                             static_cast<const float*>(nullptr), nullptr, N, D, 1e-5f);
     for (int64_t n = 0; n < N; ++n) {
       long double m = 0;
       for (int64_t d = 0; d < D; ++d) m += x[n * D + d];
@@ -155,8 +147,8 @@ TEST(FoldingOverflow, IssueCaseBatchNormConstantChannelHugeWeight) {
 // |fast - ref| against the tensor's scale; where ref is finite fast must be too.
 struct Compare {
   std::string failure;
-  void check(const std::string& what, const std::vector<float>& fast,
-             const std::vector<float>& ref, double scale, double tol = 2e-5) {
+  void check(const std::string& what, const std::vector<float>& fast, const std::vector<float>& ref,
+             double scale, double tol = 2e-5) {
     if (!failure.empty()) return;
     for (const float r : ref)
       if (std::isfinite(r)) scale = std::max(scale, static_cast<double>(std::abs(r)));
@@ -165,8 +157,8 @@ struct Compare {
       const double err = std::abs(static_cast<double>(fast[i]) - ref[i]);
       // The floor: values rounded as subnormals (a few of float's smallest steps).
       if (!(err <= tol * scale + 1e-42)) {
-        failure = what + "[" + std::to_string(i) + "]: fast " + std::to_string(fast[i]) +
-                  " (" + std::to_string(static_cast<double>(fast[i])) + "), ref " +
+        failure = what + "[" + std::to_string(i) + "]: fast " + std::to_string(fast[i]) + " (" +
+                  std::to_string(static_cast<double>(fast[i])) + "), ref " +
                   std::to_string(ref[i]) + ", scale " + std::to_string(scale);
         char buf[160];
         std::snprintf(buf, sizeof buf, " [fast %.9g ref %.9g scale %.3g]", fast[i], ref[i], scale);
@@ -231,18 +223,17 @@ TEST(FoldingOverflow, LayerNormSweepFastEqualsReference) {
       for (int k = 0; k < 2; ++k) {
         y[k].assign(N * D, 0), mean[k].assign(N, 0), rstd[k].assign(N, 0);
         dx[k].assign(N * D, 0), dg[k].assign(D, 0), db[k].assign(D, 0);
-        (k ? ref::layernorm_forward<float> : layernorm_forward<float>)(
-            y[k].data(), mean[k].data(), rstd[k].data(), x.data(), gamma.data(), beta.data(), N,
-            D, e.eps);
+        (k ? ref::layernorm_forward<float>
+           : layernorm_forward<float>)(y[k].data(), mean[k].data(), rstd[k].data(), x.data(),
+                                       gamma.data(), beta.data(), N, D, e.eps);
       }
       // Both backwards from the reference's statistics: the same inputs.
       std::fill(dg[0].begin(), dg[0].end(), 0.0f);
       std::fill(db[0].begin(), db[0].end(), 0.0f);
       layernorm_backward<float>(dx[0].data(), dg[0].data(), db[0].data(), dy.data(), x.data(),
                                 mean[1].data(), rstd[1].data(), gamma.data(), N, D);
-      ref::layernorm_backward<float>(dx[1].data(), dg[1].data(), db[1].data(), dy.data(),
-                                     x.data(), mean[1].data(), rstd[1].data(), gamma.data(), N,
-                                     D);
+      ref::layernorm_backward<float>(dx[1].data(), dg[1].data(), db[1].data(), dy.data(), x.data(),
+                                     mean[1].data(), rstd[1].data(), gamma.data(), N, D);
       Compare cmp;
       cmp.check("y", y[0], y[1], 0);
       // The mean is judged against the spread: ref's own double sum of +-FLT_MAX
@@ -258,8 +249,8 @@ TEST(FoldingOverflow, LayerNormSweepFastEqualsReference) {
       cmp.check("dx", dx[0], dx[1], dx_scale);
       cmp.check("dgamma", dg[0], dg[1], 0, 1e-4);
       cmp.check("dbeta", db[0], db[1], 0, 1e-4);
-      EXPECT_TRUE(cmp.failure.empty()) << "LayerNorm D " << D << ", " << e.str() << ": "
-                                       << cmp.failure;
+      EXPECT_TRUE(cmp.failure.empty())
+          << "LayerNorm D " << D << ", " << e.str() << ": " << cmp.failure;
       ++checked;
     }
   }
@@ -283,26 +274,26 @@ TEST(FoldingOverflow, BatchNormSweepFastEqualsReference) {
         std::vector<float> y[2], mean[2], rstd[2], var[2], dx[2], dg[2], db[2];
         for (int k = 0; k < 2; ++k) {
           y[k].assign(n, 0), mean[k].assign(C, 0), rstd[k].assign(C, 0), var[k].assign(C, 0);
-          (k ? ref::batchnorm_forward_train<float> : batchnorm_forward_train<float>)(
-              y[k].data(), mean[k].data(), rstd[k].data(), var[k].data(), x.data(), gamma.data(),
-              beta.data(), N, C, L, e.eps);
+          (k ? ref::batchnorm_forward_train<float>
+             : batchnorm_forward_train<float>)(y[k].data(), mean[k].data(), rstd[k].data(),
+                                               var[k].data(), x.data(), gamma.data(), beta.data(),
+                                               N, C, L, e.eps);
         }
         Compare cmp;
         cmp.check("train y", y[0], y[1], 0);
         // The mean is judged against the spread: ref's own double sum of +-FLT_MAX
-      // values rounds at 1e22.
-      double spread = 0;
-      for (const float r : rstd[1]) spread = std::max(spread, 1.0 / r);
-      cmp.check("mean", mean[0], mean[1], spread);
+        // values rounds at 1e22.
+        double spread = 0;
+        for (const float r : rstd[1]) spread = std::max(spread, 1.0 / r);
+        cmp.check("mean", mean[0], mean[1], spread);
         cmp.check("rstd", rstd[0], rstd[1], 0);
         cmp.check("var", var[0], var[1], 0);
         for (bool train : {true, false}) {
           for (int k = 0; k < 2; ++k) {
             dx[k].assign(n, 0), dg[k].assign(C, 0), db[k].assign(C, 0);
-            auto* fn = train ? (k ? ref::batchnorm_backward_train<float>
-                                  : batchnorm_backward_train<float>)
-                             : (k ? ref::batchnorm_backward_eval<float>
-                                  : batchnorm_backward_eval<float>);
+            auto* fn =
+                train ? (k ? ref::batchnorm_backward_train<float> : batchnorm_backward_train<float>)
+                      : (k ? ref::batchnorm_backward_eval<float> : batchnorm_backward_eval<float>);
             fn(dx[k].data(), dg[k].data(), db[k].data(), dy.data(), x.data(), mean[1].data(),
                rstd[1].data(), gamma.data(), N, C, L);
           }
@@ -319,13 +310,12 @@ TEST(FoldingOverflow, BatchNormSweepFastEqualsReference) {
         }
         // Eval forward with the reference's statistics as running statistics.
         for (int k = 0; k < 2; ++k)
-          (k ? ref::batchnorm_forward_eval<float> : batchnorm_forward_eval<float>)(
-              y[k].data(), x.data(), mean[1].data(), var[1].data(), gamma.data(), beta.data(), N,
-              C, L, e.eps);
+          (k ? ref::batchnorm_forward_eval<float>
+             : batchnorm_forward_eval<float>)(y[k].data(), x.data(), mean[1].data(), var[1].data(),
+                                              gamma.data(), beta.data(), N, C, L, e.eps);
         cmp.check("eval y", y[0], y[1], 0);
-        EXPECT_TRUE(cmp.failure.empty())
-            << "BatchNorm " << shape_str(shape) << " threads " << threads << ", " << e.str()
-            << ": " << cmp.failure;
+        EXPECT_TRUE(cmp.failure.empty()) << "BatchNorm " << shape_str(shape) << " threads "
+                                         << threads << ", " << e.str() << ": " << cmp.failure;
         ++checked;
       }
     }

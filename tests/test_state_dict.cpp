@@ -44,7 +44,8 @@ TEST(StateDict, HoldsTensorsAndCountsInOrder) {
   EXPECT_EQ(sd.tensor("b")[0], 3.0f);  // positions follow the erase
 
   expect_error([&] { sd.insert("b", int64_t{1}); }, {"'b' is given twice"});
-  expect_error([&] { sd.count("weight"); }, {"'weight' is a tensor of shape (2), not an int64 count"});
+  expect_error([&] { sd.count("weight"); },
+               {"'weight' is a tensor of shape (2), not an int64 count"});
   sd.insert("c", int64_t{1});
   expect_error([&] { sd.tensor("c"); }, {"'c' is an int64 count, not a tensor"});
   expect_error([&] { sd.tensor("zz"); }, {"no key 'zz'"});
@@ -56,10 +57,9 @@ TEST(StateDict, OfAModelHasPyTorchKeysKindsAndCopies) {
   auto m = net<float>(1);
   dynamic_cast<BatchNorm1d<float>&>((*m)[1]).num_batches_tracked = 11;
   StateDict<float> sd = state_dict(*m);
-  EXPECT_EQ(sd.keys(), (std::vector<std::string>{"0.weight", "0.bias", "1.weight", "1.bias",
-                                                 "1.running_mean", "1.running_var",
-                                                 "1.num_batches_tracked", "3.weight_g",
-                                                 "3.weight_v"}));
+  EXPECT_EQ(sd.keys(), (std::vector<std::string>{
+                           "0.weight", "0.bias", "1.weight", "1.bias", "1.running_mean",
+                           "1.running_var", "1.num_batches_tracked", "3.weight_g", "3.weight_v"}));
   EXPECT_EQ(sd.count("1.num_batches_tracked"), 11);
   EXPECT_EQ(sd.tensor("0.weight").shape(), (Shape{3, 2}));
   EXPECT_EQ(sd.tensor("3.weight_g").shape(), Shape{});

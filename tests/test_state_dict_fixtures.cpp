@@ -90,15 +90,14 @@ TEST(StateDictFixtures, ParametrizationsWeightNormKeysLoad) {
 
   // In memory, the renames are reported.
   auto n = fixture_net<float>(3);
-  const LoadResult r = load_state_dict(
-      *n, state_dict_from_safetensors<float>(
-              read_safetensors(fixture("net_parametrizations.safetensors")), "p"));
-  EXPECT_EQ(r.renamed_keys,
-            (std::vector<std::pair<std::string, std::string>>{
-                {"4.parametrizations.weight.original0", "4.weight_g"},
-                {"4.parametrizations.weight.original1", "4.weight_v"},
-                {"6.parametrizations.weight.original0", "6.weight_g"},
-                {"6.parametrizations.weight.original1", "6.weight_v"}}));
+  const LoadResult r =
+      load_state_dict(*n, state_dict_from_safetensors<float>(
+                              read_safetensors(fixture("net_parametrizations.safetensors")), "p"));
+  EXPECT_EQ(r.renamed_keys, (std::vector<std::pair<std::string, std::string>>{
+                                {"4.parametrizations.weight.original0", "4.weight_g"},
+                                {"4.parametrizations.weight.original1", "4.weight_v"},
+                                {"6.parametrizations.weight.original0", "6.weight_g"},
+                                {"6.parametrizations.weight.original1", "6.weight_v"}}));
   EXPECT_TRUE(r.kept_counts.empty());
 }
 
@@ -156,14 +155,15 @@ TEST(StateDictFixtures, ExportMatchesPyTorchKeysOrderShapesAndValues) {
     // compare against the key order PyTorch's state_dict() has: the legacy
     // file's order with the parametrizations names.
     std::vector<std::string> want;
-    for (const char* k :
-         {"0.weight", "0.bias", "1.weight", "1.bias", "1.running_mean", "1.running_var",
-          "1.num_batches_tracked", "3.weight", "3.bias", "4.bias", "4.weight_g", "4.weight_v",
-          "6.bias", "6.weight_g", "6.weight_v"}) {
+    for (const char* k : {"0.weight", "0.bias", "1.weight", "1.bias", "1.running_mean",
+                          "1.running_var", "1.num_batches_tracked", "3.weight", "3.bias", "4.bias",
+                          "4.weight_g", "4.weight_v", "6.bias", "6.weight_g", "6.weight_v"}) {
       std::string s = k;
       if (keys == WeightNormKeys::Parametrizations) {
-        if (s.ends_with("weight_g")) s.replace(s.size() - 8, 8, "parametrizations.weight.original0");
-        if (s.ends_with("weight_v")) s.replace(s.size() - 8, 8, "parametrizations.weight.original1");
+        if (s.ends_with("weight_g"))
+          s.replace(s.size() - 8, 8, "parametrizations.weight.original0");
+        if (s.ends_with("weight_v"))
+          s.replace(s.size() - 8, 8, "parametrizations.weight.original1");
       }
       want.push_back(s);
     }

@@ -53,12 +53,18 @@ TEST(TensorFrom, VectorAndSpan) {
 }
 
 TEST(TensorFrom, CountMismatchIsAnErrorWithTheNumbers) {
-  EXPECT_EQ(error_of([] { Tensor<float>::from({2, 3}, {1, 2, 3, 4, 5}); }),
+  EXPECT_EQ(error_of([] {
+              Tensor<float>::from({2, 3}, {1, 2, 3, 4, 5});
+            }),
             "Tensor::from: shape (2, 3) needs 6 values, got 5");
-  EXPECT_EQ(error_of([] { Tensor<float>::from({}, {1, 2}); }),
+  EXPECT_EQ(error_of([] {
+              Tensor<float>::from({}, {1, 2});
+            }),
             "Tensor::from: shape () needs 1 value, got 2");
   const std::vector<double> seven(7, 0.0);
-  EXPECT_EQ(error_of([&] { Tensor<double>::from({2, 2}, seven); }),
+  EXPECT_EQ(error_of([&] {
+              Tensor<double>::from({2, 2}, seven);
+            }),
             "Tensor::from: shape (2, 2) needs 4 values, got 7");
   EXPECT_NE(error_of([] { Tensor<float>::from({-1}, {}); }).find("negative dimension"),
             std::string::npos);

@@ -99,9 +99,10 @@ TEST_F(TrainingRun, WeightNormKeysChooseTheModelFileSpellingAndResumeKeepsIt) {
   Quiet q;
   run_training(c, q);
   const auto model = model_bytes(c.out_dir);
-  for (const char* k : {"1.bias", "1.parametrizations.weight.original0",
-                        "1.parametrizations.weight.original1", "4.parametrizations.weight.original0",
-                        "4.parametrizations.weight.original1", "3.num_batches_tracked"})
+  for (const char* k :
+       {"1.bias", "1.parametrizations.weight.original0", "1.parametrizations.weight.original1",
+        "4.parametrizations.weight.original0", "4.parametrizations.weight.original1",
+        "3.num_batches_tracked"})
     EXPECT_TRUE(model.count(k)) << k;
   EXPECT_FALSE(model.count("1.weight_g"));
   // The checkpoint keeps normlab's own keys; both files load into the model.

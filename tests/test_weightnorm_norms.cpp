@@ -20,8 +20,8 @@ namespace {
 
 template <typename T>
 void expect_rel(double got, double want, double tol, const char* what) {
-  EXPECT_LE(std::abs(got - want), tol * std::abs(want)) << what << ": got " << got << ", want "
-                                                         << want;
+  EXPECT_LE(std::abs(got - want), tol * std::abs(want))
+      << what << ": got " << got << ", want " << want;
 }
 
 // wnlinear(3 -> 1), v = [1e20, 1, 1], g = 2, x = [1, 3e20, 0], through every dim
@@ -90,8 +90,7 @@ TEST(WeightNormNorms, Norm2NeitherOverflowsNorUnderflows) {
   const std::vector<float> f_small = {3e-30f, 4e-30f, 0};
   EXPECT_NEAR(norm_of(f_small), 5e-30, 1e-36);
   const std::vector<float> f_sub = {3e-45f, 4e-45f};  // subnormals: squares 1e-89, fine in double
-  EXPECT_NEAR(norm_of(f_sub), std::hypot(double(f_sub[0]), double(f_sub[1])),
-              1e-52);
+  EXPECT_NEAR(norm_of(f_sub), std::hypot(double(f_sub[0]), double(f_sub[1])), 1e-52);
   const std::vector<double> d_big = {3e300, 4e300}, d_small = {3e-300, 4e-300};
   EXPECT_DOUBLE_EQ(norm_of(d_big), 5e300);
   EXPECT_DOUBLE_EQ(norm_of(d_small), 5e-300);

@@ -74,9 +74,8 @@ StateDict<T> state_dict_from_safetensors(const SafetensorsFile& file, const std:
 // The groups as one safetensors file (each group's keys under its prefix).
 SafetensorsFile pack_state(const std::vector<BasicStateGroup<float>>& groups, const Metadata& meta,
                            const std::string& dest, const StateDictOptions& options = {});
-SafetensorsFile pack_state(const std::vector<BasicStateGroup<double>>& groups,
-                           const Metadata& meta, const std::string& dest,
-                           const StateDictOptions& options = {});
+SafetensorsFile pack_state(const std::vector<BasicStateGroup<double>>& groups, const Metadata& meta,
+                           const std::string& dest, const StateDictOptions& options = {});
 
 // Loads `file` into the groups' entries, all or nothing (see above); keys starting
 // with one of `ignore_prefixes` are skipped. `source` names the file. The

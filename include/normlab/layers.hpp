@@ -125,7 +125,8 @@ class WeightNormLinear : public Layer<T> {
   // per row, sqrt(out) per column, sqrt(in * out) whole), so w = v = all ones:
   // finite and deterministic (an all-zero v would make w = 0/0). For a layer
   // whose parameters are loaded or set right after; the same shapes and state.
-  WeightNormLinear(int64_t in, int64_t out, bool bias = true, WeightNormDim dim = WeightNormDim::Rows);
+  WeightNormLinear(int64_t in, int64_t out, bool bias = true,
+                   WeightNormDim dim = WeightNormDim::Rows);
   std::string name() const override;
   Shape output_shape(const Shape& in) const override;
   const Tensor<T>& backward(const Tensor<T>& dy) override;

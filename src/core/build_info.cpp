@@ -9,7 +9,9 @@
 
 namespace normlab {
 
-std::string build_arch() { return NORMLAB_ARCH; }
+std::string build_arch() {
+  return NORMLAB_ARCH;
+}
 
 std::string build_isa() {
 #if defined(__AVX512F__)

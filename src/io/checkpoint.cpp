@@ -147,7 +147,8 @@ SafetensorsFile pack(const std::vector<BasicStateGroup<T>>& groups, const Metada
     const StateDict<T> sd =
         state_dict(prefixed(g), g.prefix.empty() ? options : StateDictOptions{});
     for (const auto& item : sd) {
-      if (all.contains(item.key)) fail("cannot write ", dest, ": state entry '", item.key, "' is given twice");
+      if (all.contains(item.key))
+        fail("cannot write ", dest, ": state entry '", item.key, "' is given twice");
       all.insert(item.key, item.value);
     }
   }
@@ -274,9 +275,8 @@ SafetensorsFile pack_state(const std::vector<BasicStateGroup<float>>& groups, co
                            const std::string& dest, const StateDictOptions& options) {
   return pack(groups, meta, dest, options);
 }
-SafetensorsFile pack_state(const std::vector<BasicStateGroup<double>>& groups,
-                           const Metadata& meta, const std::string& dest,
-                           const StateDictOptions& options) {
+SafetensorsFile pack_state(const std::vector<BasicStateGroup<double>>& groups, const Metadata& meta,
+                           const std::string& dest, const StateDictOptions& options) {
   return pack(groups, meta, dest, options);
 }
 

@@ -241,7 +241,8 @@ LoadResult check_state_dict(const std::vector<StateEntry<T>>& target, StateDict<
     if (e.count) {
       if (!std::holds_alternative<int64_t>(*v))
         fail(at, " is a tensor of shape ", shape_str(std::get<Tensor<T>>(*v).shape()), " in ",
-             options.subject, ", but an int64 count in the model (expected an I64 scalar of shape ())");
+             options.subject,
+             ", but an int64 count in the model (expected an I64 scalar of shape ())");
       continue;
     }
     if (!std::holds_alternative<Tensor<T>>(*v))
@@ -282,15 +283,15 @@ LoadResult load_state_dict(Layer<T>& model, StateDict<T> sd, const LoadOptions& 
   return load_state_dict(model.state(), std::move(sd), options);
 }
 
-#define NORMLAB_STATE_DICT(T)                                                                    \
-  template class StateDict<T>;                                                                   \
+#define NORMLAB_STATE_DICT(T)                                                                   \
+  template class StateDict<T>;                                                                  \
   template StateDict<T> state_dict(const std::vector<StateEntry<T>>&, const StateDictOptions&); \
-  template StateDict<T> state_dict(Layer<T>&, const StateDictOptions&);                          \
-  template LoadResult check_state_dict(const std::vector<StateEntry<T>>&, StateDict<T>&,         \
-                                       const LoadOptions&);                                      \
+  template StateDict<T> state_dict(Layer<T>&, const StateDictOptions&);                         \
+  template LoadResult check_state_dict(const std::vector<StateEntry<T>>&, StateDict<T>&,        \
+                                       const LoadOptions&);                                     \
   template void copy_state_dict(const std::vector<StateEntry<T>>&, const StateDict<T>&);        \
-  template LoadResult load_state_dict(const std::vector<StateEntry<T>>&, StateDict<T>,           \
-                                      const LoadOptions&);                                       \
+  template LoadResult load_state_dict(const std::vector<StateEntry<T>>&, StateDict<T>,          \
+                                      const LoadOptions&);                                      \
   template LoadResult load_state_dict(Layer<T>&, StateDict<T>, const LoadOptions&);
 
 NORMLAB_STATE_DICT(float)

@@ -214,8 +214,7 @@ bool fold_backward(bool train, T& A, T& Bc, T& Cc, ChannelGrad& g, T* dgamma, T*
   Bc = static_cast<T>(bc);
   Cc = static_cast<T>(cc);
   g = {mean[c] + delta, r, gm, sdy, sdyx, M};
-  return fold_coeff_ok<T>(ad) &&
-         (!train || (fold_coeff_ok<T>(bc) && std::abs(cc) < fold_big<T>));
+  return fold_coeff_ok<T>(ad) && (!train || (fold_coeff_ok<T>(bc) && std::abs(cc) < fold_big<T>));
 }
 
 // dx of one value as ref:: computes it, for a channel whose fold is not safe.

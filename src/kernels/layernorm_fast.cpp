@@ -88,7 +88,8 @@ void row_grad_sums(double& sx, double& sg, double& sgx, double& sgg, const T* x,
                    const T* gamma, T m, int64_t D) {
   using A = std::conditional_t<Wide, double, T>;
   using V = detail::Vec<A>;
-  constexpr int64_t W = Wide ? detail::kWideLanes : static_cast<int64_t>(detail::kVecBytes / sizeof(T));
+  constexpr int64_t W =
+      Wide ? detail::kWideLanes : static_cast<int64_t>(detail::kVecBytes / sizeof(T));
   const auto ld = [](const T* p) {
     if constexpr (Wide)
       return detail::load_wide(p);
@@ -172,8 +173,8 @@ void layernorm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, con
       // sqrt(sgg)), times r, plus (x - m) times c1, plus c0. Where a bound fails
       // (huge gamma or dy, spreads near float's limits) the row is computed in
       // double, as ref:: does. (NaN in any sum fails every check.)
-      const double gmax = std::sqrt(sgg), dev = 1.01 * std::sqrt(static_cast<double>(D)) / rd +
-                                                  std::abs(delta);
+      const double gmax = std::sqrt(sgg),
+                   dev = 1.01 * std::sqrt(static_cast<double>(D)) / rd + std::abs(delta);
       const bool stats_ok = dev < detail::fold_big<T> && detail::fold_coeff_ok<T>(rd);
       const bool dx_ok = stats_ok && gmax < detail::fold_big<T> &&
                          detail::fold_product_ok<T>(gmax, rd) && detail::fold_coeff_ok<T>(c1) &&
@@ -206,12 +207,11 @@ void layernorm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, con
       if (gamma)
         detail::map_row(
             dxr, D, stream,
-            [=](auto v, auto dv, auto gm) { return (dv * gm) * r + (v - m) * c1t + c0t; }, xr,
-            dyr, gamma);
+            [=](auto v, auto dv, auto gm) { return (dv * gm) * r + (v - m) * c1t + c0t; }, xr, dyr,
+            gamma);
       else
         detail::map_row(
-            dxr, D, stream, [=](auto v, auto dv) { return dv * r + (v - m) * c1t + c0t; }, xr,
-            dyr);
+            dxr, D, stream, [=](auto v, auto dv) { return dv * r + (v - m) * c1t + c0t; }, xr, dyr);
     }
     if (stream) detail::stream_fence();
     // The threads' partial sums, added into the accumulating parameter gradients.

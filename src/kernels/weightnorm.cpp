@@ -80,8 +80,8 @@ void weightnorm_columns_backward(T* dv, T* dg, const T* dw, const T* v, const T*
     for (int64_t i = 0; i < I; ++i) {
       const double n = norm[i];
       dg[o * I + i] += static_cast<T>(dw[o * I + i] * (v[o * I + i] / n));
-      dv[o * I + i] += static_cast<T>(dw[o * I + i] * (g[o * I + i] / n) -
-                                      (s[i] / n) / n * (v[o * I + i] / n));
+      dv[o * I + i] +=
+          static_cast<T>(dw[o * I + i] * (g[o * I + i] / n) - (s[i] / n) / n * (v[o * I + i] / n));
     }
 }
 
@@ -139,7 +139,7 @@ void weightnorm_dim1_backward(T* dv, T* dg, const T* dw, const T* v, const T* g,
                                        int64_t, bool);                                          \
   template void weightnorm_columns_forward<T>(T*, T*, const T*, const T*, int64_t, int64_t);    \
   template void weightnorm_columns_backward<T>(T*, T*, const T*, const T*, const T*, const T*,  \
-                                               int64_t, int64_t);                                \
+                                               int64_t, int64_t);                               \
   template void weightnorm_dim1_forward<T>(T*, T*, const T*, const T*, int64_t, int64_t);       \
   template void weightnorm_dim1_backward<T>(T*, T*, const T*, const T*, const T*, const T*,     \
                                             int64_t, int64_t);

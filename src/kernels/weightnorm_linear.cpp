@@ -24,7 +24,7 @@ void weightnorm_linear_forward(T* y, T* z, T* norm, T* scale, const T* x, const 
     if (o0 >= o1) return;
     {
       const profile::Scope timer("weightnorm forward");  // thread 0's share, if profiling
-      for (int64_t o = o0; o < o1; ++o) {  // norm2: no overflow (v = [1e20, 1, 1])
+      for (int64_t o = o0; o < o1; ++o) {                // norm2: no overflow (v = [1e20, 1, 1])
         const double n = detail::norm2(v + o * I, I);
         norm[o] = static_cast<T>(n);
         scale[o] = static_cast<T>(g[o] / n);
@@ -87,7 +87,8 @@ void weightnorm_linear_backward(T* dx, T* dv, T* dg, T* db, T* dys, T* dot, cons
           dysr[o] = dyr[o] * scale[o];
         }
       }
-      for (int64_t o = o0; o < o1; ++o) dg[o] += static_cast<T>(dot[o] / static_cast<double>(norm[o]));
+      for (int64_t o = o0; o < o1; ++o)
+        dg[o] += static_cast<T>(dot[o] / static_cast<double>(norm[o]));
     }
     // dx needs every column of dys. (team > 1 only in run_threads' own region: an
     // orphaned barrier would otherwise bind to a caller's region.)
