@@ -167,14 +167,18 @@ TEST_P(GradCheckWeightNorm, TrainAndEval) {
   EXPECT_GRADIENTS_OK(l, Shape({3, 5}), 43);
 }
 
-INSTANTIATE_TEST_SUITE_P(Configs, GradCheckWeightNorm,
-                         ::testing::Values(WnCase{"dim0_bias", true, WeightNormDim::Rows},
-                                           WnCase{"dim0_no_bias", false, WeightNormDim::Rows},
-                                           WnCase{"dim_none_bias", true, WeightNormDim::Whole},
-                                           WnCase{"dim_none_no_bias", false, WeightNormDim::Whole},
-                                           WnCase{"dim1_bias", true, WeightNormDim::Columns},
-                                           WnCase{"dim1_no_bias", false, WeightNormDim::Columns}),
-                         [](const auto& info) { return std::string(info.param.label); });
+INSTANTIATE_TEST_SUITE_P(
+    Configs, GradCheckWeightNorm,
+    ::testing::Values(WnCase{"dim0_bias", true, WeightNormDim::Rows},
+                      WnCase{"dim0_no_bias", false, WeightNormDim::Rows},
+                      WnCase{"dim_none_bias", true, WeightNormDim::Whole},
+                      WnCase{"dim_none_no_bias", false, WeightNormDim::Whole},
+                      WnCase{"dim1_bias", true, WeightNormDim::Columns},
+                      WnCase{"dim1_no_bias", false, WeightNormDim::Columns},
+                      // PyTorch's negative dims, read as weight_norm reads them
+                      WnCase{"dim_minus2_bias", true, weight_norm_dim(-2)},
+                      WnCase{"dim_minus1_bias", true, weight_norm_dim(-1)}),
+    [](const auto& info) { return std::string(info.param.label); });
 
 // ---- ReLU, Flatten ----
 TEST(GradCheckReLU, AwayFromKink) {

@@ -1,7 +1,8 @@
 // The layers against PyTorch: tests/fixtures/layers/*.json, written by
 // tests/fixtures/generate_layers.py (see its docstring for the format; each
 // file records the torch_version that wrote it: 1.13, and 2.15 for the
-// weight_norm dim=1 / dim=-1 / dim=-2 cases). For each
+// weight_norm dim=1 / dim=-1 / dim=-2 cases and the weightnorm_param_* cases of
+// torch.nn.utils.parametrizations.weight_norm, loaded under its keys). For each
 // case the layer is built from the same spec, its state() names are compared with
 // the state_dict keys (names AND order), the initial state is loaded through those
 // names, and every step (train or eval) must reproduce PyTorch's output, input
@@ -15,6 +16,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <set>
@@ -24,6 +26,7 @@
 #include "normlab/layers.hpp"
 #include "normlab/notebook_layers.hpp"
 #include "normlab/sequential.hpp"
+#include "normlab/state_dict.hpp"
 
 namespace normlab {
 namespace {
@@ -142,21 +145,31 @@ void run_fixture(const std::string& name, double tol) {
   LayerPtr<T> layer = build<T>(fx.at("spec"), rng);
   SCOPED_TRACE(name + ": " + layer->name());
 
-  // state() names and order are PyTorch's state_dict keys.
-  std::vector<std::string> names;
-  for (const auto& e : layer->state()) names.push_back(e.name);
+  // state() names and order are PyTorch's state_dict keys: those of
+  // torch.nn.utils.weight_norm, or with "parametrizations" in the spec those of
+  // torch.nn.utils.parametrizations.weight_norm, which state_dict() exports with
+  // WeightNormKeys::Parametrizations and load_state_dict() renames on loading.
+  const bool param_keys =
+      fx.at("spec").value("config", json::object()).value("parametrizations", false);
+  const StateDictOptions keys{param_keys ? WeightNormKeys::Parametrizations
+                                         : WeightNormKeys::Legacy};
+  const std::vector<std::string> names = state_dict(*layer, keys).keys();
   ASSERT_EQ(names, fx.at("state_keys").get<std::vector<std::string>>());
-
-  for (auto& e : layer->state()) {
-    const json& j = fx.at("initial_state").at(e.name);
-    if (e.count) {
-      *e.count = j.at("data")[0].get<int64_t>();
-      continue;
-    }
-    const Tensor<T> v = to_tensor<T>(j);
-    ASSERT_EQ(e.value->shape(), v.shape()) << e.name;
-    *e.value = v;
+  std::map<std::string, std::string> torch_name;  // normlab's state() name -> the fixture's key
+  {
+    const std::vector<StateEntry<T>> entries = layer->state();
+    for (size_t i = 0; i < entries.size(); ++i) torch_name[entries[i].name] = names[i];
   }
+  StateDict<T> initial;
+  for (const std::string& k : names) {
+    const json& j = fx.at("initial_state").at(k);
+    if (j.value("dtype", "") == "int64")
+      initial.insert(k, j.at("data")[0].get<int64_t>());
+    else
+      initial.insert(k, to_tensor<T>(j));
+  }
+  const LoadResult loaded = load_state_dict(*layer, initial);
+  EXPECT_EQ(loaded.renamed_keys.size(), param_keys ? 2u : 0u);
 
   int step_no = 0;
   for (const json& step : fx.at("steps")) {
@@ -179,14 +192,15 @@ void run_fixture(const std::string& name, double tol) {
     EXPECT_TRUE(close("grad_input", layer->backward(g), step.at("grad_input"), tol, floor));
     std::set<std::string> params;
     for (auto& e : layer->state()) {
+      const std::string& k = torch_name.at(e.name);
       if (e.is_param()) {
-        params.insert(e.name);
-        EXPECT_TRUE(close("grad of " + e.name, *e.grad, step.at("grads").at(e.name), tol, floor));
+        params.insert(k);
+        EXPECT_TRUE(close("grad of " + k, *e.grad, step.at("grads").at(k), tol, floor));
       } else if (e.count) {
-        const int64_t want = step.at("buffers_after").at(e.name).at("data")[0];
-        EXPECT_EQ(*e.count, want) << e.name;
+        const int64_t want = step.at("buffers_after").at(k).at("data")[0];
+        EXPECT_EQ(*e.count, want) << k;
       } else {
-        EXPECT_TRUE(close(e.name, *e.value, step.at("buffers_after").at(e.name), tol, 0.0));
+        EXPECT_TRUE(close(k, *e.value, step.at("buffers_after").at(k), tol, 0.0));
       }
     }
     std::set<std::string> torch_params;
@@ -239,7 +253,12 @@ TEST(TorchFixtureCoverage, CoversEveryRequiredConfiguration) {
       if (c["elementwise_affine"] && !c["bias"]) seen.insert("ln bias off");
       if (c["normalized_shape"].size() == 2) seen.insert("ln 2 dims");
     }
-    if (kind == "WeightNormLinear") seen.insert(c["dim"].is_null() ? "wn dim none" : "wn dim 0");
+    if (kind == "WeightNormLinear") {
+      // Every dim a Linear weight takes, with both of PyTorch's weight_norm functions.
+      const std::string api = c.value("parametrizations", false) ? "parametrizations " : "";
+      seen.insert("wn " + api + "dim " +
+                  (c["dim"].is_null() ? std::string("none") : std::to_string(c["dim"].get<int>())));
+    }
     if (kind == "Linear" && !c["bias"]) seen.insert("linear bias off");
   };
   for (const std::string& name : fixture_names()) {
@@ -260,7 +279,15 @@ TEST(TorchFixtureCoverage, CoversEveryRequiredConfiguration) {
                            "ln bias off",
                            "ln 2 dims",
                            "wn dim 0",
+                           "wn dim 1",
+                           "wn dim -1",
+                           "wn dim -2",
                            "wn dim none",
+                           "wn parametrizations dim 0",
+                           "wn parametrizations dim 1",
+                           "wn parametrizations dim -1",
+                           "wn parametrizations dim -2",
+                           "wn parametrizations dim none",
                            "NotebookWeightNormLinear",
                            "NotebookBatchNorm",
                            "NotebookLayerNorm",
