@@ -347,6 +347,66 @@ def state_lines(module):
     return [f"{k}\t({', '.join(str(d) for d in v.shape)})" for k, v in module.state_dict().items()]
 
 
+# --------------------------------------------------------------------------- data-dependent init
+# The twin of normlab's data_dependent_init (src/nn/weight_norm_init.cpp,
+# docs/weight-norm-init.md): Salimans & Kingma 2016, section 3, written
+# independently in PyTorch ops.
+
+
+def _weight_norm_parts(module):
+    """(g, v) of a weight-normalized Linear, under either PyTorch API; None otherwise."""
+    if isinstance(module, nn.Linear):
+        if hasattr(module, "weight_g") and hasattr(module, "weight_v"):  # nn.utils.weight_norm
+            return module.weight_g, module.weight_v
+        p = getattr(module, "parametrizations", None)
+        if p is not None and "weight" in p:  # nn.utils.parametrizations.weight_norm
+            return p.weight.original0, p.weight.original1
+    return None
+
+
+@torch.no_grad()
+def data_dependent_init(module, batch, v_std=0.05, draw_v=True, generator=None):
+    """Initialises every weight_norm(nn.Linear) of `module` (nested nn.Sequential too) from
+    `batch`, in forward order: v ~ N(0, v_std^2) (unless draw_v is False), then with
+    t = x v^T / ||v|| over every row of the layer's input, g = 1/sigma[t] and
+    b = -mu[t]/sigma[t] (biased standard deviation, as the paper's code), before the layer
+    runs. Runs in the module's mode; buffers (BatchNorm's running statistics) are put back.
+    Returns the names of the initialised layers. Only weight_g of shape (out, 1) (dim=0/-2)
+    with a bias is accepted, as in normlab."""
+    buffers = {k: b.clone() for k, b in module.named_buffers()}
+    done = []
+
+    def run(m, prefix, x):
+        if isinstance(m, nn.Sequential):
+            for name, child in m.named_children():
+                x = run(child, f"{prefix}.{name}" if prefix else name, x)
+            return x
+        parts = _weight_norm_parts(m)
+        if parts is not None:
+            g, v = parts
+            if g.dim() != 2 or g.shape[1] != 1 or g.shape[0] != v.shape[0]:
+                raise ValueError(f"{prefix}: needs weight_g of shape (out, 1), got {tuple(g.shape)}")
+            if m.bias is None:
+                raise ValueError(f"{prefix}: has no bias")
+            if draw_v:
+                v.copy_(torch.randn(v.shape, generator=generator, dtype=v.dtype) * v_std)
+            rows = x.reshape(-1, v.shape[1]).double()
+            t = rows @ (v.double() / v.double().norm(dim=1, keepdim=True)).T
+            mu = t.mean(dim=0)
+            sigma = t.var(dim=0, unbiased=False).sqrt()
+            if rows.shape[0] < 2 or not bool((sigma > 0).all()):
+                raise ValueError(f"{prefix}: t does not vary over the batch")
+            g.copy_((1 / sigma).reshape(-1, 1).to(g.dtype))
+            m.bias.copy_((-mu / sigma).to(m.bias.dtype))
+            done.append(prefix)
+        return m(x)
+
+    run(module, "", batch)
+    for k, b in module.named_buffers():
+        b.copy_(buffers[k])
+    return done
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("spec")

@@ -132,6 +132,7 @@ class WeightNormLinear : public Layer<T> {
   const Tensor<T>& backward(const Tensor<T>& dy) override;
   std::vector<StateEntry<T>> state() override;
   bool fuse_relu(bool on) override;  // with per-row norms only
+  WeightNormDim dim() const { return dim_; }
 
   Tensor<T> weight_g, weight_v, bias, dweight_g, dweight_v, dbias;
 
