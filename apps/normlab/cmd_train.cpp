@@ -69,6 +69,11 @@ class ConsoleObserver : public TrainingObserver {
     std::fflush(stdout);
   }
 
+  void on_note(const std::string& text) override {
+    std::cout << text << "\n";
+    std::cout.flush();
+  }
+
   void on_skipped_step(int64_t step, const std::string& why) override {
     if (drawn_) std::fprintf(stderr, "\r\033[K");
     drawn_ = false;
@@ -130,6 +135,12 @@ void add_train_command(CLI::App& app) {
                   "(parametrizations.weight.original0/1: PyTorch >= 2.1's "
                   "torch.nn.utils.parametrizations.weight_norm)")
       ->capture_default_str();
+  cmd->add_option("--wn-init", cfg->wn_init,
+                  "How weight-norm layers start: pytorch (weight_norm(nn.Linear)'s init) or data "
+                  "(Salimans & Kingma 2016, sec. 3: v ~ N(0, 0.05^2), then g and bias set so that "
+                  "every pre-activation has mean 0 and std 1 on the first training batch; "
+                  "wnlinear with dim=0 and a bias only; not redone on --resume)")
+      ->capture_default_str();
   cmd->add_option("--progress", *progress, "auto (a bar on a terminal), always or never")
       ->capture_default_str();
 
@@ -148,6 +159,7 @@ void add_train_command(CLI::App& app) {
       if (!cmd->count("--dataset") && !cmd->count("--data")) data->dataset = saved.dataset;
       c.optim = saved.optim;
       c.weight_norm_keys = saved.weight_norm_keys;
+      if (!cmd->count("--wn-init")) c.wn_init = saved.wn_init;
     }
     if (cmd->count("--weight-norm-keys")) {
       const auto keys = weight_norm_keys_from_name(*wn_keys);

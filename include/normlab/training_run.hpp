@@ -8,6 +8,9 @@
 //   model.safetensors        the model's state_dict (loads in PyTorch; weight-norm
 //                            keys as TrainConfig::weight_norm_keys says)
 //   checkpoint.safetensors   model + optimizer + position: what --resume needs
+// Both .safetensors files carry the training configuration in their metadata
+// ("train_config"), and with --wn-init data a "wn_init" record of the init
+// (method, paper section, batch, rows and layers).
 //
 // Determinism: for a given seed and thread count the run is bitwise
 // reproducible, and a run resumed from any checkpoint it wrote ends with
@@ -48,6 +51,11 @@ struct TrainConfig {
   // The weight-norm keys of model.safetensors (for PyTorch; checkpoint.safetensors
   // always has normlab's legacy weight_g / weight_v): state_dict.hpp.
   WeightNormKeys weight_norm_keys = WeightNormKeys::Legacy;
+  // How the weight-norm layers start: "pytorch" (weight_norm(nn.Linear)'s own
+  // init, as built) or "data" (the paper's data-dependent init,
+  // weight_norm_init.hpp, on the first training batch of epoch 1, once, before
+  // the first step; a resumed run takes its weights from the checkpoint).
+  std::string wn_init = "pytorch";
 };
 
 struct EpochMetrics {
@@ -78,6 +86,8 @@ class TrainingObserver {
   virtual void on_progress(const Progress&) {}  // a few times a second at most
   virtual void on_epoch(const EpochMetrics&) {}
   virtual void on_skipped_step(int64_t /*step*/, const std::string& /*why*/) {}
+  // A line for the run's log, e.g. what the weight-norm init did (after on_start).
+  virtual void on_note(const std::string& /*text*/) {}
 };
 
 // Runs (or resumes) the training; returns the metrics of every epoch of the

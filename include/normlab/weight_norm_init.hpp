@@ -59,7 +59,7 @@ struct WeightNormInitLayer {
 
 struct WeightNormInitReport {
   std::vector<WeightNormInitLayer> layers;  // in forward order
-  std::string summary() const;              // "4 layers (0, 3, 6, 9) on 128 rows"
+  std::string summary() const;              // "4 layers (0, 3, 6, 9)"
 };
 
 // Initialises every WeightNormLinear of `model` (a Sequential, nested ones too,

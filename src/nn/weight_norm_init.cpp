@@ -159,9 +159,7 @@ class InitPass {
 std::string WeightNormInitReport::summary() const {
   std::string s = std::to_string(layers.size()) + (layers.size() == 1 ? " layer (" : " layers (");
   for (size_t i = 0; i < layers.size(); ++i) s += (i ? ", " : "") + layers[i].path;
-  s += ")";
-  if (!layers.empty()) s += " on " + std::to_string(layers.front().rows) + " rows";
-  return s;
+  return s + ")";
 }
 
 template <typename T>

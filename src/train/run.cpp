@@ -19,12 +19,16 @@
 #include "normlab/plot.hpp"
 #include "normlab/profile.hpp"
 #include "normlab/train.hpp"
+#include "normlab/weight_norm_init.hpp"
 
 namespace normlab {
 namespace {
 
 using json = nlohmann::json;
 using Clock = std::chrono::steady_clock;
+
+// The metadata key of the data-dependent init's record (training_run.hpp).
+constexpr const char* kWnInitKey = "wn_init";
 
 double seconds_since(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
@@ -170,6 +174,8 @@ TrainConfig config_from_checkpoint(const std::string& path) {
       fail(path, ": the training configuration says weight_norm_keys '", keys,
            "', expected legacy or parametrizations");
     c.weight_norm_keys = *parsed;
+    // Absent in checkpoints written before --wn-init existed: PyTorch's init then.
+    c.wn_init = cfg.value("wn_init", std::string("pytorch"));
   } catch (const json::exception& e) {
     fail(path, ": the training configuration in the checkpoint's metadata is damaged (", e.what(),
          ")");
@@ -188,6 +194,8 @@ std::vector<EpochMetrics> run_training(const TrainConfig& cfg, TrainingObserver&
   if (cfg.limit_test < 0) fail("--limit-test must not be negative, got ", cfg.limit_test);
   if (cfg.checkpoint_every < 0)
     fail("--checkpoint-every must not be negative, got ", cfg.checkpoint_every);
+  if (cfg.wn_init != "pytorch" && cfg.wn_init != "data")
+    fail("--wn-init must be pytorch or data, got '", cfg.wn_init, "'");
 
   // Data first: a bad data directory should fail before anything is written.
   Dataset train_set = load_dataset(cfg.data_dir, Split::Train);
@@ -229,10 +237,12 @@ std::vector<EpochMetrics> run_training(const TrainConfig& cfg, TrainingObserver&
                              {"limit_train", cfg.limit_train},
                              {"limit_test", cfg.limit_test},
                              {"epochs", cfg.epochs},
-                             {"weight_norm_keys", weight_norm_keys_name(cfg.weight_norm_keys)}};
+                             {"weight_norm_keys", weight_norm_keys_name(cfg.weight_norm_keys)},
+                             {"wn_init", cfg.wn_init}};
 
   Position pos;
   std::vector<EpochMetrics> history;
+  std::string wn_init_record;  // JSON: what the data-dependent init did (--wn-init data)
   if (!cfg.resume.empty()) {
     const TrainConfig saved = config_from_checkpoint(cfg.resume);
     auto differs = [&](const char* flag, const auto& mine, const auto& theirs) {
@@ -245,6 +255,7 @@ std::vector<EpochMetrics> run_training(const TrainConfig& cfg, TrainingObserver&
     differs("--optimizer", cfg.optimizer, saved.optimizer);
     differs("--seed", cfg.seed, saved.seed);
     differs("--limit-train", cfg.limit_train, saved.limit_train);
+    differs("--wn-init", cfg.wn_init, saved.wn_init);
     differs("--optimizer options", options_to_json(cfg.optim).dump(),
             options_to_json(saved.optim).dump());
     const Metadata meta = load_checkpoint(cfg.resume, model_state, optim_state);
@@ -267,6 +278,47 @@ std::vector<EpochMetrics> run_training(const TrainConfig& cfg, TrainingObserver&
     if (pos.epoch >= cfg.epochs)
       fail("--resume ", cfg.resume, ": the checkpoint has already finished ", pos.epoch,
            " epochs; ask for more with --epochs (now ", cfg.epochs, ")");
+    // The init happened when the run started; its record travels with the run.
+    if (const auto it = meta.find(kWnInitKey); it != meta.end()) wn_init_record = it->second;
+  }
+
+  // The weight-norm data-dependent init (Salimans & Kingma 2016, sec. 3) on the
+  // first training batch of epoch 1, the batch the first step then trains on:
+  // once, at the start of a run, never on --resume (the weights come from the
+  // checkpoint). Before anything is written, so a refused init leaves no trace.
+  std::string wn_init_note;
+  if (cfg.resume.empty() && cfg.wn_init == "data") {
+    sampler.set_epoch(0);
+    const auto idx = sampler.batch(0);
+    const int64_t B = static_cast<int64_t>(idx.size());
+    Tensor<float> xb({B, D});
+    std::vector<int32_t> yb(static_cast<size_t>(B));
+    train_set.gather(idx, xb.data(), yb.data());
+    WeightNormInitReport r;
+    try {
+      r = data_dependent_init(*model, xb, rng);
+    } catch (const Error& e) {
+      fail("--wn-init data: ", e.what());
+    }
+    json layers = json::array();
+    for (const auto& l : r.layers)
+      layers.push_back({{"path", l.path}, {"layer", l.name}, {"units", l.units}, {"rows", l.rows}});
+    wn_init_record = json{
+        {"method", "data"},
+        {"source", "Salimans & Kingma 2016, section 3"},
+        {"batch", "the first training batch of epoch 1"},
+        {"samples", B},
+        {"v_std", WeightNormInitOptions{}.v_std},
+        {"layers",
+         layers}}.dump();
+    wn_init_note =
+        "weight-norm data-dependent init (Salimans & Kingma 2016, sec. 3) on the first "
+        "training batch (" +
+        std::to_string(B) + " samples): " + r.summary();
+  } else if (!wn_init_record.empty()) {
+    wn_init_note =
+        "weight-norm data-dependent init: done when the run started, not redone "
+        "(weights from the checkpoint)";
   }
 
   // Only now, with every input checked, does the run touch the disk. The
@@ -295,6 +347,7 @@ std::vector<EpochMetrics> run_training(const TrainConfig& cfg, TrainingObserver&
   for (const auto& e : model_state)
     if (e.is_param()) n_params += e.value->numel();
   observer.on_start(model->name(), n_params, n_train, n_test, pos.epoch + 1);
+  if (!wn_init_note.empty()) observer.on_note(wn_init_note);
 
   // The test set stays as bytes too: each evaluation batch is converted when it is used.
   std::vector<int64_t> test_index(static_cast<size_t>(n_test));
@@ -339,13 +392,14 @@ std::vector<EpochMetrics> run_training(const TrainConfig& cfg, TrainingObserver&
                {"curve", p.curve}};
     json hj = json::array();
     for (const auto& m : history) hj.push_back(metrics_to_json(m));
-    const Metadata meta = {{kModelSpecKey, cfg.model},
-                           {kSeedKey, std::to_string(cfg.seed)},
-                           {kEpochKey, std::to_string(p.epoch)},
-                           {kStepKey, std::to_string(optimizer->steps())},
-                           {"train_config", train_config.dump()},
-                           {"position", pj.dump()},
-                           {"history", hj.dump()}};
+    Metadata meta = {{kModelSpecKey, cfg.model},
+                     {kSeedKey, std::to_string(cfg.seed)},
+                     {kEpochKey, std::to_string(p.epoch)},
+                     {kStepKey, std::to_string(optimizer->steps())},
+                     {"train_config", train_config.dump()},
+                     {"position", pj.dump()},
+                     {"history", hj.dump()}};
+    if (!wn_init_record.empty()) meta[kWnInitKey] = wn_init_record;
     // The checkpoint first: it holds the model too, so once it is accepted (every
     // value finite) the model file is too, and a refusal leaves both files as they were.
     try {
