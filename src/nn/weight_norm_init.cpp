@@ -107,15 +107,30 @@ class InitPass {
       const double n = std::sqrt(ss);
       // Welford's mean and sum of squared deviations of t = v.x / ||v|| over the rows.
       double mean = 0, m2 = 0, amax = 0;
-      for (int64_t r = 0; r < R; ++r) {
-        const T* xr = xs + r * I;
-        double dot = 0;
-        for (int64_t i = 0; i < I; ++i) dot += static_cast<double>(vo[i]) * xr[i];
+      auto add = [&](int64_t r, double dot) {
         const double t = dot / n;
         const double d = t - mean;
         mean += d / static_cast<double>(r + 1);
         m2 += d * (t - mean);
         amax = std::max(amax, std::abs(t));
+      };
+      // Four rows at a time: four independent sums (in double, each in order)
+      // instead of one chain of dependent additions.
+      int64_t r = 0;
+      for (; r + 4 <= R; r += 4) {
+        const T *x0 = xs + r * I, *x1 = x0 + I, *x2 = x1 + I, *x3 = x2 + I;
+        double d0 = 0, d1 = 0, d2 = 0, d3 = 0;
+        for (int64_t i = 0; i < I; ++i) {
+          const double vi = static_cast<double>(vo[i]);
+          d0 += vi * x0[i], d1 += vi * x1[i], d2 += vi * x2[i], d3 += vi * x3[i];
+        }
+        add(r, d0), add(r + 1, d1), add(r + 2, d2), add(r + 3, d3);
+      }
+      for (; r < R; ++r) {
+        const T* xr = xs + r * I;
+        double dot = 0;
+        for (int64_t i = 0; i < I; ++i) dot += static_cast<double>(vo[i]) * xr[i];
+        add(r, dot);
       }
       vnorm[o] = n;
       mu[o] = mean;
