@@ -188,3 +188,4 @@ class Flatten : public Layer<T> {
 };
 
 }  // namespace normlab
+#include "normlab/rmsnorm.hpp"  // RMSNorm (issue 10)
