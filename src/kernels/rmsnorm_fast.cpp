@@ -5,6 +5,7 @@
 // Tested against ref:: in tests/test_rmsnorm.cpp; timings in docs/performance.md.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
 #include "kernels/norm_common.hpp"
 #include "normlab/rmsnorm.hpp"
@@ -57,11 +58,55 @@ void rmsnorm_forward(T* y, T* rstd, const T* x, const T* gamma, int64_t N, int64
   }
 }
 
+// One pass over a row, from memory: returns sum g * xhat (g = dy * gamma,
+// xhat = x * r) summed in T in two vector accumulators (PyTorch's float
+// backward sums in float too), and adds the row's share of dgamma, dy * xhat,
+// into dg (this thread's partial sums, in L1) if DG.
+template <bool Gamma, bool DG, typename T>
+T grad_row_pass(const T* x, const T* dy, const T* gamma, T* dg, T r, int64_t D) {
+  using V = detail::Vec<T>;
+  constexpr int64_t W = static_cast<int64_t>(detail::kVecBytes / sizeof(T));
+  V a0{}, a1{};
+  const auto step = [&](int64_t i, V& a) {
+    const V xh = detail::load(x + i) * r;
+    const V dv = detail::load(dy + i);
+    V g = dv;
+    if constexpr (Gamma) g *= detail::load(gamma + i);
+    a += g * xh;
+    if constexpr (DG) {
+      const V d = detail::load(dg + i) + dv * xh;
+      std::memcpy(dg + i, &d, sizeof d);
+    }
+  };
+  int64_t i = 0;
+  for (; i + 2 * W <= D; i += 2 * W) {
+    step(i, a0);
+    step(i + W, a1);
+  }
+  for (; i + W <= D; i += W) step(i, a0);
+  T s = detail::hsum<T>(a0 + a1);
+  for (; i < D; ++i) {
+    const T xh = x[i] * r, dv = dy[i];
+    s += (Gamma ? dv * gamma[i] : dv) * xh;
+    if constexpr (DG) dg[i] += dv * xh;
+  }
+  return s;
+}
+
+template <typename T>
+T grad_row(const T* x, const T* dy, const T* gamma, T* dg, T r, int64_t D) {
+  if (gamma)
+    return dg ? grad_row_pass<true, true>(x, dy, gamma, dg, r, D)
+              : grad_row_pass<true, false>(x, dy, gamma, dg, r, D);
+  return dg ? grad_row_pass<false, true>(x, dy, gamma, dg, r, D)
+            : grad_row_pass<false, false>(x, dy, gamma, dg, r, D);
+}
+
 // Per row, with g = dy * gamma and xhat = x * rstd (docs/derivations.md):
-//   dx = g * rstd + x * c1,  c1 = -rstd^3 * mean(g * x)
-// The sum of g * x is taken in double (one pass that streams the row in); the
-// row's share of dgamma (dy * xhat, into this thread's partial sums) and dx
-// then work on it in L1/L2.
+//   dx = rstd * (g - xhat * mean(g * xhat)) = g * rstd + x * c1,
+//   c1 = -rstd^2 * mean(g * xhat)
+// The first pass streams the row in (sum g * xhat, and dgamma's share); dx
+// then works on it in L1/L2.
 template <typename T>
 void rmsnorm_backward(T* dx, T* dgamma, const T* dy, const T* x, const T* rstd, const T* gamma,
                       int64_t N, int64_t D) {
@@ -79,54 +124,46 @@ void rmsnorm_backward(T* dx, T* dgamma, const T* dy, const T* x, const T* rstd, 
       const T* xr = x + n * D;
       const T* dyr = dy + n * D;
       T* dxr = dx ? dx + n * D : nullptr;
+      if (!dxr && !dg) continue;
       const T r = rstd[n];
       const double rd = r;
       if (n + 1 < N) {
         detail::prefetch_row(xr + D, D);
         detail::prefetch_row(dyr + D, D);
       }
-      double sgx = 0;
-      if (dx)
-        sgx = gamma ? detail::sum_row_wide<T>(
-                          D, [](auto a, auto b, auto c) { return a * b * c; }, dyr, gamma, xr)
-                    : detail::sum_row_wide<T>(
-                          D, [](auto a, auto b) { return a * b; }, dyr, xr);
-      const double c1 = -rd * rd * rd * (sgx * inv_d);
-      // In T: x * r (bounded by sqrt(D) for the rstd of this row), dy * gamma
-      // * r and x * c1, and their sum: coefficients must be normal floats,
-      // and an output that overflowed anyway (huge dy or gamma) is seen by
-      // map_row_finite. Such rows are computed in double, as ref:: does.
-      bool ok = detail::fold_coeff_ok<T>(rd) && detail::fold_coeff_ok<T>(c1);
-      if (ok && dg) {
-#pragma omp simd
-        for (int64_t d = 0; d < D; ++d) dg[d] += dyr[d] * (xr[d] * r);
-      }
-      if (ok && dxr) {
-        const T c1t = static_cast<T>(c1);
-        ok = gamma
-                 ? detail::map_row_finite(
-                       dxr, D, stream,
-                       [=](auto v, auto dv, auto gm) { return (dv * gm) * r + v * c1t; }, xr, dyr,
-                       gamma)
-                 : detail::map_row_finite(
-                       dxr, D, stream, [=](auto v, auto dv) { return dv * r + v * c1t; }, xr, dyr);
-        if (ok) continue;
-        // The row's dgamma share above is right; only dx is redone.
-        const double mgx = sgx * inv_d * rd;  // mean(g * xhat)
-        for (int64_t d = 0; d < D; ++d) {
-          const double g = static_cast<double>(dyr[d]) * (gamma ? gamma[d] : T(1));
-          dxr[d] = static_cast<T>(rd * (g - xr[d] * rd * mgx));
-        }
+      // dgamma's share in T: xhat = x * r is at most ~sqrt(D) for this row's
+      // rstd (an rstd that is subnormal, 0 or inf gives what ref:: gives from
+      // the same saved value, to rounding).
+      if (!dxr) {
+        grad_row(xr, dyr, static_cast<const T*>(nullptr), dg, r, D);
         continue;
       }
-      if (ok) continue;
-      const double mgx = sgx * inv_d * rd;
+      const double sgx = grad_row(xr, dyr, gamma, dg, r, D);
+      const double c1 = -rd * rd * (sgx * inv_d);
+      // In T: dy * gamma * r plus x * c1. Coefficients must be normal floats
+      // (or 0), the sum finite, and an output that overflowed anyway (huge dy
+      // or gamma) is seen by map_row_finite: such rows are summed again in
+      // double and computed as ref:: does.
+      if (std::isfinite(sgx) && detail::fold_coeff_ok<T>(rd) && detail::fold_coeff_ok<T>(c1)) {
+        const T c1t = static_cast<T>(c1);
+        const bool ok =
+            gamma ? detail::map_row_finite(
+                        dxr, D, stream,
+                        [=](auto v, auto dv, auto gm) { return (dv * gm) * r + v * c1t; }, xr, dyr,
+                        gamma)
+                  : detail::map_row_finite(
+                        dxr, D, stream, [=](auto v, auto dv) { return dv * r + v * c1t; }, xr, dyr);
+        if (ok) continue;
+      }
+      const double s =
+          gamma ? detail::sum_row_wide<T>(
+                      D, [](auto a, auto b, auto c) { return a * b * c; }, dyr, gamma, xr)
+                : detail::sum_row_wide<T>(
+                      D, [](auto a, auto b) { return a * b; }, dyr, xr);
+      const double mgx = s * inv_d * rd;  // mean(g * xhat)
       for (int64_t d = 0; d < D; ++d) {
-        const double xhat = xr[d] * rd;
-        if (dg) dg[d] += static_cast<T>(dyr[d] * xhat);
-        if (!dxr) continue;
         const double g = static_cast<double>(dyr[d]) * (gamma ? gamma[d] : T(1));
-        dxr[d] = static_cast<T>(rd * (g - xhat * mgx));
+        dxr[d] = static_cast<T>(rd * (g - xr[d] * rd * mgx));
       }
     }
     if (stream) detail::stream_fence();
