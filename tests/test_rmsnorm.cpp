@@ -232,6 +232,13 @@ TEST(RMSNormEdges, NearFloatMaxAndConstantRows) {
   for (float eps : {0.f, 1e-12f, FLT_EPSILON})
     check_edge({"near FLT_MAX eps=" + std::to_string(eps), x, rows(1, D, 3, 1.0, 1.0),
                 rows(4, D, 4, 1.0), D, eps});
+  // Means of 1e4 with a spread of 1e-2, and rows of one value repeated (RMSNorm
+  // does not centre: y = x / rms, the spread rides on a large rms).
+  std::vector<float> big = rows(16, 96, 11, 1e-2);
+  for (float& v : big) v += 1e4f;
+  for (float eps : {1e-12f, 1e-5f})
+    check_edge(
+        {"mean 1e4 sd 1e-2", big, rows(1, 96, 12, 1.0, 1.0), rows(16, 96, 13, 1.0), 96, eps});
   // +-FLT_MAX rows: y = +-1 * gamma exactly as the definition.
   std::vector<float> y(x.size()), r(4);
   rmsnorm_forward(y.data(), r.data(), x.data(), static_cast<const float*>(nullptr), 4, D, 0.f);
