@@ -71,7 +71,8 @@ void run_bench(const BenchArgs& args) {
 void add_bench_command(CLI::App& app) {
   auto args = std::make_shared<BenchArgs>();
   auto* cmd = app.add_subcommand(
-      "bench", "Time the LayerNorm/BatchNorm kernels beside a plain copy of the same bytes");
+      "bench",
+      "Time the LayerNorm/BatchNorm/RMSNorm kernels beside a plain copy of the same bytes");
   cmd->add_option("--threads", args->threads, "OpenMP threads (default: OMP_NUM_THREADS or all)");
   cmd->add_option("--repeats", args->repeats, "Samples per measurement; the median is shown")
       ->capture_default_str();
