@@ -64,6 +64,20 @@ INSTANTIATE_TEST_SUITE_P(
                       RmsCase{"one_value_rows", {1}, {5, 1}, rms_opt(true, 0.5)}),
     [](const auto& info) { return std::string(info.param.label); });
 
+// LayerNorm over three trailing dims (issue 10, item 2; ranks 1 and 2 are in
+// tests/test_gradcheck_layers.cpp).
+TEST(GradCheckLayerNormMultiDim, ThreeTrailingDims) {
+  for (bool bias : {true, false}) {
+    LayerNormOptions o;
+    o.bias = bias;
+    LayerNorm<double> l({2, 3, 4}, o);
+    Rng rng(43);
+    for (auto& e : l.state())
+      for (int64_t i = 0; i < e.value->numel(); ++i) (*e.value)[i] += 0.5 * rng.normal();
+    EXPECT_GRADIENTS_OK(l, Shape({2, 2, 3, 4}), 44);
+  }
+}
+
 // ---- Fast kernels against ref:: ----
 template <typename T>
 std::vector<T> randv(int64_t n, uint64_t seed, double mean = 0, double sd = 1) {
