@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """normlab against PyTorch on the same machine, in the same run.
 
-Times PyTorch's F.layer_norm and F.batch_norm (training mode), forward and
+Times PyTorch's F.layer_norm, F.batch_norm (training mode) and F.rms_norm
+(PyTorch >= 2.4; n/a for 1.13), forward and
 forward+backward, in float, for every PyTorch at hand: the current one
 (scripts/torch-env's venv; eager and torch.compile) and Debian's 1.13
 (python3-torch, when installed); runs `normlab bench` at the same shapes and
@@ -115,6 +116,9 @@ class TorchOps:
             "batchnorm": lambda inp: F.batch_norm(inp, running_mean, running_var, weight, bias,
                                                   True, 0.1, 1e-5),
         }
+        # issue 10: RMSNorm (F.rms_norm, PyTorch >= 2.4; 1.13 has none: its column says n/a)
+        if hasattr(F, "rms_norm"):
+            self.fns["rmsnorm"] = lambda inp: F.rms_norm(inp, (d,), weight, 1e-5)
         if compiled:
             self.fns = {k: torch.compile(f) for k, f in self.fns.items()}
             for f in self.fns.values():  # compile both graphs now: fwd (no grad) and fwd+bwd
@@ -207,7 +211,7 @@ class Worker:
 def normlab_sample(binary, threads, n, d, min_time, mode):
     """One sample of each from `normlab bench --csv`: {(kernel, pass): seconds}, copy seconds."""
     cmd = [binary, "bench", "--csv", "--threads", str(threads), "--repeats", "1", "--cache", mode,
-           "--min-time", str(min_time), "--kernels", "layernorm,batchnorm", "--shapes", f"{n}x{d}"]
+           "--min-time", str(min_time), "--kernels", "layernorm,batchnorm,rmsnorm", "--shapes", f"{n}x{d}"]
     run = subprocess.run(cmd, capture_output=True, text=True)
     if run.returncode != 0:
         sys.exit(f"compare_torch.py: error: {' '.join(cmd)} failed ({run.returncode}):\n"

@@ -103,6 +103,56 @@ def layer_norm(d, elementwise_affine, bias, eps):
         return ln
 
 
+class RMSNormTwin(nn.Module):
+    """torch.nn.RMSNorm for PyTorch < 2.4 (Debian's 1.13): the same state (weight) and
+    math, y = x / sqrt(mean(x^2) + eps) * weight over the trailing normalized_shape,
+    eps=None meaning finfo(x.dtype).eps (float32's for float16/bfloat16)."""
+
+    def __init__(self, normalized_shape, eps=None, elementwise_affine=True):
+        super().__init__()
+        self.normalized_shape = tuple(normalized_shape)
+        self.eps = eps
+        self.elementwise_affine = elementwise_affine
+        if elementwise_affine:
+            self.weight = nn.Parameter(torch.ones(self.normalized_shape))
+        else:
+            self.register_parameter("weight", None)
+
+    def forward(self, x):
+        dims = tuple(range(-len(self.normalized_shape), 0))
+        xu = x if x.dtype == torch.float64 else x.float()
+        eps = self.eps if self.eps is not None else torch.finfo(xu.dtype).eps
+        y = (xu * torch.rsqrt(xu.pow(2).mean(dims, keepdim=True) + eps)).type_as(x)
+        return y * self.weight if self.weight is not None else y
+
+
+def rms_norm(shape, elementwise_affine, eps):
+    if hasattr(nn, "RMSNorm"):  # PyTorch >= 2.4
+        return nn.RMSNorm(shape, eps=eps, elementwise_affine=elementwise_affine)
+    return RMSNormTwin(shape, eps=eps, elementwise_affine=elementwise_affine)
+
+
+def normalized_shape(item, opt, shape):
+    """layernorm/rmsnorm: the trailing dims they normalize over, as model_spec.cpp plans them:
+    the last dim (or the size D), the last dims=K dims, or shape=AxB..., never the batch dim."""
+    sizes = item["sizes"]
+    if ("dims" in opt or "shape" in opt) and sizes:
+        raise SpecError(f"{item['layer']}: give the size D (the last dim) or dims= / shape=, not both")
+    if "dims" in opt and "shape" in opt:
+        raise SpecError(f"{item['layer']}: give dims= or shape=, not both")
+    if "shape" in opt:
+        ns = [int(d) for d in opt["shape"].lower().split("x")]
+        if len(ns) > len(shape) - 1 or shape[len(shape) - len(ns):] != ns:
+            raise SpecError(f"{item['layer']} normalizes over trailing dims {ns}, got shape {shape}")
+        return ns
+    k = int(opt.get("dims", "1"))
+    if not 1 <= k <= len(shape) - 1:
+        raise SpecError(f"{item['layer']} normalizes over the last {k} dims, got shape {shape}")
+    if sizes and sizes[0] != shape[-1]:
+        raise SpecError(f"{item['layer']}({sizes[0]}) normalizes over {sizes[0]} features, got shape {shape}")
+    return shape[len(shape) - k:]
+
+
 # --------------------------------------------------------------------------- presets
 
 SEED000_BLOCKS = {
@@ -167,12 +217,13 @@ LAYERS = {
     "wnlinear": ("wnlinear", 1, 2, ("bias", "dim")),
     "batchnorm": ("batchnorm", 0, 1, ("affine", "momentum", "eps", "track_running_stats")),
     "bn": ("batchnorm", 0, 1, ("affine", "momentum", "eps", "track_running_stats")),
-    "layernorm": ("layernorm", 0, 1, ("elementwise_affine", "bias", "eps")),
-    "ln": ("layernorm", 0, 1, ("elementwise_affine", "bias", "eps")),
+    "layernorm": ("layernorm", 0, 1, ("elementwise_affine", "bias", "eps", "dims", "shape")),
+    "ln": ("layernorm", 0, 1, ("elementwise_affine", "bias", "eps", "dims", "shape")),
     "relu": ("relu", 0, 0, ()),
     "nb_wnlinear": ("nb_wnlinear", 1, 2, ("bias",)),
     "nb_batchnorm": ("nb_batchnorm", 0, 0, ()),
     "nb_layernorm": ("nb_layernorm", 0, 0, ()),
+    "rmsnorm": ("rmsnorm", 0, 1, ("elementwise_affine", "eps", "dims", "shape")),
 }
 
 
@@ -307,7 +358,8 @@ def build_layer(item, shape):
     if not lo <= len(sizes) <= hi or any(not 0 < s <= MAX_FEATURES for s in sizes):
         raise SpecError(f"bad sizes {sizes} for {item['layer']}")
     bias = boolean(opt.get("bias", "true"))
-    eps = float(opt.get("eps", "1e-5"))
+    eps = float(opt.get("eps", "1e-5")) if kind != "rmsnorm" else (
+        None if opt.get("eps", "none").lower() == "none" else float(opt["eps"]))
     last = shape[-1]
     if kind == "flatten":
         return nn.Flatten(), [shape[0], math.prod(shape[1:])]
@@ -330,15 +382,18 @@ def build_layer(item, shape):
                               affine=boolean(opt.get("affine", "true")),
                               track_running_stats=boolean(opt.get("track_running_stats", "true"))), shape
     if kind == "layernorm":
-        if sizes and sizes[0] != last:
-            raise SpecError(f"layernorm({sizes[0]}) normalizes over {sizes[0]} features, got shape {shape}")
-        return layer_norm(last, boolean(opt.get("elementwise_affine", "true")), bias, eps), shape
+        ns = normalized_shape(item, opt, shape)
+        return layer_norm(ns if len(ns) > 1 else ns[0], boolean(opt.get("elementwise_affine", "true")),
+                          bias, eps), shape
     if kind == "relu":
         return nn.ReLU(), shape
     if kind == "nb_batchnorm":
         return NotebookBatchNorm(), shape
     if kind == "nb_layernorm":
         return NotebookLayerNorm(), shape
+    if kind == "rmsnorm":
+        ns = normalized_shape(item, opt, shape)
+        return rms_norm(ns, boolean(opt.get("elementwise_affine", "true")), eps), shape
     raise SpecError(f"unhandled layer {kind}")
 
 

@@ -676,6 +676,20 @@ std::vector<Case> spec_cases() {
       {"spec: 60000 nested groups",
        model(std::string(60000, '[') + "relu" + std::string(60000, ']')),
        {"column 33", "groups nested more than 32 deep"}},
+      // issue 10: rmsnorm and the normalized_shape options dims= / shape=
+      {"spec: rmsnorm over more dims than the input has",
+       model("rmsnorm(dims=3), flatten, linear(10)"),
+       {"rmsnorm(dims=3)", "last 3 dims", "(2, 4, 4)"}},
+      {"spec: layernorm shape not the input's trailing dims",
+       model("layernorm(shape=4x5), flatten, linear(10)"),
+       {"layernorm(shape=4x5)", "(4, 5)", "(2, 4, 4)"}},
+      {"spec: rmsnorm shape not sizes", model("rmsnorm(shape=4xfour)"), {"shape", "'4xfour'"}},
+      {"spec: rmsnorm size and dims",
+       model("rmsnorm(4, dims=2)"),
+       {"rmsnorm(4, dims=2)", "not both"}},
+      {"spec: rmsnorm eps nan",
+       model("flatten, rmsnorm(eps=nan)"),
+       {"eps must be a finite number >= 0", "'nan'"}},
   };
 }
 

@@ -60,8 +60,8 @@ TEST(CliBench, PrintsCsvForEveryKernelAndPass) {
     if (line.find(",fwd,") != std::string::npos || line.find(",fwd+bwd,") != std::string::npos)
       ++kernel_rows;
   }
-  EXPECT_EQ(rows, 2 * 7);  // per shape: copy + 3 kernels x 2 passes
-  EXPECT_EQ(kernel_rows, 2 * 6);
+  EXPECT_EQ(rows, 2 * 9);  // per shape: copy + 4 kernels x 2 passes
+  EXPECT_EQ(kernel_rows, 2 * 8);
 }
 
 }  // namespace

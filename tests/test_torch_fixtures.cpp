@@ -1,14 +1,17 @@
 // The layers against PyTorch: tests/fixtures/layers/*.json, written by
 // tests/fixtures/generate_layers.py (see its docstring for the format; each
 // file records the torch_version that wrote it: 1.13, and 2.15 for the
-// weight_norm dim=1 / dim=-1 / dim=-2 cases and the weightnorm_param_* cases of
-// torch.nn.utils.parametrizations.weight_norm, loaded under its keys). For each
+// weight_norm dim=1 / dim=-1 / dim=-2 cases, the weightnorm_param_* cases of
+// torch.nn.utils.parametrizations.weight_norm, loaded under its keys, and the
+// RMSNorm and rank-3 LayerNorm cases). For each
 // case the layer is built from the same spec, its state() names are compared with
 // the state_dict keys (names AND order), the initial state is loaded through those
 // names, and every step (train or eval) must reproduce PyTorch's output, input
 // gradient, parameter gradients and buffers (running statistics, num_batches_tracked).
 // PyTorch computed in float64 from float32 inputs, so the double layers must agree to
-// ~1e-10 and the float layers within float rounding.
+// ~1e-10 and the float layers within float rounding; cases with float32 results
+// (output_f32, ...: RMSNorm, whose eps=None is finfo(dtype).eps) check the float layer
+// against those.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -21,6 +24,7 @@
 #include <nlohmann/json.hpp>
 #include <set>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "normlab/layers.hpp"
@@ -104,6 +108,12 @@ LayerPtr<T> build(const json& spec, Rng& rng) {
   if (kind == "NotebookLayerNorm") return std::make_unique<NotebookScalarNorm<T>>(Over::Rows, rng);
   if (kind == "ReLU") return std::make_unique<ReLU<T>>();
   if (kind == "Flatten") return std::make_unique<Flatten<T>>();
+  if (kind == "RMSNorm") {
+    RMSNormOptions o;
+    if (!c["eps"].is_null()) o.eps = c["eps"].get<double>();
+    o.elementwise_affine = c["elementwise_affine"];
+    return std::make_unique<RMSNorm<T>>(c["normalized_shape"].get<Shape>(), o);
+  }
   if (kind == "Sequential") {
     auto s = std::make_unique<Sequential<T>>();
     for (const json& child : c.at("children")) s->add(build<T>(child, rng), child.at("name"));
@@ -188,14 +198,18 @@ void run_fixture(const std::string& name, double tol) {
       grad_scale = std::max(grad_scale, std::abs(d.get<double>()));
     const double floor = 1e-2 * grad_scale;
 
-    EXPECT_TRUE(close("output", layer->forward(x), step.at("output"), tol, 0.0));
-    EXPECT_TRUE(close("grad_input", layer->backward(g), step.at("grad_input"), tol, floor));
+    // Cases run in float32 too (RMSNorm, whose eps=None depends on the dtype):
+    // the float layer is compared with PyTorch's float32 results.
+    const bool f32 = std::is_same_v<T, float> && step.contains("output_f32");
+    const std::string sfx = f32 ? "_f32" : "";
+    EXPECT_TRUE(close("output", layer->forward(x), step.at("output" + sfx), tol, 0.0));
+    EXPECT_TRUE(close("grad_input", layer->backward(g), step.at("grad_input" + sfx), tol, floor));
     std::set<std::string> params;
     for (auto& e : layer->state()) {
       const std::string& k = torch_name.at(e.name);
       if (e.is_param()) {
         params.insert(k);
-        EXPECT_TRUE(close("grad of " + k, *e.grad, step.at("grads").at(k), tol, floor));
+        EXPECT_TRUE(close("grad of " + k, *e.grad, step.at("grads" + sfx).at(k), tol, floor));
       } else if (e.count) {
         const int64_t want = step.at("buffers_after").at(k).at("data")[0];
         EXPECT_EQ(*e.count, want) << k;
@@ -260,6 +274,12 @@ TEST(TorchFixtureCoverage, CoversEveryRequiredConfiguration) {
                   (c["dim"].is_null() ? std::string("none") : std::to_string(c["dim"].get<int>())));
     }
     if (kind == "Linear" && !c["bias"]) seen.insert("linear bias off");
+    if (kind == "LayerNorm" && c["normalized_shape"].size() == 3) seen.insert("ln 3 dims");
+    if (kind == "RMSNorm") {
+      seen.insert(c["eps"].is_null() ? "rms eps none" : "rms eps given");
+      seen.insert(c["elementwise_affine"] ? "rms affine on" : "rms affine off");
+      seen.insert("rms " + std::to_string(c["normalized_shape"].size()) + " dims");
+    }
   };
   for (const std::string& name : fixture_names()) {
     const json fx = load_fixture(name);
@@ -293,7 +313,10 @@ TEST(TorchFixtureCoverage, CoversEveryRequiredConfiguration) {
                            "NotebookLayerNorm",
                            "ReLU",
                            "Flatten",
-                           "Sequential"})
+                           "Sequential",
+                           // issue 10
+                           "ln 3 dims", "RMSNorm", "rms eps none", "rms eps given", "rms affine on",
+                           "rms affine off", "rms 1 dims", "rms 2 dims", "rms 3 dims"})
     EXPECT_TRUE(seen.count(want)) << "no fixture covers " << want;
 }
 

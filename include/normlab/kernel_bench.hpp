@@ -37,8 +37,8 @@ BenchShape parse_shape(const std::string& text);
 std::string shape_text(BenchShape s);      // "4096x1024"
 std::vector<BenchShape> default_shapes();  // 128x512, 4096x1024, 16384x768
 
-enum class Kernel { layernorm, batchnorm_train, batchnorm_eval };
-const char* kernel_name(Kernel k);  // "layernorm", "batchnorm", "batchnorm_eval"
+enum class Kernel { layernorm, batchnorm_train, batchnorm_eval, rmsnorm };
+const char* kernel_name(Kernel k);  // "layernorm", "batchnorm", "batchnorm_eval", "rmsnorm"
 std::vector<Kernel> all_kernels();
 
 enum class Pass { forward, forward_backward };

@@ -189,3 +189,4 @@ class Flatten : public Layer<T> {
 };
 
 }  // namespace normlab
+#include "normlab/rmsnorm.hpp"  // RMSNorm (issue 10)

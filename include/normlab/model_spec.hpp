@@ -31,6 +31,7 @@ enum class LayerKind {
   NotebookWeightNormLinear,
   NotebookBatchNorm,
   NotebookLayerNorm,
+  RMSNorm,  // issue 10
 };
 
 // One layer of a model with its sizes resolved against an input shape.
@@ -45,6 +46,10 @@ struct LayerPlan {
   BatchNormOptions bn;
   LayerNormOptions ln;
   Shape in_shape, out_shape;  // including the batch dimension given to the planner
+  // LayerNorm and RMSNorm: the normalized_shape (trailing dims of in_shape;
+  // in = out = its element count). Empty in a hand-made plan: {in}.
+  Shape norm_shape;
+  RMSNormOptions rms;
 
   std::string child_path() const;  // "network.1": the prefix of this layer's state_dict keys
 };

@@ -12,6 +12,7 @@
 
 #include "normlab/error.hpp"
 #include "normlab/kernels.hpp"
+#include "normlab/rmsnorm.hpp"
 #include "normlab/rng.hpp"
 
 namespace normlab::bench {
@@ -98,12 +99,14 @@ const char* kernel_name(Kernel k) {
       return "batchnorm";
     case Kernel::batchnorm_eval:
       return "batchnorm_eval";
+    case Kernel::rmsnorm:
+      return "rmsnorm";
   }
   return "?";
 }
 
 std::vector<Kernel> all_kernels() {
-  return {Kernel::layernorm, Kernel::batchnorm_train, Kernel::batchnorm_eval};
+  return {Kernel::layernorm, Kernel::batchnorm_train, Kernel::batchnorm_eval, Kernel::rmsnorm};
 }
 
 const char* pass_name(Pass p) {
@@ -183,6 +186,12 @@ void run_pass(Kernel k, Pass p, NormBuffers& b) {
         batchnorm_backward_eval(b.dx.data(), b.dgamma.data(), b.dbeta.data(), b.dy.data(),
                                 b.x.data(), b.mean.data(), b.rstd.data(), b.gamma.data(), N, D,
                                 int64_t{1});
+      return;
+    case Kernel::rmsnorm:  // weight, no bias; forward reads x and writes y, as layernorm's
+      rmsnorm_forward(b.y.data(), b.rstd.data(), b.x.data(), b.gamma.data(), N, D, eps);
+      if (p == Pass::forward_backward)
+        rmsnorm_backward(b.dx.data(), b.dgamma.data(), b.dy.data(), b.x.data(), b.rstd.data(),
+                         b.gamma.data(), N, D);
       return;
   }
 }

@@ -19,7 +19,8 @@ LayerPtr<T> make_layer(const LayerPlan& p, Rng& rng) {
     case LayerKind::BatchNorm:
       return std::make_unique<BatchNorm1d<T>>(p.in, p.bn);
     case LayerKind::LayerNorm:
-      return std::make_unique<LayerNorm<T>>(Shape{p.in}, p.ln);
+      return std::make_unique<LayerNorm<T>>(p.norm_shape.empty() ? Shape{p.in} : p.norm_shape,
+                                            p.ln);
     case LayerKind::ReLU:
       return std::make_unique<ReLU<T>>();
     case LayerKind::NotebookWeightNormLinear:
@@ -28,6 +29,8 @@ LayerPtr<T> make_layer(const LayerPlan& p, Rng& rng) {
       return std::make_unique<NotebookScalarNorm<T>>(NotebookScalarNorm<T>::Over::Tensor, rng);
     case LayerKind::NotebookLayerNorm:
       return std::make_unique<NotebookScalarNorm<T>>(NotebookScalarNorm<T>::Over::Rows, rng);
+    case LayerKind::RMSNorm:
+      return std::make_unique<RMSNorm<T>>(p.norm_shape.empty() ? Shape{p.in} : p.norm_shape, p.rms);
   }
   fail("build_model: unhandled layer kind in ", p.source);
 }

@@ -58,8 +58,8 @@ const std::vector<LayerInfo>& layer_table() {
        LayerKind::LayerNorm,
        0,
        1,
-       {"elementwise_affine", "bias", "eps"},
-       "layernorm([D][, elementwise_affine=false][, bias=false][, eps=F])"},
+       {"elementwise_affine", "bias", "eps", "dims", "shape"},
+       "layernorm([D | dims=K | shape=AxB...][, elementwise_affine=false][, bias=false][, eps=F])"},
       {"relu", nullptr, LayerKind::ReLU, 0, 0, {}, "relu"},
       {"nb_wnlinear",
        nullptr,
@@ -70,6 +70,13 @@ const std::vector<LayerInfo>& layer_table() {
        "nb_wnlinear([IN,] OUT[, bias=false])"},
       {"nb_batchnorm", nullptr, LayerKind::NotebookBatchNorm, 0, 0, {}, "nb_batchnorm"},
       {"nb_layernorm", nullptr, LayerKind::NotebookLayerNorm, 0, 0, {}, "nb_layernorm"},
+      {"rmsnorm",
+       nullptr,
+       LayerKind::RMSNorm,
+       0,
+       1,
+       {"elementwise_affine", "eps", "dims", "shape"},
+       "rmsnorm([D | dims=K | shape=AxB...][, elementwise_affine=false][, eps=F|none])"},
   };
   return table;
 }
@@ -329,6 +336,10 @@ struct Options {
   WeightNormDim wn_dim = WeightNormDim::Rows;
   std::optional<double> momentum = 0.1;
   std::optional<double> eps;
+  // layernorm, rmsnorm: the normalized_shape as the last `dims` dims of the
+  // input, or given as `shape` (which must end the input's shape).
+  std::optional<int64_t> dims;
+  std::optional<Shape> shape;
 };
 
 class OptionReader {
@@ -362,8 +373,14 @@ class OptionReader {
       if (a.key == "elementwise_affine") o.elementwise_affine = boolean(a);
       if (a.key == "dim") o.wn_dim = dim(a);
       if (a.key == "momentum") o.momentum = momentum(a);
-      if (a.key == "eps") o.eps = eps(a);
+      if (a.key == "eps" && !(n_.info->kind == LayerKind::RMSNorm && lower(a.value.text) == "none"))
+        o.eps = eps(a);
+      if (a.key == "dims") o.dims = size(a);
+      if (a.key == "shape") o.shape = shape(a);
     }
+    if (o.dims && o.shape) bad(seen["shape"], "give dims= or shape=, not both");
+    if (!o.sizes.empty() && (o.dims || o.shape))
+      bad(o.sizes[0].second, "give the size D (the last dim) or dims= / shape=, not both");
     if (static_cast<int>(o.sizes.size()) < n_.info->min_sizes)
       bad(n_.pos,
           std::string(n_.info->name) + " needs its output size, e.g. " + n_.info->name + "(512)");
@@ -389,6 +406,31 @@ class OptionReader {
           "size " + t + " is absurdly large (the limit is " + std::to_string(kMaxFeatures) + ")");
     if (v <= 0) bad(a.pos, "size must be positive, got " + t);
     return v;
+  }
+
+  // "28x28" (or "784"): positive whole sizes separated by 'x'.
+  Shape shape(const Arg& a) {
+    const std::string t = lower(a.value.text);
+    Shape s;
+    size_t b = 0;
+    while (true) {
+      const size_t e = t.find('x', b);
+      const std::string part = t.substr(b, e == std::string::npos ? std::string::npos : e - b);
+      const bool whole = !part.empty() && std::all_of(part.begin(), part.end(), [](char c) {
+        return std::isdigit(static_cast<unsigned char>(c));
+      });
+      if (!whole)
+        bad(a.pos,
+            "shape must be sizes separated by 'x' (e.g. shape=28x28), got '" + a.value.text + "'");
+      errno = 0;
+      const long long v = std::strtoll(part.c_str(), nullptr, 10);
+      if (errno == ERANGE || v > kMaxFeatures || v <= 0)
+        bad(a.pos, "shape " + a.value.text + ": each size must be in 1.." +
+                       std::to_string(kMaxFeatures) + ", got " + part);
+      s.push_back(v);
+      if (e == std::string::npos) return s;
+      b = e + 1;
+    }
   }
 
   bool boolean(const Arg& a) {
@@ -537,10 +579,35 @@ class Planner {
           mismatch(n, "expects " + std::to_string(o.sizes[0].first) + " channels");
         break;
       case LayerKind::LayerNorm:
-        p.in = p.out = last;
+      case LayerKind::RMSNorm: {
+        // normalized_shape: the last dim (default, or the size D), the last
+        // `dims` dims, or `shape`; never the batch dim.
+        const size_t features = shape_.size() - 1;
+        Shape ns;
+        if (o.shape) {
+          ns = *o.shape;
+          if (ns.size() > features || !std::equal(ns.rbegin(), ns.rend(), shape_.rbegin()))
+            mismatch(n, "normalizes over trailing dims " + shape_str(ns));
+        } else {
+          const int64_t k = o.dims.value_or(1);
+          if (k > static_cast<int64_t>(features))
+            mismatch(n, "normalizes over the last " + std::to_string(k) +
+                            " dims (the batch dim is never normalized)");
+          ns.assign(shape_.end() - k, shape_.end());
+        }
+        int64_t count = 1;  // stops growing past the limit, so it cannot overflow
+        for (size_t i = 0; i < ns.size() && count <= kMaxFeatures; ++i) count *= ns[i];
+        if (count > kMaxFeatures)
+          mismatch(n, "would normalize over more than " + std::to_string(kMaxFeatures) +
+                          " values per row");
+        p.norm_shape = ns;
+        p.in = p.out = count;
+        p.rms.eps = o.eps;
+        p.rms.elementwise_affine = o.elementwise_affine;
         if (!o.sizes.empty() && o.sizes[0].first != last)
           mismatch(n, "normalizes over " + std::to_string(o.sizes[0].first) + " features");
         break;
+      }
       case LayerKind::ReLU:
         break;
       case LayerKind::NotebookBatchNorm:

@@ -40,6 +40,10 @@ SPECS = [
     ("head: [flatten, linear(16)], relu, 7: nb_wnlinear(4, bias=false), nb_layernorm, nb_batchnorm", "4x4"),
     ("linear(6), bn", "3x5"),  # BatchNorm1d on (N, C, L)
     ("wnlinear(7, dim=1), relu, wnlinear(5, dim=-1), wnlinear(4, dim=-2, bias=false)", "9"),
+    # issue 10: rmsnorm, and layernorm / rmsnorm over several trailing dims
+    ("rmsnorm(shape=28x28, eps=1e-6), ln(dims=2, bias=false), flatten, rmsnorm(784, eps=none), "
+     "linear(10), rmsnorm(elementwise_affine=false)", "28x28"),
+    ("layernorm(shape=3x4x5), rmsnorm(dims=3), flatten, linear(8), rmsnorm", "3x4x5"),
 ]
 
 
