@@ -82,6 +82,7 @@ void check_array(const char* fn, const char* arg, const A& a, nb::dlpack::dtype 
     throw nb::type_error(cat(fn, ": ", arg, " has dtype ", dtype_name(a.dtype()), ", expected ",
                              dtype_name(want), " (the dtype of input)")
                              .c_str());
+  if (a.size() == 0) return;  // an empty array: any strides
   int64_t expect = 1;
   for (size_t i = a.ndim(); i-- > 0;) {
     if (a.shape(i) != 1 && a.stride(i) != expect)
@@ -126,9 +127,9 @@ void check_param(const char* fn, const char* arg, const std::optional<In>& a, co
   if (!a) return;
   check_array(fn, arg, *a, dt);
   if (shape_of(*a) != want)
-    throw nb::value_error(cat(fn, ": ", arg, " has shape ", shape_str(shape_of(*a)), ", expected ",
-                              shape_str(want))
-                              .c_str());
+    throw nb::value_error(
+        cat(fn, ": ", arg, " has shape ", shape_str(shape_of(*a)), ", expected ", shape_str(want))
+            .c_str());
 }
 
 bool stats_overflowed(const double* mean, const double* rstd, int64_t n) {
@@ -177,8 +178,8 @@ nb::tuple layer_norm_forward_t(const In& x, const Shape& ns, const std::optional
   if (N > 0) {
     nb::gil_scoped_release unlocked;
     const T* xp = static_cast<const T*>(x.data());
-    normlab::layernorm_forward<T>(out.data(), mean.data(), rstd.data(), xp, ptr<T>(w), ptr<T>(b),
-                                  N, D, static_cast<T>(eps));
+    normlab::layernorm_forward<T>(out.data(), mean.data(), rstd.data(), xp, ptr<T>(w), ptr<T>(b), N,
+                                  D, static_cast<T>(eps));
     // The fast kernel's moments in T overflowed: redo exactly (src/nn/overflow_fallback.hpp).
     if (stats_overflowed(mean.data(), rstd.data(), N))
       normlab::ref::layernorm_forward<T>(out.data(), mean.data(), rstd.data(), xp, ptr<T>(w),
@@ -215,11 +216,10 @@ nb::tuple layer_norm_backward_t(const In& dy, const In& x, const Shape& ns, cons
   if (mask[2] && b) dba = new_array<T>(ns);
   if (N > 0 && (dxa || dwa || dba)) {
     nb::gil_scoped_release unlocked;
-    normlab::layernorm_backward<T>(dxa ? dxa->data() : nullptr, dwa ? dwa->data() : nullptr,
-                                   dba ? dba->data() : nullptr, static_cast<const T*>(dy.data()),
-                                   static_cast<const T*>(x.data()),
-                                   static_cast<const T*>(mean.data()),
-                                   static_cast<const T*>(rstd.data()), ptr<T>(w), N, D);
+    normlab::layernorm_backward<T>(
+        dxa ? dxa->data() : nullptr, dwa ? dwa->data() : nullptr, dba ? dba->data() : nullptr,
+        static_cast<const T*>(dy.data()), static_cast<const T*>(x.data()),
+        static_cast<const T*>(mean.data()), static_cast<const T*>(rstd.data()), ptr<T>(w), N, D);
   }
   if (dxa) dx = nb::cast(*dxa);
   if (dwa) dw = nb::cast(*dwa);
@@ -243,8 +243,9 @@ nb::tuple layer_norm_backward(const In& grad_out, const In& input, const Shape& 
   for (auto [arg, a] : {std::pair<const char*, const In*>{"mean", &mean}, {"rstd", &rstd}}) {
     check_array(fn, arg, *a, dt);
     if (numel(shape_of(*a)) != N)
-      throw nb::value_error(cat(fn, ": ", arg, " has shape ", shape_str(shape_of(*a)), ", expected ",
-                                N, " values (", shape_str(stats_shape(in, normalized_shape)), ")")
+      throw nb::value_error(cat(fn, ": ", arg, " has shape ", shape_str(shape_of(*a)),
+                                ", expected ", N, " values (",
+                                shape_str(stats_shape(in, normalized_shape)), ")")
                                 .c_str());
   }
   check_param(fn, "weight", weight, normalized_shape, dt);
@@ -284,8 +285,8 @@ nb::tuple batch_norm_forward_t(const In& x, const std::optional<In>& w, const st
     if (N * L > 0) {
       nb::gil_scoped_release unlocked;
       normlab::batchnorm_forward_eval<T>(out.data(), xp, static_cast<const T*>(rm->data()),
-                                         static_cast<const T*>(rv->data()), ptr<T>(w), ptr<T>(b),
-                                         N, C, L, static_cast<T>(eps));
+                                         static_cast<const T*>(rv->data()), ptr<T>(w), ptr<T>(b), N,
+                                         C, L, static_cast<T>(eps));
     }
     return nb::make_tuple(out, new_array<T>({0}), new_array<T>({0}));
   }
@@ -297,9 +298,8 @@ nb::tuple batch_norm_forward_t(const In& x, const std::optional<In>& w, const st
     normlab::batchnorm_forward_train<T>(out.data(), mean.data(), rstd.data(), var.data(), xp,
                                         ptr<T>(w), ptr<T>(b), N, C, L, static_cast<T>(eps));
     if (stats_overflowed(mean.data(), rstd.data(), C))
-      normlab::ref::batchnorm_forward_train<T>(out.data(), mean.data(), rstd.data(), var.data(),
-                                               xp, ptr<T>(w), ptr<T>(b), N, C, L,
-                                               static_cast<T>(eps));
+      normlab::ref::batchnorm_forward_train<T>(out.data(), mean.data(), rstd.data(), var.data(), xp,
+                                               ptr<T>(w), ptr<T>(b), N, C, L, static_cast<T>(eps));
     if (rm && rv) {  // as BatchNorm1d: in double, the unbiased variance into running_var
       T* m = static_cast<T*>(rm->data());
       T* v = static_cast<T*>(rv->data());
@@ -315,7 +315,8 @@ nb::tuple batch_norm_forward_t(const In& x, const std::optional<In>& w, const st
 }
 
 nb::tuple batch_norm_forward(const In& input, const std::optional<In>& weight,
-                             const std::optional<In>& bias, const std::optional<InOut>& running_mean,
+                             const std::optional<In>& bias,
+                             const std::optional<InOut>& running_mean,
                              const std::optional<InOut>& running_var, bool training,
                              double momentum, double eps) {
   const char* fn = "batch_norm";
@@ -325,9 +326,9 @@ nb::tuple batch_norm_forward(const In& input, const std::optional<In>& weight,
   const auto [N, C, L] = batch_norm_sizes(fn, in);
   check_param(fn, "weight", weight, {C}, dt);
   check_param(fn, "bias", bias, {C}, dt);
-  for (auto [arg, a] : {std::pair<const char*, const std::optional<InOut>*>{"running_mean",
-                                                                           &running_mean},
-                        {"running_var", &running_var}}) {
+  for (auto [arg, a] :
+       {std::pair<const char*, const std::optional<InOut>*>{"running_mean", &running_mean},
+        {"running_var", &running_var}}) {
     if (!*a) continue;
     check_array(fn, arg, **a, dt);
     if (shape_of(**a) != Shape{C})
@@ -343,8 +344,9 @@ nb::tuple batch_norm_forward(const In& input, const std::optional<In>& weight,
         cat(fn, ": training=False needs running_mean and running_var (or use training=True)")
             .c_str());
   if (training && N * L == 1)
-    throw nb::value_error(cat(fn, ": expected more than 1 value per channel when training, got "
-                                  "input shape ",
+    throw nb::value_error(cat(fn,
+                              ": expected more than 1 value per channel when training, got "
+                              "input shape ",
                               shape_str(in))
                               .c_str());
   if (training && !(eps > 0))
@@ -353,8 +355,8 @@ nb::tuple batch_norm_forward(const In& input, const std::optional<In>& weight,
             .c_str());
   if (!(eps >= 0)) throw nb::value_error(cat(fn, ": eps must be >= 0, got ", eps).c_str());
   return dt == nb::dtype<float>()
-             ? batch_norm_forward_t<float>(input, weight, bias, running_mean, running_var,
-                                           training, momentum, eps)
+             ? batch_norm_forward_t<float>(input, weight, bias, running_mean, running_var, training,
+                                           momentum, eps)
              : batch_norm_forward_t<double>(input, weight, bias, running_mean, running_var,
                                             training, momentum, eps);
 }
@@ -377,17 +379,19 @@ nb::tuple batch_norm_backward_t(const In& dy, const In& x, const std::optional<I
       rstd[c] = static_cast<const T*>(save_invstd->data())[c];
     } else {  // PyTorch's eval backward: the running statistics
       mean[c] = static_cast<const T*>(rm->data())[c];
-      rstd[c] = static_cast<T>(1 / std::sqrt(static_cast<double>(
-                                       static_cast<const T*>(rv->data())[c]) +
-                                   eps));
+      rstd[c] = static_cast<T>(
+          1 / std::sqrt(static_cast<double>(static_cast<const T*>(rv->data())[c]) + eps));
     }
   }
   if (N * L > 0 && (dxa || dwa || dba)) {
     nb::gil_scoped_release unlocked;
-    (train ? normlab::batchnorm_backward_train<T> : normlab::batchnorm_backward_eval<T>)(
-        dxa ? dxa->data() : nullptr, dwa ? dwa->data() : nullptr, dba ? dba->data() : nullptr,
-        static_cast<const T*>(dy.data()), static_cast<const T*>(x.data()), mean.data(),
-        rstd.data(), ptr<T>(w), N, C, L);
+    (train ? normlab::batchnorm_backward_train<T>
+           : normlab::batchnorm_backward_eval<T>)(dxa ? dxa->data() : nullptr,
+                                                  dwa ? dwa->data() : nullptr,
+                                                  dba ? dba->data() : nullptr,
+                                                  static_cast<const T*>(dy.data()),
+                                                  static_cast<const T*>(x.data()), mean.data(),
+                                                  rstd.data(), ptr<T>(w), N, C, L);
   }
   nb::object dx = nb::none(), dw = nb::none(), db = nb::none();
   if (dxa) dx = nb::cast(*dxa);
@@ -442,9 +446,8 @@ NB_MODULE(_normlab, m) {
   m.def("build_summary", &normlab::build_summary);
   m.def("layer_norm_forward", &layer_norm_forward, "input"_a, "normalized_shape"_a,
         "weight"_a.none(), "bias"_a.none(), "eps"_a);
-  m.def("layer_norm_backward", &layer_norm_backward, "grad_out"_a, "input"_a,
-        "normalized_shape"_a, "mean"_a, "rstd"_a, "weight"_a.none(), "bias"_a.none(),
-        "output_mask"_a);
+  m.def("layer_norm_backward", &layer_norm_backward, "grad_out"_a, "input"_a, "normalized_shape"_a,
+        "mean"_a, "rstd"_a, "weight"_a.none(), "bias"_a.none(), "output_mask"_a);
   m.def("batch_norm_forward", &batch_norm_forward, "input"_a, "weight"_a.none(), "bias"_a.none(),
         "running_mean"_a.none(), "running_var"_a.none(), "training"_a, "momentum"_a, "eps"_a);
   m.def("batch_norm_backward", &batch_norm_backward, "grad_out"_a, "input"_a, "weight"_a.none(),
