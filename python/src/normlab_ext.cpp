@@ -112,11 +112,13 @@ const T* ptr(const std::optional<In>& a) {
 template <typename T>
 using Out = nb::ndarray<nb::numpy, T>;
 
-// A new C-contiguous NumPy array; zero-filled (the kernels accumulate parameter gradients).
+// A new C-contiguous NumPy array: zero-filled for the parameter gradients the
+// kernels accumulate into (zeros = true), uninitialised for what they overwrite.
 template <typename T>
-Out<T> new_array(const Shape& shape) {
+Out<T> new_array(const Shape& shape, bool zeros = false) {
   const int64_t n = numel(shape);
-  T* data = new T[static_cast<size_t>(n > 0 ? n : 1)]();
+  const size_t count = static_cast<size_t>(n > 0 ? n : 1);
+  T* data = zeros ? new T[count]() : new T[count];
   nb::capsule owner(data, [](void* p) noexcept { delete[] static_cast<T*>(p); });
   std::vector<size_t> dims(shape.begin(), shape.end());
   return Out<T>(data, dims.size(), dims.data(), owner);
@@ -212,8 +214,8 @@ nb::tuple layer_norm_backward_t(const In& dy, const In& x, const Shape& ns, cons
   nb::object dx = nb::none(), dw = nb::none(), db = nb::none();
   std::optional<Out<T>> dxa, dwa, dba;
   if (mask[0]) dxa = new_array<T>(in);
-  if (mask[1] && w) dwa = new_array<T>(ns);
-  if (mask[2] && b) dba = new_array<T>(ns);
+  if (mask[1] && w) dwa = new_array<T>(ns, true);
+  if (mask[2] && b) dba = new_array<T>(ns, true);
   if (N > 0 && (dxa || dwa || dba)) {
     nb::gil_scoped_release unlocked;
     normlab::layernorm_backward<T>(
@@ -290,8 +292,8 @@ nb::tuple batch_norm_forward_t(const In& x, const std::optional<In>& w, const st
     }
     return nb::make_tuple(out, new_array<T>({0}), new_array<T>({0}));
   }
-  auto mean = new_array<T>({C});
-  auto rstd = new_array<T>({C});
+  auto mean = new_array<T>({C}, N * L == 0);  // an empty batch: zeros, as before any data
+  auto rstd = new_array<T>({C}, N * L == 0);
   if (N * L > 0) {
     nb::gil_scoped_release unlocked;
     std::vector<T> var(static_cast<size_t>(C));
@@ -370,8 +372,8 @@ nb::tuple batch_norm_backward_t(const In& dy, const In& x, const std::optional<I
   const auto [N, C, L] = batch_norm_sizes("batch_norm_backward", shape_of(x));
   std::optional<Out<T>> dxa, dwa, dba;
   if (mask[0]) dxa = new_array<T>(shape_of(x));
-  if (mask[1]) dwa = new_array<T>({C});
-  if (mask[2]) dba = new_array<T>({C});
+  if (mask[1]) dwa = new_array<T>({C}, true);
+  if (mask[2]) dba = new_array<T>({C}, true);
   std::vector<T> mean(static_cast<size_t>(C)), rstd(static_cast<size_t>(C));
   for (int64_t c = 0; c < C; ++c) {
     if (train) {
