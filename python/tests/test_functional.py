@@ -212,3 +212,23 @@ def test_errors_name_the_argument(call, exc, words):
     with pytest.raises(exc) as info:
         call()
     assert words in str(info.value)
+
+
+def test_inputs_near_float_overflow():
+    # The fast float kernels' statistics would overflow here; the forward redoes
+    # such rows exactly (as the C++ layers), and the results match float64's.
+    row = np.array([3e38, -3e38, 1e38, 0, 2e38, -1e38, 5e37, -2e38], np.float32)
+    x = np.repeat(row[None], 4, 0)
+    g = rng.standard_normal(x.shape).astype(np.float32)
+    y, mean, rstd = normlab.native_layer_norm(x, 8, None, None, 1e-5)
+    dx = normlab.native_layer_norm_backward(g, x, 8, mean, rstd, None, None)[0]
+    x64, g64 = x.astype(np.float64), g.astype(np.float64)
+    y64, m64, r64 = normlab.native_layer_norm(x64, 8, None, None, 1e-5)
+    dx64 = normlab.native_layer_norm_backward(g64, x64, 8, m64, r64, None, None)[0]
+    np.testing.assert_allclose(y, y64, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(dx, dx64, rtol=1e-4, atol=1e-44)
+    xb = np.ascontiguousarray(x.T)  # (8, 4): channels of huge spread
+    out, sm, si = normlab.native_batch_norm(xb, None, None, None, None, True, 0.1, 1e-5)
+    out64 = normlab.native_batch_norm(xb.astype(np.float64), None, None, None, None, True, 0.1,
+                                      1e-5)[0]
+    np.testing.assert_allclose(out, out64, rtol=1e-5, atol=1e-6)
