@@ -188,3 +188,5 @@ class Flatten : public Layer<T> {
 };
 
 }  // namespace normlab
+#include "normlab/groupnorm.hpp"
+#include "normlab/unflatten.hpp"

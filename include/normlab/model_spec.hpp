@@ -31,6 +31,9 @@ enum class LayerKind {
   NotebookWeightNormLinear,
   NotebookBatchNorm,
   NotebookLayerNorm,
+  GroupNorm,
+  InstanceNorm1d,
+  Unflatten,
 };
 
 // One layer of a model with its sizes resolved against an input shape.
@@ -45,6 +48,10 @@ struct LayerPlan {
   BatchNormOptions bn;
   LayerNormOptions ln;
   Shape in_shape, out_shape;  // including the batch dimension given to the planner
+  int64_t groups = 0;         // GroupNorm: num_groups (in = out = num_channels)
+  GroupNormOptions gn;
+  InstanceNormOptions inorm;
+  Shape unflatten;  // Unflatten: the sizes dim 1 becomes
 
   std::string child_path() const;  // "network.1": the prefix of this layer's state_dict keys
 };

@@ -70,6 +70,21 @@ const std::vector<LayerInfo>& layer_table() {
        "nb_wnlinear([IN,] OUT[, bias=false])"},
       {"nb_batchnorm", nullptr, LayerKind::NotebookBatchNorm, 0, 0, {}, "nb_batchnorm"},
       {"nb_layernorm", nullptr, LayerKind::NotebookLayerNorm, 0, 0, {}, "nb_layernorm"},
+      {"groupnorm",
+       "gn",
+       LayerKind::GroupNorm,
+       1,
+       2,
+       {"eps", "affine"},
+       "groupnorm(G[, C][, eps=F][, affine=false])"},
+      {"instancenorm1d",
+       "in",
+       LayerKind::InstanceNorm1d,
+       0,
+       1,
+       {"eps", "momentum", "affine", "track_running_stats"},
+       "instancenorm1d([C][, eps=F][, momentum=none|F][, affine=true][, track_running_stats=true])"},
+      {"unflatten", nullptr, LayerKind::Unflatten, 1, 8, {}, "unflatten(D1, D2[, ...])"},
   };
   return table;
 }
@@ -329,6 +344,7 @@ struct Options {
   WeightNormDim wn_dim = WeightNormDim::Rows;
   std::optional<double> momentum = 0.1;
   std::optional<double> eps;
+  bool affine_given = false, track_given = false;  // instancenorm1d's defaults are false
 };
 
 class OptionReader {
@@ -363,6 +379,8 @@ class OptionReader {
       if (a.key == "dim") o.wn_dim = dim(a);
       if (a.key == "momentum") o.momentum = momentum(a);
       if (a.key == "eps") o.eps = eps(a);
+      if (a.key == "affine") o.affine_given = true;
+      if (a.key == "track_running_stats") o.track_given = true;
     }
     if (static_cast<int>(o.sizes.size()) < n_.info->min_sizes)
       bad(n_.pos,
@@ -548,9 +566,57 @@ class Planner {
         if (shape_.size() != 2) mismatch(n, "needs a 2-D (N, D) input (put flatten before it)");
         p.in = p.out = last;
         break;
+      case LayerKind::GroupNorm: {
+        if (shape_.size() < 2) mismatch(n, "needs an input (N, C, *) with at least 2 dimensions");
+        const int64_t G = o.sizes[0].first;
+        p.in = p.out = shape_[1];
+        p.groups = G;
+        if (o.sizes.size() == 2 && o.sizes[1].first != p.in)
+          mismatch(n, "expects " + std::to_string(o.sizes[1].first) + " channels");
+        if (p.in % G != 0)
+          mismatch(n, "needs channels divisible by its " + std::to_string(G) + " groups (" +
+                          std::to_string(p.in) + " % " + std::to_string(G) + " = " +
+                          std::to_string(p.in % G) + ")");
+        p.gn.affine = o.affine;
+        if (o.eps) p.gn.eps = *o.eps;
+        break;
+      }
+      case LayerKind::InstanceNorm1d:
+        // PyTorch takes a 2-D input as one unbatched (C, L) sample: in a model
+        // that would normalize across the batch. A model gives (N, C, L).
+        if (shape_.size() != 3)
+          mismatch(n,
+                   "needs a 3-D (N, C, L) input (PyTorch would take a 2-D (N, C) batch as one "
+                   "(C, L) sample; give --input CxL, e.g. 28x28, or unflatten(C, L) before it)");
+        p.in = p.out = shape_[1];
+        if (!o.sizes.empty() && o.sizes[0].first != p.in)
+          mismatch(n, "expects " + std::to_string(o.sizes[0].first) + " channels");
+        p.inorm.affine = o.affine_given && o.affine;
+        p.inorm.track_running_stats = o.track_given && o.track;
+        p.inorm.momentum = o.momentum;
+        if (o.eps) p.inorm.eps = *o.eps;
+        break;
+      case LayerKind::Unflatten: {
+        if (shape_.size() < 2) mismatch(n, "needs an input with at least 2 dimensions");
+        int64_t prod = 1;
+        for (const auto& sz : o.sizes) {
+          p.unflatten.push_back(sz.first);
+          prod = prod <= kMaxFeatures ? prod * sz.first : prod;
+        }
+        if (prod != shape_[1])
+          mismatch(n, "splits dim 1 into " + shape_str(p.unflatten) + " = " +
+                          (prod <= kMaxFeatures ? std::to_string(prod) : "too many") +
+                          " features");
+        Shape out{shape_[0]};
+        out.insert(out.end(), p.unflatten.begin(), p.unflatten.end());
+        out.insert(out.end(), shape_.begin() + 2, shape_.end());
+        shape_ = out;
+        break;
+      }
     }
     p.out_shape = shape_;
-    if (p.kind == LayerKind::Flatten || p.in_shape != p.out_shape)
+    if (p.kind == LayerKind::Flatten || p.kind == LayerKind::Unflatten ||
+        p.in_shape != p.out_shape)
       producer_ = n.source + " at column " + std::to_string(p.column);
     return p;
   }

@@ -40,6 +40,9 @@ SPECS = [
     ("head: [flatten, linear(16)], relu, 7: nb_wnlinear(4, bias=false), nb_layernorm, nb_batchnorm", "4x4"),
     ("linear(6), bn", "3x5"),  # BatchNorm1d on (N, C, L)
     ("wnlinear(7, dim=1), relu, wnlinear(5, dim=-1), wnlinear(4, dim=-2, bias=false)", "9"),
+    ("flatten, linear(64), gn(8), relu, groupnorm(1, 64, affine=false, eps=1e-3), linear(10)", "28x28"),
+    ("gn(4, 28), in(28, affine=true, track_running_stats=true), instancenorm1d(momentum=none), flatten, linear(10)", "28x28"),
+    ("unflatten(28, 28), in(track_running_stats=true), in(affine=true), flatten, linear(10)", "784"),
 ]
 
 
