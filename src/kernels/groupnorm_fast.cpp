@@ -66,72 +66,92 @@ void segment_sums(const T* x, const T* dy, double m, int64_t S, double& sdy, dou
 
 }  // namespace
 
-// Per row: y = (x - k) * a_c + b_c with k = the mean rounded to T, a_c = rstd *
-// gamma_c, b_c = beta_c - (mean - k) * a_c (the rounding of k goes into b_c).
+// The largest |gamma| (1 without) and |beta| (0 without) over all channels:
+// the row checks below bound xhat * gamma + beta with them, once per call.
+template <typename T>
+void affine_bounds(const T* gamma, const T* beta, int64_t C, double& gmax, double& bmax) {
+  gmax = gamma ? 0.0 : 1.0, bmax = 0.0;
+  for (int64_t c = 0; gamma && c < C; ++c) gmax = std::max(gmax, std::abs(double(gamma[c])));
+  for (int64_t c = 0; beta && c < C; ++c) bmax = std::max(bmax, std::abs(double(beta[c])));
+}
+
+// Per row, as LayerNorm's fast forward: y = ((x - shift - m) * r) * gamma_c + beta_c,
+// shift = the row's first value, m = mean(x - shift) and r = rstd in T; gamma is
+// never folded into r (rstd * gamma can overflow where xhat * gamma does not: a
+// constant group with gamma 1e37). A row whose spread is near float's largest
+// values, whose rstd is not a normal float, or whose |xhat| * max|gamma| +
+// max|beta| could overflow (without FMA the product is rounded on its own) is
+// computed as ref:: does.
 template <typename T>
 void groupnorm_forward(T* y, T* mean, T* rstd, T* var, const T* x, const T* gamma, const T* beta,
                        int64_t N, int64_t C, int64_t S, int64_t G, T eps) {
   const int64_t Cg = C / G, D = Cg * S, R = N * G;
   if (R == 0 || D == 0) return;
   const bool stream = detail::stream_output<T>(R * D);
-  const int64_t Cgp = detail::padded(Cg);
+  double gmax, bmax;
+  affine_bounds(gamma, beta, C, gmax, bmax);
 #pragma omp parallel num_threads(detail::kernel_threads(R* D))
   {
-    // This thread's per-channel coefficients of the current row: a, b (T), and
-    // whether the channel is computed exactly (its fold is not safe).
-    T* a = detail::scratch<T, 2>(3 * Cgp);
-    T* b = a + Cgp;
-    T* exact = b + Cgp;
 #pragma omp for schedule(static) nowait
     for (int64_t row = 0; row < R; ++row) {
       const T* xr = x + row * D;
       T* yr = y + row * D;
       const int64_t c0 = (row % G) * Cg;
       if (row + 1 < R) detail::prefetch_row(xr + D, D);
-      const double shift = xr[0];
-      const detail::Moments mo = detail::shifted_moments(xr, D, shift);
-      const double m = shift + mo.mean, v = mo.m2 / static_cast<double>(D);
+      const T shift = xr[0];
+      const detail::Moments mo = detail::shifted_moments(xr, D, static_cast<double>(shift));
+      const double v = mo.m2 / static_cast<double>(D);
       const double rd = 1.0 / std::sqrt(v + static_cast<double>(eps));
-      mean[row] = static_cast<T>(m);
+      mean[row] = static_cast<T>(shift + mo.mean);
       rstd[row] = static_cast<T>(rd);
       if (var) var[row] = static_cast<T>(v);
-      // |x - k| <= sqrt(M2) + |m - k| for every x of the row.
-      const T k = static_cast<T>(m);
-      const double dev = std::sqrt(mo.m2) + std::abs(m - static_cast<double>(k));
-      bool any_exact = false;
-      for (int64_t c = 0; c < Cg; ++c) {
-        const double ac = gamma ? rd * gamma[c0 + c] : rd;
-        const double bc = (beta ? beta[c0 + c] : 0.0) - (m - k) * ac;
-        a[c] = static_cast<T>(ac);
-        b[c] = static_cast<T>(bc);
-        const bool ok = fold_coeff_ok<T>(ac) && dev < fold_big<T> && fold_product_ok<T>(dev, ac) &&
-                        std::abs(bc) < fold_big<T>;
-        exact[c] = ok ? T(0) : T(1);
-        any_exact |= !ok;
+      const double dev = std::sqrt(mo.m2) + std::abs(mo.mean);
+      if (!(dev < fold_big<T> && fold_coeff_ok<T>(rd) && fold_product_ok<T>(mo.mean, rd) &&
+            dev * rd * gmax + bmax < fold_big<T>)) {
+        const double m = static_cast<double>(shift) + mo.mean;
+        for (int64_t i = 0; i < D; ++i) {
+          const int64_t c = c0 + i / S;
+          double out = (xr[i] - m) * rd;
+          if (gamma) out *= gamma[c];
+          if (beta) out += beta[c];
+          yr[i] = static_cast<T>(out);
+        }
+        continue;
       }
-      if (S == 1) {
-        detail::map_row(
-            yr, Cg, stream, [=](auto xv, auto ac, auto bc) { return (xv - k) * ac + bc; }, xr, a,
-            b);
-      } else if (S < kShortSegment) {
-        for (int64_t c = 0; c < Cg; ++c)
-          for (int64_t s = 0; s < S; ++s) yr[c * S + s] = (xr[c * S + s] - k) * a[c] + b[c];
-      } else {
-        for (int64_t c = 0; c < Cg; ++c) {
-          const T ac = a[c], bc = b[c];
+      const T m = static_cast<T>(mo.mean), r = static_cast<T>(rd);
+      if (S == 1) {  // the channels are the row: gamma and beta as arrays
+        const T* g = gamma ? gamma + c0 : nullptr;
+        const T* b = beta ? beta + c0 : nullptr;
+        if (g && b)
           detail::map_row(
-              yr + c * S, S, stream, [=](auto xv) { return (xv - k) * ac + bc; }, xr + c * S);
-        }
+              yr, D, stream,
+              [=](auto xv, auto gv, auto bv) { return ((xv - shift - m) * r) * gv + bv; }, xr, g,
+              b);
+        else if (g)
+          detail::map_row(
+              yr, D, stream, [=](auto xv, auto gv) { return ((xv - shift - m) * r) * gv; }, xr, g);
+        else if (b)
+          detail::map_row(
+              yr, D, stream, [=](auto xv, auto bv) { return (xv - shift - m) * r + bv; }, xr, b);
+        else
+          detail::map_row(
+              yr, D, stream, [=](auto xv) { return (xv - shift - m) * r; }, xr);
+        continue;
       }
-      if (!any_exact) continue;
       for (int64_t c = 0; c < Cg; ++c) {
-        if (exact[c] == T(0)) continue;
-        for (int64_t s = 0; s < S; ++s) {
-          double out = (xr[c * S + s] - m) * rd;
-          if (gamma) out *= gamma[c0 + c];
-          if (beta) out += beta[c0 + c];
-          yr[c * S + s] = static_cast<T>(out);
+        const T gv = gamma ? gamma[c0 + c] : T(1), bv = beta ? beta[c0 + c] : T(0);
+        if (S < kShortSegment) {
+          for (int64_t s = 0; s < S; ++s)
+            yr[c * S + s] = ((xr[c * S + s] - shift - m) * r) * gv + bv;
+          continue;
         }
+        if (gamma || beta)
+          detail::map_row(
+              yr + c * S, S, stream, [=](auto xv) { return ((xv - shift - m) * r) * gv + bv; },
+              xr + c * S);
+        else
+          detail::map_row(
+              yr + c * S, S, stream, [=](auto xv) { return (xv - shift - m) * r; }, xr + c * S);
       }
     }
     if (stream) detail::stream_fence();
@@ -142,10 +162,12 @@ void groupnorm_forward(T* y, T* mean, T* rstd, T* var, const T* x, const T* gamm
 // mean(x - mean) recovers what the rounding of the saved mean lost) and
 // xhat = (x - me) * rstd:
 //   dx = rstd * (g - mean(g) - xhat * mean(g * xhat))
-//      = dy * A_c + (x - mean) * c1 + c0,  A_c = rstd * gamma_c,
+//      = (dy * gamma_c) * rstd + (x - mean) * c1 + c0,
 //   c1 = -rstd^3 * sum(g * (x - me)) / D,  c0 = -rstd * sum(g) / D - delta * c1.
 // One pass gathers the per-channel sums (double), then dx is written from L1.
-// dgamma_c and dbeta_c go into this thread's partial sums (double).
+// dgamma_c and dbeta_c go into this thread's partial sums (double). A row whose
+// coefficients are not usable in T, or whose dx comes out non-finite (an
+// overflow in the map: map_row_finite), is computed as ref:: does.
 template <typename T>
 void groupnorm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, const T* mean,
                         const T* rstd, const T* gamma, int64_t N, int64_t C, int64_t S, int64_t G) {
@@ -161,10 +183,9 @@ void groupnorm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, con
     double* pg = partial + 2 * Cp * omp_get_thread_num();
     double* pb = pg + Cp;
     std::fill(pg, pg + 2 * Cp, 0.0);
-    // This thread's per-channel sums of the current row (double) and dx's A_c (T).
+    // This thread's per-channel sums of the current row (double).
     double* sdy = detail::scratch<double, 2>(2 * Cgp);
     double* sdyx = sdy + Cgp;
-    T* A = detail::scratch<T, 3>(Cgp);
 #pragma omp for schedule(static)
     for (int64_t row = 0; row < R; ++row) {
       const T* xr = x + row * D;
@@ -176,77 +197,77 @@ void groupnorm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, con
         detail::prefetch_row(xr + D, D);
         detail::prefetch_row(dyr + D, D);
       }
-      double sx = 0;
+      double sx = 0, sg = 0, sgx = 0;  // sum (x - mean), sum g, sum g * (x - mean)
       if (S == 1) {
+#pragma omp simd reduction(+ : sx, sg, sgx)
         for (int64_t c = 0; c < Cg; ++c) {
-          const double d = static_cast<double>(xr[c]) - md;
-          sdy[c] = dyr[c];
-          sdyx[c] = dyr[c] * d;
+          const double d = static_cast<double>(xr[c]) - md, e = dyr[c];
+          const double gm = gamma ? static_cast<double>(gamma[c0 + c]) : 1.0;
+          sdy[c] = e;
+          sdyx[c] = e * d;
           sx += d;
+          sg += gm * e;
+          sgx += gm * e * d;
         }
       } else {
         for (int64_t c = 0; c < Cg; ++c) {
           double sxc;
           segment_sums(xr + c * S, dyr + c * S, md, S, sdy[c], sdyx[c], sxc);
+          const double gm = gamma ? static_cast<double>(gamma[c0 + c]) : 1.0;
           sx += sxc;
+          sg += gm * sdy[c];
+          sgx += gm * sdyx[c];
         }
       }
       const double delta = sx * inv_d;
-      double sg = 0, sgx = 0;  // sum g, sum g * (x - me)
+      sgx -= delta * sg;  // now sum g * (x - me)
+      // dgamma_c += sum dy * xhat = (sdyx_c - delta * sdy_c) * rstd; dbeta_c += sdy_c.
+#pragma omp simd
       for (int64_t c = 0; c < Cg; ++c) {
-        const double gm = gamma ? gamma[c0 + c] : 1.0;
-        sdyx[c] -= delta * sdy[c];  // now sum dy * (x - me)
-        sg += gm * sdy[c];
-        sgx += gm * sdyx[c];
-        pg[c0 + c] += sdyx[c] * rd;
+        pg[c0 + c] += (sdyx[c] - delta * sdy[c]) * rd;
         pb[c0 + c] += sdy[c];
       }
       if (!dx) continue;
       T* dxr = dx + row * D;
       const double c1 = -rd * rd * rd * sgx * inv_d, cc = -rd * sg * inv_d - delta * c1;
-      const bool row_ok = fold_coeff_ok<T>(c1) && std::abs(cc) < fold_big<T>;
-      const T c1t = static_cast<T>(c1), cct = static_cast<T>(cc);
-      const double me = md + delta, mg = sg * inv_d, mgx = sgx * inv_d * rd;  // mean(g * xhat)
-      // dx of channel c as ref:: computes it (double).
-      const auto exact_channel = [&](int64_t c) {
-        const double gm = gamma ? gamma[c0 + c] : 1.0;
-        for (int64_t s = 0; s < S; ++s) {
-          const int64_t i = c * S + s;
+      const auto exact_row = [&] {
+        const double me = md + delta, mg = sg * inv_d, mgx = sgx * inv_d * rd;  // mean(g * xhat)
+        for (int64_t i = 0; i < D; ++i) {
+          const double gm = gamma ? gamma[c0 + i / S] : 1.0;
           const double xhat = (xr[i] - me) * rd;
           dxr[i] = static_cast<T>(rd * (dyr[i] * gm - mg - xhat * mgx));
         }
       };
-      bool all_ok = row_ok;
-      for (int64_t c = 0; c < Cg; ++c) {
-        const double ad = gamma ? rd * gamma[c0 + c] : rd;
-        A[c] = static_cast<T>(ad);
-        all_ok &= fold_coeff_ok<T>(ad);
-      }
-      if (!all_ok) {
-        for (int64_t c = 0; c < Cg; ++c) exact_channel(c);
+      if (!(fold_coeff_ok<T>(rd) && fold_coeff_ok<T>(c1) && std::abs(cc) < fold_big<T>)) {
+        exact_row();
         continue;
       }
-      if (S < kShortSegment) {
-        bool finite = true;
-        for (int64_t c = 0; c < Cg; ++c)
-          for (int64_t s = 0; s < S; ++s) {
-            const int64_t i = c * S + s;
-            const T r = dyr[i] * A[c] + (xr[i] - mt) * c1t + cct;
-            dxr[i] = r;
-            finite &= std::isfinite(r);
-          }
-        if (!finite)
-          for (int64_t c = 0; c < Cg; ++c) exact_channel(c);
-        continue;
+      const T r = static_cast<T>(rd), c1t = static_cast<T>(c1), cct = static_cast<T>(cc);
+      bool finite = true;
+      if (S == 1) {
+        if (gamma)
+          finite = detail::map_row_finite(
+              dxr, D, stream,
+              [=](auto xv, auto dv, auto gv) { return (dv * gv) * r + (xv - mt) * c1t + cct; }, xr,
+              dyr, gamma + c0);
+        else
+          finite = detail::map_row_finite(
+              dxr, D, stream, [=](auto xv, auto dv) { return dv * r + (xv - mt) * c1t + cct; }, xr,
+              dyr);
+      } else {
+        for (int64_t c = 0; c < Cg && finite; ++c) {
+          // A = gamma_c * rstd folded: a usable T or the row goes exact.
+          const double ad = gamma ? static_cast<double>(gamma[c0 + c]) * rd : rd;
+          const T a = static_cast<T>(ad);
+          finite = fold_coeff_ok<T>(ad) && detail::map_row_finite(
+                                            dxr + c * S, S, stream,
+                                            [=](auto xv, auto dv) {
+                                              return dv * a + (xv - mt) * c1t + cct;
+                                            },
+                                            xr + c * S, dyr + c * S);
+        }
       }
-      for (int64_t c = 0; c < Cg; ++c) {
-        const T ac = A[c];
-        if (!detail::map_row_finite(
-                dxr + c * S, S, stream,
-                [=](auto xv, auto dv) { return dv * ac + (xv - mt) * c1t + cct; }, xr + c * S,
-                dyr + c * S))
-          exact_channel(c);
-      }
+      if (!finite) exact_row();
     }
     if (stream) detail::stream_fence();
     // The threads' partial sums, added into the accumulating parameter gradients.
