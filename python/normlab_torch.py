@@ -353,8 +353,8 @@ def build_layer(item, shape):
             raise SpecError(f"groupnorm({sizes[0]}): {shape[1]} channels are not divisible by {sizes[0]} groups")
         return nn.GroupNorm(sizes[0], shape[1], eps=eps, affine=boolean(opt.get("affine", "true"))), shape
     if kind == "instancenorm1d":
-        if len(shape) != 3:
-            raise SpecError(f"instancenorm1d needs a 3-D (N, C, L) input, got shape {shape}")
+        if len(shape) != 3 or shape[2] < 2:
+            raise SpecError(f"instancenorm1d needs a 3-D (N, C, L) input with L > 1, got shape {shape}")
         if sizes and sizes[0] != shape[1]:
             raise SpecError(f"instancenorm1d({sizes[0]}) expects {sizes[0]} channels, got shape {shape}")
         momentum = opt.get("momentum", "0.1")

@@ -382,6 +382,8 @@ class OptionReader {
       if (a.key == "affine") o.affine_given = true;
       if (a.key == "track_running_stats") o.track_given = true;
     }
+    if (static_cast<int>(o.sizes.size()) < n_.info->min_sizes && n_.info->kind == LayerKind::GroupNorm)
+      bad(n_.pos, "groupnorm needs its number of groups, e.g. groupnorm(32)");
     if (static_cast<int>(o.sizes.size()) < n_.info->min_sizes)
       bad(n_.pos,
           std::string(n_.info->name) + " needs its output size, e.g. " + n_.info->name + "(512)");
@@ -588,6 +590,8 @@ class Planner {
           mismatch(n,
                    "needs a 3-D (N, C, L) input (PyTorch would take a 2-D (N, C) batch as one "
                    "(C, L) sample; give --input CxL, e.g. 28x28, or unflatten(C, L) before it)");
+        if (shape_[2] < 2)
+          mismatch(n, "needs more than 1 value per channel (L > 1) to normalize in training");
         p.in = p.out = shape_[1];
         if (!o.sizes.empty() && o.sizes[0].first != p.in)
           mismatch(n, "expects " + std::to_string(o.sizes[0].first) + " channels");
