@@ -659,6 +659,12 @@ std::vector<Case> spec_cases() {
       {"spec: 60000 nested groups",
        model(std::string(60000, '[') + "relu" + std::string(60000, ']')),
        {"column 33", "groups nested more than 32 deep"}},
+      {"spec: groupnorm groups do not divide the channels",
+       model("flatten, linear(10), groupnorm(4)"),
+       {"groupnorm(4)", "divisible", "10 % 4 = 2"}},
+      {"spec: instancenorm1d on a 2-D input",
+       model("flatten, linear(10), instancenorm1d"),
+       {"instancenorm1d", "3-D (N, C, L)", "(2, 10)"}},
   };
 }
 
