@@ -38,8 +38,8 @@ struct Dims {
 };
 
 std::string str(const Dims& d) {
-  return "(N " + std::to_string(d.N) + ", C " + std::to_string(d.C) + ", S " +
-         std::to_string(d.S) + ", G " + std::to_string(d.G) + ")";
+  return "(N " + std::to_string(d.N) + ", C " + std::to_string(d.C) + ", S " + std::to_string(d.S) +
+         ", G " + std::to_string(d.G) + ")";
 }
 
 struct Result {
@@ -151,8 +151,8 @@ void check_kernels(const std::string& what, const std::vector<float>& x, const D
 }
 
 const std::vector<Dims> kShapes = {
-    {4, 6, 1, 1},   {4, 6, 1, 3},    {4, 6, 1, 6},      {3, 8, 5, 2},   {3, 8, 5, 8},
-    {2, 16, 37, 4}, {5, 32, 3, 8},   {2, 64, 256, 32},  {33, 12, 100, 3}, {1, 4, 4096, 1},
+    {4, 6, 1, 1},   {4, 6, 1, 3},     {4, 6, 1, 6},     {3, 8, 5, 2},     {3, 8, 5, 8},
+    {2, 16, 37, 4}, {5, 32, 3, 8},    {2, 64, 256, 32}, {33, 12, 100, 3}, {1, 4, 4096, 1},
     {7, 96, 1, 4},  {64, 512, 1, 32}, {3, 128, 64, 128}};
 
 TEST(GroupNormKernels, MatchTheDefinitionOnEveryShapeAndThreadCount) {
@@ -353,14 +353,17 @@ std::string error_of(F f) {
 }
 
 TEST(GroupNormLayer, ConstructionAndShapeErrorsNameTheNumbers) {
-  EXPECT_NE(error_of([] { GroupNorm<float>(3, 4); }).find("num_channels (4) must be divisible by "
-                                                          "num_groups (3)"),
+  EXPECT_NE(error_of([] { GroupNorm<float>(3, 4); })
+                .find("num_channels (4) must be divisible by "
+                      "num_groups (3)"),
             std::string::npos);
   EXPECT_NE(error_of([] { GroupNorm<float>(0, 4); }).find("num_groups must be positive, got 0"),
             std::string::npos);
   EXPECT_NE(error_of([] { GroupNorm<float>(2, -4); }).find("num_channels must be positive"),
             std::string::npos);
-  EXPECT_NE(error_of([] { GroupNorm<float>(2, 4, {-1.0, true}); }).find("eps must be >= 0"),
+  EXPECT_NE(error_of([] {
+              GroupNorm<float>(2, 4, {-1.0, true});
+            }).find("eps must be >= 0"),
             std::string::npos);
   GroupNorm<float> gn(2, 4);
   EXPECT_NE(error_of([&] { gn.output_shape({4}); }).find("at least 2 dimensions, got shape (4)"),
@@ -368,7 +371,8 @@ TEST(GroupNormLayer, ConstructionAndShapeErrorsNameTheNumbers) {
   const std::string e = error_of([&] { gn.output_shape({2, 6, 3}); });
   EXPECT_NE(e.find("GroupNorm(2, 4): expected 4 channels (dim 1), got 6"), std::string::npos) << e;
   EXPECT_EQ(gn.name(), "GroupNorm(2, 4)");
-  EXPECT_EQ(GroupNorm<float>(1, 3, {1e-3, false}).name(), "GroupNorm(1, 3, affine=false, eps=0.001)");
+  EXPECT_EQ(GroupNorm<float>(1, 3, {1e-3, false}).name(),
+            "GroupNorm(1, 3, affine=false, eps=0.001)");
 }
 
 TEST(GroupNormLayer, EmptyBatchAndEmptyLength) {
@@ -401,15 +405,21 @@ TEST(InstanceNormLayer, ErrorsAsPyTorch) {
   InstanceNormOptions aff;
   aff.affine = true;
   InstanceNorm1d<float> a(3, aff);
-  EXPECT_NE(error_of([&] { a.output_shape({2, 3, 4, 5}); })
-                .find("expected a 2D (C, L) or 3D (N, C, L) input, got shape (2, 3, 4, 5)"),
+  EXPECT_NE(error_of([&] {
+              a.output_shape({2, 3, 4, 5});
+            }).find("expected a 2D (C, L) or 3D (N, C, L) input, got shape (2, 3, 4, 5)"),
             std::string::npos);
-  EXPECT_NE(error_of([&] { a.output_shape({2, 4, 5}); }).find("expected 3 channels (dim 1), got 4"),
+  EXPECT_NE(error_of([&] {
+              a.output_shape({2, 4, 5});
+            }).find("expected 3 channels (dim 1), got 4"),
             std::string::npos);
-  EXPECT_NE(error_of([&] { a.output_shape({4, 5}); }).find("expected 3 channels (dim 0), got 4"),
+  EXPECT_NE(error_of([&] {
+              a.output_shape({4, 5});
+            }).find("expected 3 channels (dim 0), got 4"),
             std::string::npos);
   Tensor<float> x1({2, 3, 1}, 1.0f);
-  EXPECT_NE(error_of([&] { a.forward(x1); }).find("more than 1 spatial element"), std::string::npos);
+  EXPECT_NE(error_of([&] { a.forward(x1); }).find("more than 1 spatial element"),
+            std::string::npos);
   EXPECT_NE(error_of([] { InstanceNorm1d<float>(0); }).find("num_features must be positive"),
             std::string::npos);
   InstanceNormOptions bad;

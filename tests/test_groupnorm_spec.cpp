@@ -72,11 +72,11 @@ TEST(GroupNormSpec, InstanceNormDefaultsAndOptionsArePyTorchs) {
   EXPECT_EQ(b[0].inorm.eps, 1e-3);
   Rng rng(2);
   auto m = build_model<float>(
-      "unflatten(28, 28), in(affine=true, track_running_stats=true), flatten, linear(10)",
-      {2, 784}, rng);
-  EXPECT_EQ(keys(*m), (std::vector<std::string>{"1.weight", "1.bias", "1.running_mean",
-                                                "1.running_var", "1.num_batches_tracked",
-                                                "3.weight", "3.bias"}));
+      "unflatten(28, 28), in(affine=true, track_running_stats=true), flatten, linear(10)", {2, 784},
+      rng);
+  EXPECT_EQ(keys(*m),
+            (std::vector<std::string>{"1.weight", "1.bias", "1.running_mean", "1.running_var",
+                                      "1.num_batches_tracked", "3.weight", "3.bias"}));
   auto plain = build_model<float>("in, flatten, linear(10)", {2, 28, 28}, rng);
   EXPECT_EQ(keys(*plain), (std::vector<std::string>{"2.weight", "2.bias"}));
 }
@@ -127,8 +127,8 @@ class GroupNormTraining : public ::testing::Test {
                       logs = dir_.file("log" + std::to_string(runs_++));
     std::filesystem::create_directories(logs);
     const testing::ProcessResult r = testing::run_normlab(
-        {"train", "--data", data_, "--threads", "2", "--progress", "never", "--out", out,
-         "--model", spec, "--limit-train", "6400", "--limit-test", "1000", "--epochs", "1"},
+        {"train", "--data", data_, "--threads", "2", "--progress", "never", "--out", out, "--model",
+         spec, "--limit-train", "6400", "--limit-test", "1000", "--epochs", "1"},
         dir_.path(), logs, 60);
     EXPECT_EQ(r.code, 0) << r.out << r.err;
     std::ifstream in(out + "/metrics.jsonl");
@@ -136,6 +136,12 @@ class GroupNormTraining : public ::testing::Test {
     while (std::getline(in, line))
       if (!line.empty()) last = line;
     if (last.empty()) return 0;
+    // The checkpoint loads back (eval rebuilds the model from its spec and state).
+    const testing::ProcessResult ev = testing::run_normlab(
+        {"eval", out + "/model.safetensors", "--data", data_, "--threads", "2"}, dir_.path(), logs,
+        60);
+    EXPECT_EQ(ev.code, 0) << ev.out << ev.err;
+    EXPECT_NE(ev.out.find("accuracy"), std::string::npos) << ev.out;
     return nlohmann::json::parse(last).at("test_accuracy").get<double>();
   }
 

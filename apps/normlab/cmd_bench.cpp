@@ -27,7 +27,8 @@ struct BenchArgs {
 bench::Kernel parse_kernel(const std::string& name) {
   for (bench::Kernel k : bench::all_kernels())
     if (name == bench::kernel_name(k)) return k;
-  fail("--kernels: unknown kernel '", name, "' (expected layernorm, batchnorm, batchnorm_eval, groupnorm or instancenorm)");
+  fail("--kernels: unknown kernel '", name,
+       "' (expected layernorm, batchnorm, batchnorm_eval, groupnorm or instancenorm)");
 }
 
 void run_bench(const BenchArgs& args) {
@@ -76,10 +77,12 @@ void add_bench_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--min-time", args->min_time, "Seconds per sample (calls are repeated)")
       ->capture_default_str();
-  cmd->add_option("--shapes", args->shapes, "Shapes NxD or NxCxL (default 128x512,4096x1024,16384x768)")
+  cmd->add_option("--shapes", args->shapes,
+                  "Shapes NxD or NxCxL (default 128x512,4096x1024,16384x768)")
       ->delimiter(',');
-  cmd->add_option("--kernels", args->kernels,
-                  "Kernels: layernorm, batchnorm, batchnorm_eval, groupnorm, instancenorm (default: all)")
+  cmd->add_option(
+         "--kernels", args->kernels,
+         "Kernels: layernorm, batchnorm, batchnorm_eval, groupnorm, instancenorm (default: all)")
       ->delimiter(',');
   cmd->add_option("--cache", args->cache,
                   "warm (same buffers each call), cold (a ring 4x the L3: data from DRAM) or "

@@ -45,7 +45,8 @@ std::vector<BenchShape> default_shapes();  // 128x512, 4096x1024, 16384x768
 // instancenorm: the training forward of InstanceNorm1d (G = C); on an NxD shape
 // PyTorch's reading of a 2-D input: one unbatched (C, L) = (N, D), no affine.
 enum class Kernel { layernorm, batchnorm_train, batchnorm_eval, groupnorm, instancenorm };
-const char* kernel_name(Kernel k);  // "layernorm", "batchnorm", "batchnorm_eval", "groupnorm", "instancenorm"
+const char* kernel_name(
+    Kernel k);  // "layernorm", "batchnorm", "batchnorm_eval", "groupnorm", "instancenorm"
 int64_t groupnorm_groups(int64_t C);  // the G the groupnorm kernel is timed with
 std::vector<Kernel> all_kernels();
 

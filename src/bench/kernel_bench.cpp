@@ -30,7 +30,8 @@ int64_t parse_dim(const std::string& text, const std::string& part) {
     used = 0;
   }
   if (part.empty() || used != part.size() || v <= 0)
-    fail("shape '", text, "': expected positive integers NxD or NxCxL, e.g. 4096x1024 or 32x128x1024");
+    fail("shape '", text,
+         "': expected positive integers NxD or NxCxL, e.g. 4096x1024 or 32x128x1024");
   return v;
 }
 
@@ -208,8 +209,8 @@ void run_pass(Kernel k, Pass p, NormBuffers& b) {
       const float* gamma = unbatched ? nullptr : b.gamma.data();
       const float* beta = unbatched ? nullptr : b.beta.data();
       groupnorm_forward(b.y.data(), b.mean.data(), b.rstd.data(),
-                        k == Kernel::instancenorm ? b.var.data() : nullptr, b.x.data(), gamma,
-                        beta, n, c, s, G, eps);
+                        k == Kernel::instancenorm ? b.var.data() : nullptr, b.x.data(), gamma, beta,
+                        n, c, s, G, eps);
       if (p == Pass::forward_backward)
         groupnorm_backward(b.dx.data(), unbatched ? nullptr : b.dgamma.data(),
                            unbatched ? nullptr : b.dbeta.data(), b.dy.data(), b.x.data(),
@@ -221,8 +222,7 @@ void run_pass(Kernel k, Pass p, NormBuffers& b) {
                               b.gamma.data(), b.beta.data(), N, D, L, eps);
       if (p == Pass::forward_backward)
         batchnorm_backward_train(b.dx.data(), b.dgamma.data(), b.dbeta.data(), b.dy.data(),
-                                 b.x.data(), b.mean.data(), b.rstd.data(), b.gamma.data(), N, D,
-                                 L);
+                                 b.x.data(), b.mean.data(), b.rstd.data(), b.gamma.data(), N, D, L);
       return;
     case Kernel::batchnorm_eval:
       // mean holds zeros here and var stays the fixed running variance.

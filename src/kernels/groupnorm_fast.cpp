@@ -259,12 +259,11 @@ void groupnorm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, con
           // A = gamma_c * rstd folded: a usable T or the row goes exact.
           const double ad = gamma ? static_cast<double>(gamma[c0 + c]) * rd : rd;
           const T a = static_cast<T>(ad);
-          finite = fold_coeff_ok<T>(ad) && detail::map_row_finite(
-                                            dxr + c * S, S, stream,
-                                            [=](auto xv, auto dv) {
-                                              return dv * a + (xv - mt) * c1t + cct;
-                                            },
-                                            xr + c * S, dyr + c * S);
+          finite = fold_coeff_ok<T>(ad) &&
+                   detail::map_row_finite(
+                       dxr + c * S, S, stream,
+                       [=](auto xv, auto dv) { return dv * a + (xv - mt) * c1t + cct; }, xr + c * S,
+                       dyr + c * S);
         }
       }
       if (!finite) exact_row();
@@ -285,10 +284,10 @@ void groupnorm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, con
   }
 }
 
-#define NORMLAB_INSTANTIATE(T)                                                                   \
-  template void groupnorm_forward<T>(T*, T*, T*, T*, const T*, const T*, const T*, int64_t,      \
-                                     int64_t, int64_t, int64_t, T);                              \
-  template void groupnorm_backward<T>(T*, T*, T*, const T*, const T*, const T*, const T*,        \
+#define NORMLAB_INSTANTIATE(T)                                                              \
+  template void groupnorm_forward<T>(T*, T*, T*, T*, const T*, const T*, const T*, int64_t, \
+                                     int64_t, int64_t, int64_t, T);                         \
+  template void groupnorm_backward<T>(T*, T*, T*, const T*, const T*, const T*, const T*,   \
                                       const T*, int64_t, int64_t, int64_t, int64_t);
 NORMLAB_INSTANTIATE(float)
 NORMLAB_INSTANTIATE(double)

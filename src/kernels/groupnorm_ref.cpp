@@ -76,10 +76,10 @@ void groupnorm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, con
   }
 }
 
-#define NORMLAB_INSTANTIATE(T)                                                                   \
-  template void groupnorm_forward<T>(T*, T*, T*, T*, const T*, const T*, const T*, int64_t,      \
-                                     int64_t, int64_t, int64_t, T);                              \
-  template void groupnorm_backward<T>(T*, T*, T*, const T*, const T*, const T*, const T*,        \
+#define NORMLAB_INSTANTIATE(T)                                                              \
+  template void groupnorm_forward<T>(T*, T*, T*, T*, const T*, const T*, const T*, int64_t, \
+                                     int64_t, int64_t, int64_t, T);                         \
+  template void groupnorm_backward<T>(T*, T*, T*, const T*, const T*, const T*, const T*,   \
                                       const T*, int64_t, int64_t, int64_t, int64_t);
 NORMLAB_INSTANTIATE(float)
 NORMLAB_INSTANTIATE(double)

@@ -72,12 +72,12 @@ const Tensor<T>& GroupNorm<T>::forward_impl(const Tensor<T>& x) {
   const T* gamma = opt_.affine ? weight.data() : nullptr;
   const T* beta = opt_.affine ? bias.data() : nullptr;
   const T eps = static_cast<T>(opt_.eps);
-  groupnorm_forward<T>(y_.data(), mean_.data(), rstd_.data(), nullptr, x.data(), gamma, beta, N,
-                       C_, S, G_, eps);
+  groupnorm_forward<T>(y_.data(), mean_.data(), rstd_.data(), nullptr, x.data(), gamma, beta, N, C_,
+                       S, G_, eps);
   exact_ = statistics_overflowed(mean_, rstd_);  // see nn/overflow_fallback.hpp
   if (exact_)
-    ref::groupnorm_forward<T>(y_.data(), mean_.data(), rstd_.data(), nullptr, x.data(), gamma,
-                              beta, N, C_, S, G_, eps);
+    ref::groupnorm_forward<T>(y_.data(), mean_.data(), rstd_.data(), nullptr, x.data(), gamma, beta,
+                              N, C_, S, G_, eps);
   return y_;
 }
 
@@ -114,8 +114,7 @@ template <typename T>
 InstanceNorm1d<T>::InstanceNorm1d(int64_t num_features, InstanceNormOptions opt)
     : C_(num_features), opt_(opt) {
   check_positive("InstanceNorm1d", "num_features", num_features);
-  if (!(opt.eps >= 0))
-    fail("InstanceNorm1d(", num_features, "): eps must be >= 0, got ", opt.eps);
+  if (!(opt.eps >= 0)) fail("InstanceNorm1d(", num_features, "): eps must be >= 0, got ", opt.eps);
   if (opt.momentum && !std::isfinite(*opt.momentum))
     fail("InstanceNorm1d(", num_features, "): momentum must be a finite number or none, got ",
          *opt.momentum);
@@ -179,8 +178,9 @@ const Tensor<T>& InstanceNorm1d<T>::forward_impl(const Tensor<T>& x) {
   y_.resize(x.shape());
   used_instance_stats_ = this->training_ || !opt_.track_running_stats;
   if (used_instance_stats_ && L_ == 1)
-    fail(name(), ": expected more than 1 spatial element when normalizing with instance "
-                 "statistics, got input shape ",
+    fail(name(),
+         ": expected more than 1 spatial element when normalizing with instance "
+         "statistics, got input shape ",
          shape_str(x.shape()));
   const T* gamma = opt_.affine ? weight.data() : nullptr;
   const T* beta = opt_.affine ? bias.data() : nullptr;
@@ -254,9 +254,9 @@ const Tensor<T>& InstanceNorm1d<T>::backward(const Tensor<T>& dy) {
   T* dgamma = opt_.affine ? dweight.data() : nullptr;
   T* dbeta = opt_.affine ? dbias.data() : nullptr;
   if (used_instance_stats_)
-    (exact_ ? ref::groupnorm_backward<T> : groupnorm_backward<T>)(
-        dx, dgamma, dbeta, dy.data(), x_->data(), mean_.data(), rstd_.data(), gamma, N_, Cx_, L_,
-        Cx_);
+    (exact_ ? ref::groupnorm_backward<T>
+            : groupnorm_backward<T>)(dx, dgamma, dbeta, dy.data(), x_->data(), mean_.data(),
+                                     rstd_.data(), gamma, N_, Cx_, L_, Cx_);
   else
     batchnorm_backward_eval(dx, dgamma, dbeta, dy.data(), x_->data(), mean_.data(), rstd_.data(),
                             gamma, N_, C_, L_);

@@ -83,7 +83,8 @@ const std::vector<LayerInfo>& layer_table() {
        0,
        1,
        {"eps", "momentum", "affine", "track_running_stats"},
-       "instancenorm1d([C][, eps=F][, momentum=none|F][, affine=true][, track_running_stats=true])"},
+       "instancenorm1d([C][, eps=F][, momentum=none|F][, affine=true][, "
+       "track_running_stats=true])"},
       {"unflatten", nullptr, LayerKind::Unflatten, 1, 8, {}, "unflatten(D1, D2[, ...])"},
   };
   return table;
@@ -382,7 +383,8 @@ class OptionReader {
       if (a.key == "affine") o.affine_given = true;
       if (a.key == "track_running_stats") o.track_given = true;
     }
-    if (static_cast<int>(o.sizes.size()) < n_.info->min_sizes && n_.info->kind == LayerKind::GroupNorm)
+    if (static_cast<int>(o.sizes.size()) < n_.info->min_sizes &&
+        n_.info->kind == LayerKind::GroupNorm)
       bad(n_.pos, "groupnorm needs its number of groups, e.g. groupnorm(32)");
     if (static_cast<int>(o.sizes.size()) < n_.info->min_sizes)
       bad(n_.pos,
@@ -609,8 +611,7 @@ class Planner {
         }
         if (prod != shape_[1])
           mismatch(n, "splits dim 1 into " + shape_str(p.unflatten) + " = " +
-                          (prod <= kMaxFeatures ? std::to_string(prod) : "too many") +
-                          " features");
+                          (prod <= kMaxFeatures ? std::to_string(prod) : "too many") + " features");
         Shape out{shape_[0]};
         out.insert(out.end(), p.unflatten.begin(), p.unflatten.end());
         out.insert(out.end(), shape_.begin() + 2, shape_.end());
@@ -619,8 +620,7 @@ class Planner {
       }
     }
     p.out_shape = shape_;
-    if (p.kind == LayerKind::Flatten || p.kind == LayerKind::Unflatten ||
-        p.in_shape != p.out_shape)
+    if (p.kind == LayerKind::Flatten || p.kind == LayerKind::Unflatten || p.in_shape != p.out_shape)
       producer_ = n.source + " at column " + std::to_string(p.column);
     return p;
   }
