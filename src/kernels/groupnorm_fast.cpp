@@ -30,6 +30,10 @@ using detail::fold_product_ok;
 // per segment.
 constexpr int64_t kShortSegment = 8;
 
+// The forward takes rows of fewer than kBlockElems / 2 values in blocks of up
+// to kMaxBlock rows (see groupnorm_forward).
+constexpr int64_t kBlockElems = 2048, kMaxBlock = 16;
+
 // Over one segment of S values, in double: sdy = sum dy, sdyx = sum dy * (x - m),
 // sx = sum (x - m). Two vector accumulators each: the segment is loaded once.
 template <typename T>
@@ -90,68 +94,91 @@ void groupnorm_forward(T* y, T* mean, T* rstd, T* var, const T* x, const T* gamm
   const bool stream = detail::stream_output<T>(R * D);
   double gmax, bmax;
   affine_bounds(gamma, beta, C, gmax, bmax);
+  const int64_t block = std::clamp<int64_t>(kBlockElems / D, 1, kMaxBlock);
+  const double inv_d = 1.0 / static_cast<double>(D);
 #pragma omp parallel num_threads(detail::kernel_threads(R* D))
   {
+    // Small rows go in blocks: the moments of the block's rows first, then
+    // their 1/sqrt in one vector loop (one row's sqrt and division alone
+    // stall the row's map: measured 2x on (N, C) with groups of 16), then the
+    // maps, while the block (at most kBlockElems values) is in L1/L2.
 #pragma omp for schedule(static) nowait
-    for (int64_t row = 0; row < R; ++row) {
-      const T* xr = x + row * D;
-      T* yr = y + row * D;
-      const int64_t c0 = (row % G) * Cg;
-      if (row + 1 < R) detail::prefetch_row(xr + D, D);
-      const T shift = xr[0];
-      const detail::Moments mo = detail::shifted_moments(xr, D, static_cast<double>(shift));
-      const double v = mo.m2 / static_cast<double>(D);
-      const double rd = 1.0 / std::sqrt(v + static_cast<double>(eps));
-      mean[row] = static_cast<T>(shift + mo.mean);
-      rstd[row] = static_cast<T>(rd);
-      if (var) var[row] = static_cast<T>(v);
-      const double dev = std::sqrt(mo.m2) + std::abs(mo.mean);
-      if (!(dev < fold_big<T> && fold_coeff_ok<T>(rd) && fold_product_ok<T>(mo.mean, rd) &&
-            dev * rd * gmax + bmax < fold_big<T>)) {
-        const double m = static_cast<double>(shift) + mo.mean;
-        for (int64_t i = 0; i < D; ++i) {
-          const int64_t c = c0 + i / S;
-          double out = (xr[i] - m) * rd;
-          if (gamma) out *= gamma[c];
-          if (beta) out += beta[c];
-          yr[i] = static_cast<T>(out);
-        }
-        continue;
+    for (int64_t b0 = 0; b0 < R; b0 += block) {
+      const int64_t nb = std::min(block, R - b0);
+      T shifts[kMaxBlock];
+      double means[kMaxBlock], m2s[kMaxBlock], rds[kMaxBlock], devs[kMaxBlock];
+      for (int64_t k = 0; k < nb; ++k) {
+        const T* xr = x + (b0 + k) * D;
+        if (b0 + k + 1 < R) detail::prefetch_row(xr + D, D);
+        shifts[k] = xr[0];
+        const detail::Moments mo = detail::shifted_moments(xr, D, static_cast<double>(xr[0]));
+        means[k] = mo.mean;
+        m2s[k] = mo.m2;
       }
-      const T m = static_cast<T>(mo.mean), r = static_cast<T>(rd);
-      if (S == 1) {  // the channels are the row: gamma and beta as arrays
-        const T* g = gamma ? gamma + c0 : nullptr;
-        const T* b = beta ? beta + c0 : nullptr;
-        if (g && b)
-          detail::map_row(
-              yr, D, stream,
-              [=](auto xv, auto gv, auto bv) { return ((xv - shift - m) * r) * gv + bv; }, xr, g,
-              b);
-        else if (g)
-          detail::map_row(
-              yr, D, stream, [=](auto xv, auto gv) { return ((xv - shift - m) * r) * gv; }, xr, g);
-        else if (b)
-          detail::map_row(
-              yr, D, stream, [=](auto xv, auto bv) { return (xv - shift - m) * r + bv; }, xr, b);
-        else
-          detail::map_row(
-              yr, D, stream, [=](auto xv) { return (xv - shift - m) * r; }, xr);
-        continue;
+#pragma omp simd
+      for (int64_t k = 0; k < nb; ++k) {
+        rds[k] = 1.0 / std::sqrt(m2s[k] * inv_d + static_cast<double>(eps));
+        devs[k] = std::sqrt(m2s[k]) + std::abs(means[k]);
       }
-      for (int64_t c = 0; c < Cg; ++c) {
-        const T gv = gamma ? gamma[c0 + c] : T(1), bv = beta ? beta[c0 + c] : T(0);
-        if (S < kShortSegment) {
-          for (int64_t s = 0; s < S; ++s)
-            yr[c * S + s] = ((xr[c * S + s] - shift - m) * r) * gv + bv;
+      for (int64_t k = 0; k < nb; ++k) {
+        const int64_t row = b0 + k;
+        const T* xr = x + row * D;
+        T* yr = y + row * D;
+        const int64_t c0 = (row % G) * Cg;
+        const T shift = shifts[k];
+        const detail::Moments mo{means[k], m2s[k]};
+        const double v = mo.m2 * inv_d, rd = rds[k], dev = devs[k];
+        mean[row] = static_cast<T>(shift + mo.mean);
+        rstd[row] = static_cast<T>(rd);
+        if (var) var[row] = static_cast<T>(v);
+        if (!(dev < fold_big<T> && fold_coeff_ok<T>(rd) && fold_product_ok<T>(mo.mean, rd) &&
+              dev * rd * gmax + bmax < fold_big<T>)) {
+          const double m = static_cast<double>(shift) + mo.mean;
+          for (int64_t i = 0; i < D; ++i) {
+            const int64_t c = c0 + i / S;
+            double out = (xr[i] - m) * rd;
+            if (gamma) out *= gamma[c];
+            if (beta) out += beta[c];
+            yr[i] = static_cast<T>(out);
+          }
           continue;
         }
-        if (gamma || beta)
-          detail::map_row(
-              yr + c * S, S, stream, [=](auto xv) { return ((xv - shift - m) * r) * gv + bv; },
-              xr + c * S);
-        else
-          detail::map_row(
-              yr + c * S, S, stream, [=](auto xv) { return (xv - shift - m) * r; }, xr + c * S);
+        const T m = static_cast<T>(mo.mean), r = static_cast<T>(rd);
+        if (S == 1) {  // the channels are the row: gamma and beta as arrays
+          const T* g = gamma ? gamma + c0 : nullptr;
+          const T* b = beta ? beta + c0 : nullptr;
+          if (g && b)
+            detail::map_row(
+                yr, D, stream,
+                [=](auto xv, auto gv, auto bv) { return ((xv - shift - m) * r) * gv + bv; }, xr, g,
+                b);
+          else if (g)
+            detail::map_row(
+                yr, D, stream, [=](auto xv, auto gv) { return ((xv - shift - m) * r) * gv; }, xr,
+                g);
+          else if (b)
+            detail::map_row(
+                yr, D, stream, [=](auto xv, auto bv) { return (xv - shift - m) * r + bv; }, xr, b);
+          else
+            detail::map_row(
+                yr, D, stream, [=](auto xv) { return (xv - shift - m) * r; }, xr);
+          continue;
+        }
+        for (int64_t c = 0; c < Cg; ++c) {
+          const T gv = gamma ? gamma[c0 + c] : T(1), bv = beta ? beta[c0 + c] : T(0);
+          if (S < kShortSegment) {
+            for (int64_t s = 0; s < S; ++s)
+              yr[c * S + s] = ((xr[c * S + s] - shift - m) * r) * gv + bv;
+            continue;
+          }
+          if (gamma || beta)
+            detail::map_row(
+                yr + c * S, S, stream, [=](auto xv) { return ((xv - shift - m) * r) * gv + bv; },
+                xr + c * S);
+          else
+            detail::map_row(
+                yr + c * S, S, stream, [=](auto xv) { return (xv - shift - m) * r; }, xr + c * S);
+        }
       }
     }
     if (stream) detail::stream_fence();
