@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """normlab against PyTorch on the same machine, in the same run.
 
-Times PyTorch's F.layer_norm, F.batch_norm (training mode) and F.rms_norm
-(PyTorch >= 2.4; n/a for 1.13), forward and
-forward+backward, in float, for every PyTorch at hand: the current one
+Times PyTorch's F.layer_norm, F.batch_norm (training mode), F.rms_norm
+(PyTorch >= 2.4; n/a for 1.13), F.group_norm and F.instance_norm (instance
+statistics), forward and forward+backward, in float, for every PyTorch at hand: the current one
 (scripts/torch-env's venv; eager and torch.compile) and Debian's 1.13
 (python3-torch, when installed); runs `normlab bench` at the same shapes and
 thread count, and prints one table: times, the speed-up of normlab over each
@@ -18,6 +18,13 @@ L3, so both libraries and both copies read from DRAM; smaller shapes "warm",
 the same buffers every call.
 
     bench/compare_torch.py --threads 2 [--normlab build/normlab] [--no-compile]
+    bench/compare_torch.py --shapes 32x128x1024 --kernels groupnorm,instancenorm
+
+Shapes are NxD or NxCxL (x of shape (N, C, L)), as `normlab bench` takes them:
+layer_norm then normalizes over (C, L) without affine, group_norm uses
+G = gcd(C, 32) groups, and instance_norm on an NxD shape takes it as one
+unbatched (C, L) = (N, D) sample without affine (PyTorch's reading of a 2-D
+input), as normlab's bench does.
 
 Any python3 runs it: each PyTorch is timed in a worker process of its own
 interpreter (this file with --worker), kept alive over the rounds.
@@ -30,6 +37,7 @@ import argparse
 import csv
 import io
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -38,17 +46,34 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_SHAPES = "128x512,4096x1024,16384x768"
+DEFAULT_KERNELS = "layernorm,batchnorm,rmsnorm,groupnorm,instancenorm"
+KERNELS = DEFAULT_KERNELS.split(",")
 EXTRA_SECTIONS = []  # functions section(args) -> list of row dicts (see module doc)
 
 
 def parse_shapes(text):
+    """NxD or NxCxL -> (n, d, l), l = 1 for NxD."""
     shapes = []
     for part in text.split(","):
-        n, sep, d = part.partition("x")
-        if not sep or not n.isdigit() or not d.isdigit() or int(n) <= 0 or int(d) <= 0:
-            sys.exit(f"compare_torch.py: error: --shapes: '{part}' is not NxD with positive N, D")
-        shapes.append((int(n), int(d)))
+        dims = part.split("x")
+        if len(dims) not in (2, 3) or not all(v.isdigit() and int(v) > 0 for v in dims):
+            sys.exit(f"compare_torch.py: error: --shapes: '{part}' is not NxD or NxCxL with "
+                     "positive sizes")
+        shapes.append(tuple(int(v) for v in dims) + ((1,) if len(dims) == 2 else ()))
     return shapes
+
+
+def shape_text(n, d, l):
+    return f"{n}x{d}" + (f"x{l}" if l != 1 else "")
+
+
+def parse_kernels(text):
+    kernels = text.split(",")
+    for k in kernels:
+        if k not in KERNELS:
+            sys.exit(f"compare_torch.py: error: --kernels: unknown kernel '{k}' "
+                     f"(expected some of {DEFAULT_KERNELS})")
+    return kernels
 
 
 def l3_bytes():
@@ -95,15 +120,16 @@ def pass_bytes(pass_name, n, d):
 
 
 class TorchOps:
-    """PyTorch's copy, layer_norm and batch_norm (training) at one shape, timed;
+    """PyTorch's copy and the chosen norms (training) at one shape, timed;
     each call takes the next of `sets` buffer sets (x, dy, out, x with grad).
-    With compiled=True the two norms go through torch.compile (compiled once,
+    With compiled=True the norms go through torch.compile (compiled once,
     here, so compile time is not timed)."""
 
-    def __init__(self, torch, n, d, sets, compiled=False):
+    def __init__(self, torch, n, d, sets, compiled=False, l=1, kernels=("layernorm", "batchnorm")):
         F = torch.nn.functional
         g = torch.Generator().manual_seed(0)
-        x, dy = torch.randn(n, d, generator=g), torch.randn(n, d, generator=g)
+        shape = (n, d) if l == 1 else (n, d, l)
+        x, dy = torch.randn(*shape, generator=g), torch.randn(*shape, generator=g)
         self.ring = [(x.clone(), dy.clone(), torch.empty_like(x), x.clone().requires_grad_())
                      for _ in range(sets)]
         self.at = 0
@@ -111,14 +137,22 @@ class TorchOps:
         bias = torch.rand(d, generator=g).sub_(0.5).requires_grad_()
         running_mean, running_var = torch.zeros(d), torch.ones(d)
         self.no_grad = torch.no_grad
-        self.fns = {
-            "layernorm": lambda inp: F.layer_norm(inp, (d,), weight, bias, 1e-5),
+        groups = math.gcd(d, 32)
+        fns = {
+            "layernorm": (lambda inp: F.layer_norm(inp, (d,), weight, bias, 1e-5)) if l == 1 else
+                         (lambda inp: F.layer_norm(inp, (d, l), None, None, 1e-5)),
             "batchnorm": lambda inp: F.batch_norm(inp, running_mean, running_var, weight, bias,
                                                   True, 0.1, 1e-5),
+            "groupnorm": lambda inp: F.group_norm(inp, groups, weight, bias, 1e-5),
+            "instancenorm": (lambda inp: F.instance_norm(inp, None, None, weight, bias, True, 0.1,
+                                                         1e-5)) if l > 1 else
+                            (lambda inp: F.instance_norm(inp.unsqueeze(0), eps=1e-5).squeeze(0)),
         }
         # issue 10: RMSNorm (F.rms_norm, PyTorch >= 2.4; 1.13 has none: its column says n/a)
         if hasattr(F, "rms_norm"):
-            self.fns["rmsnorm"] = lambda inp: F.rms_norm(inp, (d,), weight, 1e-5)
+            fns["rmsnorm"] = (lambda inp: F.rms_norm(inp, (d,), weight, 1e-5)) if l == 1 else \
+                             (lambda inp: F.rms_norm(inp, (d, l), None, 1e-5))
+        self.fns = {k: fns[k] for k in kernels if k in fns}
         if compiled:
             self.fns = {k: torch.compile(f) for k, f in self.fns.items()}
             for f in self.fns.values():  # compile both graphs now: fwd (no grad) and fwd+bwd
@@ -170,11 +204,13 @@ def worker(threads):
     print(json.dumps({"compile_error": compile_error}), flush=True)
     for line in sys.stdin:
         req = json.loads(line)
-        key = (req["n"], req["d"], req["mode"], req["compiled"])
+        l, kernels = req.get("l", 1), tuple(req.get("kernels", ("layernorm", "batchnorm")))
+        key = (req["n"], req["d"], l, req["mode"], req["compiled"], kernels)
         try:
             if key not in ops:
                 ops[key] = TorchOps(torch, req["n"], req["d"],
-                                    ring_sets(req["n"], req["d"], req["mode"]), req["compiled"])
+                                    ring_sets(req["n"], req["d"] * l, req["mode"]),
+                                    req["compiled"], l, kernels)
             times, copy_s = ops[key].sample(req["min_time"])
             print(json.dumps({"times": times, "copy": copy_s}), flush=True)
         except Exception as e:  # noqa: BLE001 - reported to the driver, which names it
@@ -194,9 +230,10 @@ class Worker:
             sys.exit(f"compare_torch.py: error: the worker of {interp['python']} did not start")
         self.compile_error = json.loads(hello)["compile_error"]
 
-    def sample(self, n, d, mode, min_time, compiled):
+    def sample(self, n, d, mode, min_time, compiled, l=1, kernels=("layernorm", "batchnorm")):
         self.proc.stdin.write(json.dumps({"n": n, "d": d, "mode": mode, "min_time": min_time,
-                                          "compiled": compiled}) + "\n")
+                                          "compiled": compiled, "l": l,
+                                          "kernels": list(kernels)}) + "\n")
         self.proc.stdin.flush()
         answer = json.loads(self.proc.stdout.readline() or '{"error": "worker died"}')
         if "error" in answer:
@@ -208,10 +245,11 @@ class Worker:
         self.proc.wait()
 
 
-def normlab_sample(binary, threads, n, d, min_time, mode):
+def normlab_sample(binary, threads, n, d, min_time, mode, l=1, kernels=("layernorm", "batchnorm")):
     """One sample of each from `normlab bench --csv`: {(kernel, pass): seconds}, copy seconds."""
     cmd = [binary, "bench", "--csv", "--threads", str(threads), "--repeats", "1", "--cache", mode,
-           "--min-time", str(min_time), "--kernels", "layernorm,batchnorm,rmsnorm", "--shapes", f"{n}x{d}"]
+           "--min-time", str(min_time), "--kernels", ",".join(kernels), "--shapes",
+           shape_text(n, d, l)]
     run = subprocess.run(cmd, capture_output=True, text=True)
     if run.returncode != 0:
         sys.exit(f"compare_torch.py: error: {' '.join(cmd)} failed ({run.returncode}):\n"
@@ -230,8 +268,9 @@ def kernel_rows(args, variants):
     side sees the same moments of a shared machine; medians over the rounds.
     variants: [(label, Worker, compiled)]."""
     rows = []
-    for n, d in parse_shapes(args.shapes):
-        mode = cache_mode(n, d)
+    kernels = parse_kernels(args.kernels)
+    for n, d, l in parse_shapes(args.shapes):
+        mode = cache_mode(n, d * l)
         samples = {label: {} for label, _, _ in variants}
         samples["normlab"] = {}
         copies = {label: [] for label in samples}
@@ -240,24 +279,26 @@ def kernel_rows(args, variants):
             for label, w, compiled in variants:
                 if label in failed:
                     continue
-                answer, err = w.sample(n, d, mode, args.min_time, compiled)
+                answer, err = w.sample(n, d, mode, args.min_time, compiled, l, kernels)
                 if answer is None:
                     failed[label] = err
-                    print(f"compare_torch.py: {label} at {n}x{d}: {err}", file=sys.stderr)
+                    print(f"compare_torch.py: {label} at {shape_text(n, d, l)}: {err}",
+                          file=sys.stderr)
                     continue
                 copies[label].append(answer["copy"])
                 for key, sec in answer["times"].items():
                     samples[label].setdefault(key, []).append(sec)
-            m, mc = normlab_sample(args.normlab, args.threads, n, d, args.min_time, mode)
+            m, mc = normlab_sample(args.normlab, args.threads, n, d, args.min_time, mode, l,
+                                   kernels)
             copies["normlab"].append(mc)
             for (kernel, pass_name), sec in m.items():
                 samples["normlab"].setdefault(f"{kernel} {pass_name}", []).append(sec)
         for key in samples["normlab"]:
             kernel, pass_name = key.split()
-            ratio = pass_bytes(pass_name, n, d) / pass_bytes("fwd", n, d)  # bytes vs the copy's
+            ratio = pass_bytes(pass_name, n, d * l) / pass_bytes("fwd", n, d * l)  # vs the copy
             n_s = statistics.median(samples["normlab"][key])
             nc = statistics.median(copies["normlab"])
-            row = {"shape": f"{n}x{d}", "cache": mode, "kernel": kernel, "pass": pass_name,
+            row = {"shape": shape_text(n, d, l), "cache": mode, "kernel": kernel, "pass": pass_name,
                    "normlab": fmt_time(n_s), "normlab %copy": f"{100 * ratio * nc / n_s:.0f}%"}
             for label, _, _ in variants:
                 if label in failed or key not in samples[label]:
@@ -292,6 +333,8 @@ def main():
                    help="rounds of samples (each PyTorch, then normlab, per shape); medians shown")
     p.add_argument("--min-time", type=float, default=0.05, help="seconds per sample")
     p.add_argument("--shapes", default=DEFAULT_SHAPES, help=f"NxD list (default {DEFAULT_SHAPES})")
+    p.add_argument("--kernels", default=DEFAULT_KERNELS,
+                   help=f"kernels to compare (default {DEFAULT_KERNELS})")
     p.add_argument("--normlab", default=os.path.join(REPO, "build", "normlab"),
                    help="the normlab executable (default: build/normlab)")
     p.add_argument("--no-compile", action="store_true", help="leave torch.compile out")
@@ -308,6 +351,7 @@ def main():
     if not 0 < args.min_time <= 10:
         p.error(f"--min-time must be in (0, 10] seconds, got {args.min_time}")
     parse_shapes(args.shapes)
+    parse_kernels(args.kernels)
     if not os.path.isfile(args.normlab) or not os.access(args.normlab, os.X_OK):
         p.error(f"--normlab: '{args.normlab}' is not an executable "
                 "(build it with: scripts/build)")

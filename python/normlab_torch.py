@@ -224,6 +224,11 @@ LAYERS = {
     "nb_batchnorm": ("nb_batchnorm", 0, 0, ()),
     "nb_layernorm": ("nb_layernorm", 0, 0, ()),
     "rmsnorm": ("rmsnorm", 0, 1, ("elementwise_affine", "eps", "dims", "shape")),
+    "groupnorm": ("groupnorm", 1, 2, ("eps", "affine")),
+    "gn": ("groupnorm", 1, 2, ("eps", "affine")),
+    "instancenorm1d": ("instancenorm1d", 0, 1, ("eps", "momentum", "affine", "track_running_stats")),
+    "in": ("instancenorm1d", 0, 1, ("eps", "momentum", "affine", "track_running_stats")),
+    "unflatten": ("unflatten", 1, 8, ()),
 }
 
 
@@ -394,6 +399,27 @@ def build_layer(item, shape):
     if kind == "rmsnorm":
         ns = normalized_shape(item, opt, shape)
         return rms_norm(ns, boolean(opt.get("elementwise_affine", "true")), eps), shape
+    if kind == "groupnorm":
+        if len(shape) < 2:
+            raise SpecError(f"groupnorm needs an input (N, C, *), got shape {shape}")
+        if len(sizes) == 2 and sizes[1] != shape[1]:
+            raise SpecError(f"groupnorm{tuple(sizes)} expects {sizes[1]} channels, got shape {shape}")
+        if shape[1] % sizes[0]:
+            raise SpecError(f"groupnorm({sizes[0]}): {shape[1]} channels are not divisible by {sizes[0]} groups")
+        return nn.GroupNorm(sizes[0], shape[1], eps=eps, affine=boolean(opt.get("affine", "true"))), shape
+    if kind == "instancenorm1d":
+        if len(shape) != 3 or shape[2] < 2:
+            raise SpecError(f"instancenorm1d needs a 3-D (N, C, L) input with L > 1, got shape {shape}")
+        if sizes and sizes[0] != shape[1]:
+            raise SpecError(f"instancenorm1d({sizes[0]}) expects {sizes[0]} channels, got shape {shape}")
+        momentum = opt.get("momentum", "0.1")
+        return nn.InstanceNorm1d(shape[1], eps=eps, momentum=None if momentum.lower() == "none" else float(momentum),
+                                 affine=boolean(opt.get("affine", "false")),
+                                 track_running_stats=boolean(opt.get("track_running_stats", "false"))), shape
+    if kind == "unflatten":
+        if len(shape) < 2 or math.prod(sizes) != shape[1]:
+            raise SpecError(f"unflatten{tuple(sizes)} cannot split dim 1 of shape {shape}")
+        return nn.Unflatten(1, tuple(sizes)), [shape[0]] + list(sizes) + shape[2:]
     raise SpecError(f"unhandled layer {kind}")
 
 

@@ -690,6 +690,12 @@ std::vector<Case> spec_cases() {
       {"spec: rmsnorm eps nan",
        model("flatten, rmsnorm(eps=nan)"),
        {"eps must be a finite number >= 0", "'nan'"}},
+      {"spec: groupnorm groups do not divide the channels",
+       model("flatten, linear(10), groupnorm(4)"),
+       {"groupnorm(4)", "divisible", "10 % 4 = 2"}},
+      {"spec: instancenorm1d on a 2-D input",
+       model("flatten, linear(10), instancenorm1d"),
+       {"instancenorm1d", "3-D (N, C, L)", "(2, 10)"}},
   };
 }
 

@@ -35,7 +35,7 @@ TEST(CliBench, RejectsBadFlagsNamingThem) {
       {"bench --shapes 12x", "--shapes: shape '12x'"},
       {"bench --shapes 4096x0", "--shapes: shape '4096x0'"},
       {"bench --shapes 100000x100000", "exceeds the limit"},
-      {"bench --kernels groupnorm", "--kernels: unknown kernel 'groupnorm'"},
+      {"bench --kernels rmsnorm_x", "--kernels: unknown kernel 'rmsnorm_x'"},
   };
   for (const auto& c : cases) {
     const CliRun r = run_normlab(c.args);
@@ -51,7 +51,7 @@ TEST(CliBench, PrintsCsvForEveryKernelAndPass) {
   std::istringstream lines(r.out);
   std::string line;
   std::getline(lines, line);
-  EXPECT_EQ(line, "threads,N,D,cache,kernel,pass,seconds,gbps,copy_gbps,pct_copy");
+  EXPECT_EQ(line, "threads,N,D,cache,kernel,pass,seconds,gbps,copy_gbps,pct_copy,L");
   int rows = 0, kernel_rows = 0;
   while (std::getline(lines, line)) {
     ++rows;
@@ -60,8 +60,8 @@ TEST(CliBench, PrintsCsvForEveryKernelAndPass) {
     if (line.find(",fwd,") != std::string::npos || line.find(",fwd+bwd,") != std::string::npos)
       ++kernel_rows;
   }
-  EXPECT_EQ(rows, 2 * 9);  // per shape: copy + 4 kernels x 2 passes
-  EXPECT_EQ(kernel_rows, 2 * 8);
+  EXPECT_EQ(rows, 2 * 13);  // per shape: copy + 6 kernels x 2 passes
+  EXPECT_EQ(kernel_rows, 2 * 12);
 }
 
 }  // namespace

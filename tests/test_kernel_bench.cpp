@@ -14,7 +14,13 @@ TEST(KernelBench, ParsesShapesAndRejectsBadOnes) {
   const nb::BenchShape s = nb::parse_shape("4096x1024");
   EXPECT_EQ(s.N, 4096);
   EXPECT_EQ(s.D, 1024);
-  for (const char* bad : {"4096", "0x5", "5x0", "-1x5", "4x", "x4", "4x5x6", "ax5"})
+  const nb::BenchShape t = nb::parse_shape("32x128x1024");
+  EXPECT_EQ(t.N, 32);
+  EXPECT_EQ(t.D, 128);
+  EXPECT_EQ(t.L, 1024);
+  EXPECT_EQ(nb::shape_text(t), "32x128x1024");
+  EXPECT_EQ(nb::shape_text(s), "4096x1024");
+  for (const char* bad : {"4096", "0x5", "5x0", "-1x5", "4x", "x4", "4x5x6x7", "4x5x0", "ax5"})
     EXPECT_THROW(nb::parse_shape(bad), normlab::Error) << bad;
 }
 

@@ -114,6 +114,21 @@ LayerPtr<T> build(const json& spec, Rng& rng) {
     o.elementwise_affine = c["elementwise_affine"];
     return std::make_unique<RMSNorm<T>>(c["normalized_shape"].get<Shape>(), o);
   }
+  if (kind == "GroupNorm") {
+    GroupNormOptions o;
+    o.eps = c["eps"];
+    o.affine = c["affine"];
+    return std::make_unique<GroupNorm<T>>(c["num_groups"], c["num_channels"], o);
+  }
+  if (kind == "InstanceNorm1d") {
+    InstanceNormOptions o;
+    o.eps = c["eps"];
+    o.momentum = c["momentum"].is_null() ? std::nullopt : std::optional<double>(c["momentum"]);
+    o.affine = c["affine"];
+    o.track_running_stats = c["track_running_stats"];
+    return std::make_unique<InstanceNorm1d<T>>(c["num_features"], o);
+  }
+  if (kind == "Unflatten") return std::make_unique<Unflatten<T>>(c["sizes"].get<Shape>());
   if (kind == "Sequential") {
     auto s = std::make_unique<Sequential<T>>();
     for (const json& child : c.at("children")) s->add(build<T>(child, rng), child.at("name"));
@@ -141,7 +156,7 @@ template <typename T>
       worst = i;
     }
   }
-  const double err = diff / scale;
+  const double err = diff == 0 ? 0.0 : diff / scale;  // an all-zero buffer equal to PyTorch's
   if (err <= tol) return ::testing::AssertionSuccess();
   return ::testing::AssertionFailure()
          << what << ": relative error " << err << " > " << tol << " at element " << worst
@@ -280,6 +295,19 @@ TEST(TorchFixtureCoverage, CoversEveryRequiredConfiguration) {
       seen.insert(c["elementwise_affine"] ? "rms affine on" : "rms affine off");
       seen.insert("rms " + std::to_string(c["normalized_shape"].size()) + " dims");
     }
+    if (kind == "GroupNorm") {
+      const int64_t G = c["num_groups"], C = c["num_channels"];
+      seen.insert(G == 1 ? "gn G=1" : G == C ? "gn G=C" : "gn 1<G<C");
+      seen.insert(c["affine"] ? "gn affine on" : "gn affine off");
+      seen.insert("gn rank " + std::to_string(fx["steps"][0]["input"]["shape"].size()));
+    }
+    if (kind == "InstanceNorm1d") {
+      seen.insert("in rank " + std::to_string(fx["steps"][0]["input"]["shape"].size()));
+      if (c["affine"]) seen.insert("in affine on");
+      if (c["track_running_stats"] && c["momentum"].is_null()) seen.insert("in momentum none");
+      for (const json& s : fx["steps"])
+        if (s["mode"] == "eval" && c["track_running_stats"]) seen.insert("in eval running");
+    }
   };
   for (const std::string& name : fixture_names()) {
     const json fx = load_fixture(name);
@@ -316,7 +344,21 @@ TEST(TorchFixtureCoverage, CoversEveryRequiredConfiguration) {
                            "Sequential",
                            // issue 10
                            "ln 3 dims", "RMSNorm", "rms eps none", "rms eps given", "rms affine on",
-                           "rms affine off", "rms 1 dims", "rms 2 dims", "rms 3 dims"})
+                           "rms affine off", "rms 1 dims", "rms 2 dims", "rms 3 dims",
+                           "gn G=1",
+                           "gn G=C",
+                           "gn 1<G<C",
+                           "gn affine on",
+                           "gn affine off",
+                           "gn rank 2",
+                           "gn rank 3",
+                           "gn rank 4",
+                           "in rank 2",
+                           "in rank 3",
+                           "in affine on",
+                           "in momentum none",
+                           "in eval running",
+                           "Unflatten"})
     EXPECT_TRUE(seen.count(want)) << "no fixture covers " << want;
 }
 

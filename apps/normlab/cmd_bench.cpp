@@ -28,7 +28,7 @@ bench::Kernel parse_kernel(const std::string& name) {
   for (bench::Kernel k : bench::all_kernels())
     if (name == bench::kernel_name(k)) return k;
   fail("--kernels: unknown kernel '", name,
-       "' (expected layernorm, batchnorm, batchnorm_eval or rmsnorm)");
+       "' (expected layernorm, batchnorm, batchnorm_eval, rmsnorm, groupnorm or instancenorm)");
 }
 
 void run_bench(const BenchArgs& args) {
@@ -71,17 +71,19 @@ void run_bench(const BenchArgs& args) {
 void add_bench_command(CLI::App& app) {
   auto args = std::make_shared<BenchArgs>();
   auto* cmd = app.add_subcommand(
-      "bench",
-      "Time the LayerNorm/BatchNorm/RMSNorm kernels beside a plain copy of the same bytes");
+      "bench", "Time the normalization kernels beside a plain copy of the same bytes");
   cmd->add_option("--threads", args->threads, "OpenMP threads (default: OMP_NUM_THREADS or all)");
   cmd->add_option("--repeats", args->repeats, "Samples per measurement; the median is shown")
       ->capture_default_str();
   cmd->add_option("--min-time", args->min_time, "Seconds per sample (calls are repeated)")
       ->capture_default_str();
-  cmd->add_option("--shapes", args->shapes, "Shapes NxD (default 128x512,4096x1024,16384x768)")
+  cmd->add_option("--shapes", args->shapes,
+                  "Shapes NxD or NxCxL (default 128x512,4096x1024,16384x768)")
       ->delimiter(',');
-  cmd->add_option("--kernels", args->kernels,
-                  "Kernels: layernorm, batchnorm, batchnorm_eval, rmsnorm (default: all)")
+  cmd->add_option(
+         "--kernels", args->kernels,
+         "Kernels: layernorm, batchnorm, batchnorm_eval, rmsnorm, groupnorm, instancenorm "
+         "(default: all)")
       ->delimiter(',');
   cmd->add_option("--cache", args->cache,
                   "warm (same buffers each call), cold (a ring 4x the L3: data from DRAM) or "

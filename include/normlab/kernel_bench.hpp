@@ -29,16 +29,25 @@ namespace normlab::bench {
 
 struct BenchShape {
   int64_t N = 0, D = 0;  // rows, features (LayerNorm) or channels (BatchNorm)
+  int64_t L = 1;         // length per channel: an NxCxL shape is (N, C = D, L)
+  int64_t elems() const { return N * D * L; }
 };
 
-// "4096x1024" -> {4096, 1024}. Throws normlab::Error naming the text on anything
-// else (both positive, N * D at most 2^26 floats per buffer).
+// "4096x1024" -> {4096, 1024}; "32x128x1024" -> {32, 128, 1024} (N, C, L): LayerNorm
+// then normalizes rows of C * L, BatchNorm channels over N * L, GroupNorm groups of
+// C / G channels x L, InstanceNorm each (sample, channel). Throws normlab::Error
+// naming the text on anything else (all positive, at most 2^26 floats per buffer).
 BenchShape parse_shape(const std::string& text);
-std::string shape_text(BenchShape s);      // "4096x1024"
+std::string shape_text(BenchShape s);      // "4096x1024", "32x128x1024"
 std::vector<BenchShape> default_shapes();  // 128x512, 4096x1024, 16384x768
 
-enum class Kernel { layernorm, batchnorm_train, batchnorm_eval, rmsnorm };
-const char* kernel_name(Kernel k);  // "layernorm", "batchnorm", "batchnorm_eval", "rmsnorm"
+// groupnorm: G = gcd(C, 32) groups (32 as in PyTorch's usual GroupNorm(32, C));
+// instancenorm: the training forward of InstanceNorm1d (G = C); on an NxD shape
+// PyTorch's reading of a 2-D input: one unbatched (C, L) = (N, D), no affine.
+enum class Kernel { layernorm, batchnorm_train, batchnorm_eval, rmsnorm, groupnorm, instancenorm };
+// "layernorm", "batchnorm", "batchnorm_eval", "rmsnorm", "groupnorm", "instancenorm"
+const char* kernel_name(Kernel k);
+int64_t groupnorm_groups(int64_t C);  // the G the groupnorm kernel is timed with
 std::vector<Kernel> all_kernels();
 
 enum class Pass { forward, forward_backward };
@@ -60,7 +69,8 @@ struct NormBuffers {
   BenchShape shape;
   AlignedVector<float> x, y, dy, dx;              // (N, D), 64-byte aligned as Tensors are
   std::vector<float> gamma, beta, dgamma, dbeta;  // (D)
-  std::vector<float> mean, rstd, var;             // (max(N, D)): per row or per channel
+  std::vector<float> mean, rstd, var;  // per row, channel or (sample, group): stats_size()
+  static int64_t stats_size(BenchShape s);
 };
 
 // The buffer sets the calls cycle through: one for warm, enough for cold that

@@ -190,3 +190,5 @@ class Flatten : public Layer<T> {
 
 }  // namespace normlab
 #include "normlab/rmsnorm.hpp"  // RMSNorm (issue 10)
+#include "normlab/groupnorm.hpp"
+#include "normlab/unflatten.hpp"

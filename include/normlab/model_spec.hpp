@@ -32,6 +32,9 @@ enum class LayerKind {
   NotebookBatchNorm,
   NotebookLayerNorm,
   RMSNorm,  // issue 10
+  GroupNorm,
+  InstanceNorm1d,
+  Unflatten,
 };
 
 // One layer of a model with its sizes resolved against an input shape.
@@ -50,6 +53,10 @@ struct LayerPlan {
   // in = out = its element count). Empty in a hand-made plan: {in}.
   Shape norm_shape;
   RMSNormOptions rms;
+  int64_t groups = 0;         // GroupNorm: num_groups (in = out = num_channels)
+  GroupNormOptions gn;
+  InstanceNormOptions inorm;
+  Shape unflatten;  // Unflatten: the sizes dim 1 becomes
 
   std::string child_path() const;  // "network.1": the prefix of this layer's state_dict keys
 };

@@ -8,9 +8,11 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <numeric>
 #include <sstream>
 
 #include "normlab/error.hpp"
+#include "normlab/groupnorm_kernels.hpp"
 #include "normlab/kernels.hpp"
 #include "normlab/rmsnorm.hpp"
 #include "normlab/rng.hpp"
@@ -29,7 +31,8 @@ int64_t parse_dim(const std::string& text, const std::string& part) {
     used = 0;
   }
   if (part.empty() || used != part.size() || v <= 0)
-    fail("shape '", text, "': expected two positive integers NxD, e.g. 4096x1024");
+    fail("shape '", text,
+         "': expected positive integers NxD or NxCxL, e.g. 4096x1024 or 32x128x1024");
   return v;
 }
 
@@ -41,18 +44,31 @@ double median(std::vector<double> v) {
 }  // namespace
 
 BenchShape parse_shape(const std::string& text) {
-  const size_t x = text.find('x');
-  if (x == std::string::npos)
-    fail("shape '", text, "': expected two positive integers NxD, e.g. 4096x1024");
-  const BenchShape s{parse_dim(text, text.substr(0, x)), parse_dim(text, text.substr(x + 1))};
-  if (s.N > kMaxElems / s.D)
-    fail("shape '", text, "': ", s.N, " x ", s.D, " floats exceeds the limit of ", kMaxElems,
+  std::vector<std::string> parts;
+  for (size_t at = 0;;) {
+    const size_t x = text.find('x', at);
+    parts.push_back(text.substr(at, x == std::string::npos ? std::string::npos : x - at));
+    if (x == std::string::npos) break;
+    at = x + 1;
+  }
+  if (parts.size() != 2 && parts.size() != 3)
+    fail("shape '", text,
+         "': expected positive integers NxD or NxCxL, e.g. 4096x1024 or 32x128x1024");
+  BenchShape s{parse_dim(text, parts[0]), parse_dim(text, parts[1])};
+  if (parts.size() == 3) s.L = parse_dim(text, parts[2]);
+  if (s.N > kMaxElems / s.D || s.N * s.D > kMaxElems / s.L)
+    fail("shape '", text, "': ", shape_text(s), " floats exceeds the limit of ", kMaxElems,
          " elements per buffer");
   return s;
 }
 
 std::string shape_text(BenchShape s) {
-  return std::to_string(s.N) + "x" + std::to_string(s.D);
+  return std::to_string(s.N) + "x" + std::to_string(s.D) +
+         (s.L != 1 ? "x" + std::to_string(s.L) : std::string());
+}
+
+int64_t groupnorm_groups(int64_t C) {
+  return std::gcd(C, int64_t{32});
 }
 
 std::vector<BenchShape> default_shapes() {
@@ -70,7 +86,7 @@ Cache parse_cache(const std::string& text) {
 }
 
 Cache default_cache(BenchShape s) {
-  return s.N * s.D * static_cast<int64_t>(sizeof(float)) > (int64_t{1} << 20) ? Cache::cold
+  return s.elems() * static_cast<int64_t>(sizeof(float)) > (int64_t{1} << 20) ? Cache::cold
                                                                               : Cache::warm;
 }
 
@@ -101,12 +117,17 @@ const char* kernel_name(Kernel k) {
       return "batchnorm_eval";
     case Kernel::rmsnorm:
       return "rmsnorm";
+    case Kernel::groupnorm:
+      return "groupnorm";
+    case Kernel::instancenorm:
+      return "instancenorm";
   }
   return "?";
 }
 
 std::vector<Kernel> all_kernels() {
-  return {Kernel::layernorm, Kernel::batchnorm_train, Kernel::batchnorm_eval, Kernel::rmsnorm};
+  return {Kernel::layernorm, Kernel::batchnorm_train, Kernel::batchnorm_eval,
+          Kernel::rmsnorm,   Kernel::groupnorm,       Kernel::instancenorm};
 }
 
 const char* pass_name(Pass p) {
@@ -114,31 +135,37 @@ const char* pass_name(Pass p) {
 }
 
 double pass_bytes(Pass p, BenchShape s) {
-  const double floats = static_cast<double>(s.N) * static_cast<double>(s.D);
+  const double floats = static_cast<double>(s.elems());
   return (p == Pass::forward ? 2.0 : 5.0) * floats * sizeof(float);
+}
+
+// Per row (N), per channel (D), per (sample, group) (N * G) or per (sample,
+// channel) (instancenorm with L > 1: N * D).
+int64_t NormBuffers::stats_size(BenchShape s) {
+  return std::max({s.N, s.D, s.N * groupnorm_groups(s.D), s.L > 1 ? s.N * s.D : 0});
 }
 
 NormBuffers::NormBuffers(BenchShape s)
     : shape(s),
-      x(s.N * s.D),
-      y(s.N * s.D),
-      dy(s.N * s.D),
-      dx(s.N * s.D),
+      x(s.elems()),
+      y(s.elems()),
+      dy(s.elems()),
+      dx(s.elems()),
       gamma(s.D),
       beta(s.D),
       dgamma(s.D),
       dbeta(s.D),
-      mean(std::max(s.N, s.D)),
-      rstd(std::max(s.N, s.D)),
-      var(std::max(s.N, s.D)) {
+      mean(stats_size(s)),
+      rstd(stats_size(s)),
+      var(std::max(stats_size(s), s.D)) {
   Rng rng(2024);
-  rng.fill_normal(x.data(), s.N * s.D);
-  rng.fill_normal(dy.data(), s.N * s.D);
+  rng.fill_normal(x.data(), s.elems());
+  rng.fill_normal(dy.data(), s.elems());
   rng.fill_uniform(gamma.data(), s.D, 0.5, 1.5);
   rng.fill_uniform(beta.data(), s.D, -0.5, 0.5);
   rng.fill_uniform(var.data(), s.D, 0.5, 1.5);   // eval's running variance
-  parallel_copy(y.data(), x.data(), s.N * s.D);  // touch the outputs once
-  parallel_copy(dx.data(), dy.data(), s.N * s.D);
+  parallel_copy(y.data(), x.data(), s.elems());  // touch the outputs once
+  parallel_copy(dx.data(), dy.data(), s.elems());
 }
 
 BufferRing::BufferRing(BenchShape shape, Cache cache) {
@@ -146,7 +173,7 @@ BufferRing::BufferRing(BenchShape shape, Cache cache) {
   if (cache == Cache::warm) return;
   // Sized by the bytes the smallest call touches (a forward or a copy: x and y),
   // so that between two uses of a set at least 4 L3s of other data went by.
-  const int64_t touched = 2 * shape.N * shape.D * static_cast<int64_t>(sizeof(float));
+  const int64_t touched = 2 * shape.elems() * static_cast<int64_t>(sizeof(float));
   constexpr int64_t kMaxRingSets = 64;
   const int64_t sets =
       std::clamp<int64_t>((4 * l3_bytes() + touched - 1) / touched, 2, kMaxRingSets);
@@ -160,38 +187,61 @@ NormBuffers& BufferRing::next() {
 }
 
 void run_pass(Kernel k, Pass p, NormBuffers& b) {
-  const int64_t N = b.shape.N, D = b.shape.D;
+  const int64_t N = b.shape.N, D = b.shape.D, L = b.shape.L;
   const float eps = 1e-5f;
   switch (k) {
     case Kernel::layernorm:
-      layernorm_forward(b.y.data(), b.mean.data(), b.rstd.data(), b.x.data(), b.gamma.data(),
-                        b.beta.data(), N, D, eps);
+      // Rows of D * L; gamma and beta are read per channel's first L values
+      // only when L = 1 (with L > 1 LayerNorm normalizes without affine here).
+      layernorm_forward(b.y.data(), b.mean.data(), b.rstd.data(), b.x.data(),
+                        L == 1 ? b.gamma.data() : nullptr, L == 1 ? b.beta.data() : nullptr, N,
+                        D * L, eps);
       if (p == Pass::forward_backward)
-        layernorm_backward(b.dx.data(), b.dgamma.data(), b.dbeta.data(), b.dy.data(), b.x.data(),
-                           b.mean.data(), b.rstd.data(), b.gamma.data(), N, D);
+        layernorm_backward(b.dx.data(), L == 1 ? b.dgamma.data() : nullptr,
+                           L == 1 ? b.dbeta.data() : nullptr, b.dy.data(), b.x.data(),
+                           b.mean.data(), b.rstd.data(), L == 1 ? b.gamma.data() : nullptr, N,
+                           D * L);
       return;
+    case Kernel::groupnorm:
+    case Kernel::instancenorm: {
+      // InstanceNorm on an NxD shape: PyTorch's reading of a 2-D input, one
+      // unbatched sample (C, L) = (N, D), without affine (gamma has D values).
+      const bool unbatched = k == Kernel::instancenorm && L == 1;
+      const int64_t n = unbatched ? 1 : N, c = unbatched ? N : D, s = unbatched ? D : L;
+      const int64_t G = k == Kernel::groupnorm ? groupnorm_groups(D) : c;
+      const float* gamma = unbatched ? nullptr : b.gamma.data();
+      const float* beta = unbatched ? nullptr : b.beta.data();
+      groupnorm_forward(b.y.data(), b.mean.data(), b.rstd.data(),
+                        k == Kernel::instancenorm ? b.var.data() : nullptr, b.x.data(), gamma, beta,
+                        n, c, s, G, eps);
+      if (p == Pass::forward_backward)
+        groupnorm_backward(b.dx.data(), unbatched ? nullptr : b.dgamma.data(),
+                           unbatched ? nullptr : b.dbeta.data(), b.dy.data(), b.x.data(),
+                           b.mean.data(), b.rstd.data(), gamma, n, c, s, G);
+      return;
+    }
     case Kernel::batchnorm_train:
       batchnorm_forward_train(b.y.data(), b.mean.data(), b.rstd.data(), b.var.data(), b.x.data(),
-                              b.gamma.data(), b.beta.data(), N, D, int64_t{1}, eps);
+                              b.gamma.data(), b.beta.data(), N, D, L, eps);
       if (p == Pass::forward_backward)
         batchnorm_backward_train(b.dx.data(), b.dgamma.data(), b.dbeta.data(), b.dy.data(),
-                                 b.x.data(), b.mean.data(), b.rstd.data(), b.gamma.data(), N, D,
-                                 int64_t{1});
+                                 b.x.data(), b.mean.data(), b.rstd.data(), b.gamma.data(), N, D, L);
       return;
     case Kernel::batchnorm_eval:
       // mean holds zeros here and var stays the fixed running variance.
       batchnorm_forward_eval(b.y.data(), b.x.data(), b.mean.data(), b.var.data(), b.gamma.data(),
-                             b.beta.data(), N, D, int64_t{1}, eps);
+                             b.beta.data(), N, D, L, eps);
       if (p == Pass::forward_backward)
         batchnorm_backward_eval(b.dx.data(), b.dgamma.data(), b.dbeta.data(), b.dy.data(),
-                                b.x.data(), b.mean.data(), b.rstd.data(), b.gamma.data(), N, D,
-                                int64_t{1});
+                                b.x.data(), b.mean.data(), b.rstd.data(), b.gamma.data(), N, D, L);
       return;
     case Kernel::rmsnorm:  // weight, no bias; forward reads x and writes y, as layernorm's
-      rmsnorm_forward(b.y.data(), b.rstd.data(), b.x.data(), b.gamma.data(), N, D, eps);
+      // Rows of D * L, as layernorm's; the weight only when L = 1.
+      rmsnorm_forward(b.y.data(), b.rstd.data(), b.x.data(), L == 1 ? b.gamma.data() : nullptr, N,
+                      D * L, eps);
       if (p == Pass::forward_backward)
-        rmsnorm_backward(b.dx.data(), b.dgamma.data(), b.dy.data(), b.x.data(), b.rstd.data(),
-                         b.gamma.data(), N, D);
+        rmsnorm_backward(b.dx.data(), L == 1 ? b.dgamma.data() : nullptr, b.dy.data(), b.x.data(),
+                         b.rstd.data(), L == 1 ? b.gamma.data() : nullptr, N, D * L);
       return;
   }
 }
@@ -241,7 +291,7 @@ std::vector<BenchRow> run_kernel_bench(const BenchConfig& config) {
                    pass_bytes(Pass::forward, shape),
                    [&] {
                      NormBuffers& b = ring.next();
-                     parallel_copy(b.y.data(), b.x.data(), shape.N * shape.D);
+                     parallel_copy(b.y.data(), b.x.data(), shape.elems());
                    },
                    {}});
     for (Kernel k : config.kernels)
@@ -291,11 +341,11 @@ std::string format_table(const std::vector<BenchRow>& rows, int threads) {
 
 std::string format_csv(const std::vector<BenchRow>& rows, int threads) {
   std::ostringstream os;
-  os << "threads,N,D,cache,kernel,pass,seconds,gbps,copy_gbps,pct_copy\n";
+  os << "threads,N,D,cache,kernel,pass,seconds,gbps,copy_gbps,pct_copy,L\n";
   for (const BenchRow& r : rows)
     os << threads << ',' << r.shape.N << ',' << r.shape.D << ',' << cache_name(r.cache) << ','
        << r.kernel << ',' << r.pass << ',' << r.seconds << ',' << r.gbps << ',' << r.copy_gbps
-       << ',' << 100.0 * r.gbps / r.copy_gbps << '\n';
+       << ',' << 100.0 * r.gbps / r.copy_gbps << ',' << r.shape.L << '\n';
   return os.str();
 }
 

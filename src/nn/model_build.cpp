@@ -31,6 +31,12 @@ LayerPtr<T> make_layer(const LayerPlan& p, Rng& rng) {
       return std::make_unique<NotebookScalarNorm<T>>(NotebookScalarNorm<T>::Over::Rows, rng);
     case LayerKind::RMSNorm:
       return std::make_unique<RMSNorm<T>>(p.norm_shape.empty() ? Shape{p.in} : p.norm_shape, p.rms);
+    case LayerKind::GroupNorm:
+      return std::make_unique<GroupNorm<T>>(p.groups, p.in, p.gn);
+    case LayerKind::InstanceNorm1d:
+      return std::make_unique<InstanceNorm1d<T>>(p.in, p.inorm);
+    case LayerKind::Unflatten:
+      return std::make_unique<Unflatten<T>>(p.unflatten);
   }
   fail("build_model: unhandled layer kind in ", p.source);
 }

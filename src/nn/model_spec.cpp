@@ -77,6 +77,22 @@ const std::vector<LayerInfo>& layer_table() {
        1,
        {"elementwise_affine", "eps", "dims", "shape"},
        "rmsnorm([D | dims=K | shape=AxB...][, elementwise_affine=false][, eps=F|none])"},
+      {"groupnorm",
+       "gn",
+       LayerKind::GroupNorm,
+       1,
+       2,
+       {"eps", "affine"},
+       "groupnorm(G[, C][, eps=F][, affine=false])"},
+      {"instancenorm1d",
+       "in",
+       LayerKind::InstanceNorm1d,
+       0,
+       1,
+       {"eps", "momentum", "affine", "track_running_stats"},
+       "instancenorm1d([C][, eps=F][, momentum=none|F][, affine=true][, "
+       "track_running_stats=true])"},
+      {"unflatten", nullptr, LayerKind::Unflatten, 1, 8, {}, "unflatten(D1, D2[, ...])"},
   };
   return table;
 }
@@ -340,6 +356,7 @@ struct Options {
   // input, or given as `shape` (which must end the input's shape).
   std::optional<int64_t> dims;
   std::optional<Shape> shape;
+  bool affine_given = false, track_given = false;  // instancenorm1d's defaults are false
 };
 
 class OptionReader {
@@ -377,10 +394,15 @@ class OptionReader {
         o.eps = eps(a);
       if (a.key == "dims") o.dims = size(a);
       if (a.key == "shape") o.shape = shape(a);
+      if (a.key == "affine") o.affine_given = true;
+      if (a.key == "track_running_stats") o.track_given = true;
     }
     if (o.dims && o.shape) bad(seen["shape"], "give dims= or shape=, not both");
     if (!o.sizes.empty() && (o.dims || o.shape))
       bad(o.sizes[0].second, "give the size D (the last dim) or dims= / shape=, not both");
+    if (static_cast<int>(o.sizes.size()) < n_.info->min_sizes &&
+        n_.info->kind == LayerKind::GroupNorm)
+      bad(n_.pos, "groupnorm needs its number of groups, e.g. groupnorm(32)");
     if (static_cast<int>(o.sizes.size()) < n_.info->min_sizes)
       bad(n_.pos,
           std::string(n_.info->name) + " needs its output size, e.g. " + n_.info->name + "(512)");
@@ -615,9 +637,57 @@ class Planner {
         if (shape_.size() != 2) mismatch(n, "needs a 2-D (N, D) input (put flatten before it)");
         p.in = p.out = last;
         break;
+      case LayerKind::GroupNorm: {
+        if (shape_.size() < 2) mismatch(n, "needs an input (N, C, *) with at least 2 dimensions");
+        const int64_t G = o.sizes[0].first;
+        p.in = p.out = shape_[1];
+        p.groups = G;
+        if (o.sizes.size() == 2 && o.sizes[1].first != p.in)
+          mismatch(n, "expects " + std::to_string(o.sizes[1].first) + " channels");
+        if (p.in % G != 0)
+          mismatch(n, "needs channels divisible by its " + std::to_string(G) + " groups (" +
+                          std::to_string(p.in) + " % " + std::to_string(G) + " = " +
+                          std::to_string(p.in % G) + ")");
+        p.gn.affine = o.affine;
+        if (o.eps) p.gn.eps = *o.eps;
+        break;
+      }
+      case LayerKind::InstanceNorm1d:
+        // PyTorch takes a 2-D input as one unbatched (C, L) sample: in a model
+        // that would normalize across the batch. A model gives (N, C, L).
+        if (shape_.size() != 3)
+          mismatch(n,
+                   "needs a 3-D (N, C, L) input (PyTorch would take a 2-D (N, C) batch as one "
+                   "(C, L) sample; give --input CxL, e.g. 28x28, or unflatten(C, L) before it)");
+        if (shape_[2] < 2)
+          mismatch(n, "needs more than 1 value per channel (L > 1) to normalize in training");
+        p.in = p.out = shape_[1];
+        if (!o.sizes.empty() && o.sizes[0].first != p.in)
+          mismatch(n, "expects " + std::to_string(o.sizes[0].first) + " channels");
+        p.inorm.affine = o.affine_given && o.affine;
+        p.inorm.track_running_stats = o.track_given && o.track;
+        p.inorm.momentum = o.momentum;
+        if (o.eps) p.inorm.eps = *o.eps;
+        break;
+      case LayerKind::Unflatten: {
+        if (shape_.size() < 2) mismatch(n, "needs an input with at least 2 dimensions");
+        int64_t prod = 1;
+        for (const auto& sz : o.sizes) {
+          p.unflatten.push_back(sz.first);
+          prod = prod <= kMaxFeatures ? prod * sz.first : prod;
+        }
+        if (prod != shape_[1])
+          mismatch(n, "splits dim 1 into " + shape_str(p.unflatten) + " = " +
+                          (prod <= kMaxFeatures ? std::to_string(prod) : "too many") + " features");
+        Shape out{shape_[0]};
+        out.insert(out.end(), p.unflatten.begin(), p.unflatten.end());
+        out.insert(out.end(), shape_.begin() + 2, shape_.end());
+        shape_ = out;
+        break;
+      }
     }
     p.out_shape = shape_;
-    if (p.kind == LayerKind::Flatten || p.in_shape != p.out_shape)
+    if (p.kind == LayerKind::Flatten || p.kind == LayerKind::Unflatten || p.in_shape != p.out_shape)
       producer_ = n.source + " at column " + std::to_string(p.column);
     return p;
   }

@@ -44,6 +44,9 @@ SPECS = [
     ("rmsnorm(shape=28x28, eps=1e-6), ln(dims=2, bias=false), flatten, rmsnorm(784, eps=none), "
      "linear(10), rmsnorm(elementwise_affine=false)", "28x28"),
     ("layernorm(shape=3x4x5), rmsnorm(dims=3), flatten, linear(8), rmsnorm", "3x4x5"),
+    ("flatten, linear(64), gn(8), relu, groupnorm(1, 64, affine=false, eps=1e-3), linear(10)", "28x28"),
+    ("gn(4, 28), in(28, affine=true, track_running_stats=true), instancenorm1d(momentum=none), flatten, linear(10)", "28x28"),
+    ("unflatten(28, 28), in(track_running_stats=true), in(affine=true), flatten, linear(10)", "784"),
 ]
 
 
