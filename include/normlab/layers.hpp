@@ -188,3 +188,4 @@ class Flatten : public Layer<T> {
 };
 
 }  // namespace normlab
+#include "normlab/bn_family.hpp"  // BatchNorm variants: mean-only, Batch Renorm, Ghost

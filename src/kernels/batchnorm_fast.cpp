@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "kernels/norm_common.hpp"
+#include "normlab/bn_family_kernels.hpp"
 #include "normlab/kernels.hpp"
 
 namespace normlab {
@@ -55,6 +56,22 @@ bool fold_forward(T& shift, T& a, T& b, double m, double m2, double r, const T* 
   return fold_coeff_ok<T>(ac) && dev < fold_big<T> && fold_product_ok<T>(dev, ac) &&
          std::abs(bc) < fold_big<T>;
 }
+
+// The per-channel map of a training forward, from the channel's exact mean m,
+// M2 q, biased variance v and r = 1/sqrt(v + eps): BatchNorm's, y = (x - m) * r
+// * gamma + beta. fold() gives the coefficients of y = (x - shift) * a + b and
+// whether they are safe in T; exact() is y in double, for channels where not.
+// The BatchNorm variants (Batch Renormalization, mean-only BatchNorm) bring
+// their own maps (bn_family below) and share the statistics passes.
+template <typename T>
+struct BnMap {
+  const T* gamma;
+  const T* beta;
+  bool fold(T& shift, T& a, T& b, double m, double q, double /*v*/, double r, int64_t c) const {
+    return fold_forward(shift, a, b, m, q, r, gamma, beta, c);
+  }
+  T exact(T x, double m, double r, int64_t c) const { return exact_y(x, m, r, gamma, beta, c); }
+};
 
 // ---- (N,C): rows split across threads, per-thread per-channel partial sums ----
 
@@ -121,9 +138,9 @@ void add_grad_sums(double* s, double* q, double* p, const T* dy, const T* x, con
 // (x - K)^2 per channel, with K its first row. The one-pass variance
 // S2 - S1^2 / n in double then loses nothing visible in float, and large
 // means stay exact; the threads' (n, mean, M2) are then Chan-merged.
-template <typename T>
-void forward_train_rows(T* y, T* mean, T* rstd, T* var, const T* x, const T* gamma, const T* beta,
-                        int64_t N, int64_t C, T eps) {
+template <typename T, typename Map>
+void forward_train_rows(T* y, T* mean, T* rstd, T* var, const T* x, const Map& map, int64_t N,
+                        int64_t C, T eps) {
   const int threads = detail::kernel_threads(N * C);
   const bool stream = detail::stream_output<T>(N * C);
   const int64_t Cp = detail::padded(C);
@@ -167,7 +184,7 @@ void forward_train_rows(T* y, T* mean, T* rstd, T* var, const T* x, const T* gam
       if (var) var[c] = static_cast<T>(v);
       md[c] = m;
       rd[c] = r;
-      exact[c] = fold_forward(shift[c], a[c], b[c], m, q, r, gamma, beta, c) ? 0.0 : 1.0;
+      exact[c] = map.fold(shift[c], a[c], b[c], m, q, v, r, c) ? 0.0 : 1.0;
     }
     // Rows in plain order: visiting the newest block first (hoping for L3 hits)
     // measured 3-9 % slower here, interleaved in one process (docs/performance.md).
@@ -178,8 +195,7 @@ void forward_train_rows(T* y, T* mean, T* rstd, T* var, const T* x, const T* gam
     if (stream) detail::stream_fence();
     for (int64_t c = 0; c < C; ++c)
       if (exact[c] != 0)
-        for (int64_t r = r0; r < r1; ++r)
-          y[r * C + c] = exact_y(x[r * C + c], md[c], rd[c], gamma, beta, c);
+        for (int64_t r = r0; r < r1; ++r) y[r * C + c] = map.exact(x[r * C + c], md[c], rd[c], c);
   }
 }
 
@@ -313,9 +329,9 @@ void backward_rows(bool train, T* dx, T* dgamma, T* dbeta, const T* dy, const T*
 
 // ---- (N,C,L), L > 1: one thread per channel, segments of L contiguous values ----
 
-template <typename T>
-void forward_train_segments(T* y, T* mean, T* rstd, T* var, const T* x, const T* gamma,
-                            const T* beta, int64_t N, int64_t C, int64_t L, T eps) {
+template <typename T, typename Map>
+void forward_train_segments(T* y, T* mean, T* rstd, T* var, const T* x, const Map& map, int64_t N,
+                            int64_t C, int64_t L, T eps) {
 #pragma omp parallel for schedule(static) num_threads(detail::kernel_threads(N* C* L))
   for (int64_t c = 0; c < C; ++c) {
     const double shift = x[c * L];
@@ -330,12 +346,12 @@ void forward_train_segments(T* y, T* mean, T* rstd, T* var, const T* x, const T*
     rstd[c] = static_cast<T>(r);
     if (var) var[c] = static_cast<T>(v);
     T k, a, b;
-    const bool ok = fold_forward(k, a, b, m, q, r, gamma, beta, c);
+    const bool ok = map.fold(k, a, b, m, q, v, r, c);
     for (int64_t i = 0; i < N; ++i) {
       const T* xs = x + (i * C + c) * L;
       T* ys = y + (i * C + c) * L;
       if (!ok) {
-        for (int64_t l = 0; l < L; ++l) ys[l] = exact_y(xs[l], m, r, gamma, beta, c);
+        for (int64_t l = 0; l < L; ++l) ys[l] = map.exact(xs[l], m, r, c);
         continue;
       }
 #pragma omp simd
@@ -399,10 +415,11 @@ template <typename T>
 void batchnorm_forward_train(T* y, T* mean, T* rstd, T* var, const T* x, const T* gamma,
                              const T* beta, int64_t N, int64_t C, int64_t L, T eps) {
   if (N * C * L == 0) return;
+  const BnMap<T> map{gamma, beta};
   if (L == 1)
-    forward_train_rows(y, mean, rstd, var, x, gamma, beta, N, C, eps);
+    forward_train_rows(y, mean, rstd, var, x, map, N, C, eps);
   else
-    forward_train_segments(y, mean, rstd, var, x, gamma, beta, N, C, L, eps);
+    forward_train_segments(y, mean, rstd, var, x, map, N, C, L, eps);
 }
 
 // y = (x - mean_c) * a_c + beta_c with a_c = gamma_c / sqrt(var_c + eps): one pass.
@@ -496,6 +513,107 @@ void batchnorm_backward_eval(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x
                                             const T*, int64_t, int64_t, int64_t);                 \
   template void batchnorm_backward_eval<T>(T*, T*, T*, const T*, const T*, const T*, const T*,    \
                                            const T*, int64_t, int64_t, int64_t);
+NORMLAB_INSTANTIATE(float)
+NORMLAB_INSTANTIATE(double)
+#undef NORMLAB_INSTANTIATE
+
+// ---- The BatchNorm variants (include/normlab/bn_family_kernels.hpp) ----
+// Their training forwards are BatchNorm's statistics passes with another
+// per-channel map (see BnMap); the backwards are in bn_family_fast.cpp.
+namespace {
+
+// Coefficients of y = (x - shift) * a + b for the map y = (x - m) * ac + bc,
+// with shift = m rounded to T; whether they are safe in T, as fold_forward.
+template <typename T>
+bool fold_map(T& shift, T& a, T& b, double m, double q, double ac, double bc) {
+  shift = static_cast<T>(m);
+  bc -= (m - shift) * ac;
+  a = static_cast<T>(ac);
+  b = static_cast<T>(bc);
+  const double dev = std::sqrt(q) + std::abs(m - shift);
+  return fold_coeff_ok<T>(ac) && dev < fold_big<T> && fold_product_ok<T>(dev, ac) &&
+         std::abs(bc) < fold_big<T>;
+}
+
+// Batch Renormalization: y = gamma * ((x - m) * r_B * rr + dd) + beta, with rr,
+// dd from the channel's batch and running statistics (batchrenorm_correction).
+// Writes rr, dd per channel (T for the backward, double for exact()).
+template <typename T>
+struct RenormMap {
+  const T *gamma, *beta, *running_mean, *running_var;
+  double rmax, dmax, eps;
+  T *r_out, *d_out;
+  double* rr;  // 2 * C: rr, then dd
+  int64_t C;
+  bool fold(T& shift, T& a, T& b, double m, double q, double v, double r, int64_t c) const {
+    double cr, cd;
+    batchrenorm_correction(cr, cd, m, v, running_mean[c], running_var[c], rmax, dmax, eps);
+    r_out[c] = static_cast<T>(cr);
+    d_out[c] = static_cast<T>(cd);
+    rr[c] = cr;
+    rr[C + c] = cd;
+    const double g = gamma ? gamma[c] : 1.0;
+    return fold_map(shift, a, b, m, q, r * cr * g, cd * g + (beta ? beta[c] : 0.0));
+  }
+  T exact(T x, double m, double r, int64_t c) const {
+    double out = (x - m) * r * rr[c] + rr[C + c];
+    if (gamma) out *= gamma[c];
+    if (beta) out += beta[c];
+    return static_cast<T>(out);
+  }
+};
+
+// Mean-only BatchNorm: y = x - m + bias.
+template <typename T>
+struct MeanOnlyMap {
+  const T* bias;
+  bool fold(T& shift, T& a, T& b, double m, double q, double, double, int64_t c) const {
+    return fold_map(shift, a, b, m, q, 1.0, bias ? bias[c] : 0.0);
+  }
+  T exact(T x, double m, double, int64_t c) const {
+    return static_cast<T>((x - m) + (bias ? bias[c] : 0.0));
+  }
+};
+
+template <typename T, typename Map>
+void forward_train_map(T* y, T* mean, T* rstd, T* var, const T* x, const Map& map, int64_t N,
+                       int64_t C, int64_t L, T eps) {
+  if (L == 1)
+    forward_train_rows(y, mean, rstd, var, x, map, N, C, eps);
+  else
+    forward_train_segments(y, mean, rstd, var, x, map, N, C, L, eps);
+}
+
+}  // namespace
+
+template <typename T>
+void batchrenorm_forward_train(T* y, T* mean, T* rstd, T* var, T* r, T* d, const T* x,
+                               const T* gamma, const T* beta, const T* running_mean,
+                               const T* running_var, double rmax, double dmax, int64_t N, int64_t C,
+                               int64_t L, T eps) {
+  if (N * C * L == 0) return;
+  double* rr = detail::scratch<double, 2>(2 * C);
+  const RenormMap<T> map{
+      gamma, beta, running_mean, running_var, rmax, dmax, static_cast<double>(eps), r, d, rr, C};
+  forward_train_map(y, mean, rstd, var, x, map, N, C, L, eps);
+}
+
+template <typename T>
+void meanonly_batchnorm_forward_train(T* y, T* mean, const T* x, const T* bias, int64_t N,
+                                      int64_t C, int64_t L) {
+  if (N * C * L == 0) return;
+  // rstd is computed (with eps = 1, so never a division by 0) and not used.
+  T* rstd = detail::scratch<T, 2>(C);
+  forward_train_map(y, mean, rstd, static_cast<T*>(nullptr), x, MeanOnlyMap<T>{bias}, N, C, L,
+                    T(1));
+}
+
+#define NORMLAB_INSTANTIATE(T)                                                                     \
+  template void batchrenorm_forward_train<T>(T*, T*, T*, T*, T*, T*, const T*, const T*, const T*, \
+                                             const T*, const T*, double, double, int64_t, int64_t, \
+                                             int64_t, T);                                          \
+  template void meanonly_batchnorm_forward_train<T>(T*, T*, const T*, const T*, int64_t, int64_t,  \
+                                                    int64_t);
 NORMLAB_INSTANTIATE(float)
 NORMLAB_INSTANTIATE(double)
 #undef NORMLAB_INSTANTIATE
