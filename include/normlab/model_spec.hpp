@@ -31,6 +31,9 @@ enum class LayerKind {
   NotebookWeightNormLinear,
   NotebookBatchNorm,
   NotebookLayerNorm,
+  MeanOnlyBatchNorm,  // BatchNorm variants (normlab/bn_family.hpp)
+  BatchRenorm,
+  GhostBatchNorm,
 };
 
 // One layer of a model with its sizes resolved against an input shape.
@@ -45,6 +48,11 @@ struct LayerPlan {
   BatchNormOptions bn;
   LayerNormOptions ln;
   Shape in_shape, out_shape;  // including the batch dimension given to the planner
+  // BatchNorm variants: mean_only_batchnorm, batchrenorm, ghostbatchnorm (their own
+  // options; ghostbatchnorm takes bn's for the rest).
+  MeanOnlyBatchNormOptions mean_only_bn;
+  BatchRenormOptions renorm;
+  int64_t virtual_batch_size = 32;
 
   std::string child_path() const;  // "network.1": the prefix of this layer's state_dict keys
 };

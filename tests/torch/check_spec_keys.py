@@ -40,6 +40,11 @@ SPECS = [
     ("head: [flatten, linear(16)], relu, 7: nb_wnlinear(4, bias=false), nb_layernorm, nb_batchnorm", "4x4"),
     ("linear(6), bn", "3x5"),  # BatchNorm1d on (N, C, L)
     ("wnlinear(7, dim=1), relu, wnlinear(5, dim=-1), wnlinear(4, dim=-2, bias=false)", "9"),
+    # BatchNorm variants
+    ("wnlinear(8), meanonlybn, relu, mean_only_batchnorm(affine=false), mean_only_batchnorm(track_running_stats=false)", "12"),
+    ("linear(8), batchrenorm(rmax=2, dmax=1, schedule=paper), brn(affine=false, momentum=none)", "12"),
+    ("linear(8), ghostbatchnorm(virtual_batch_size=4), gbn(affine=false, track_running_stats=false)", "12"),
+    ("linear(6), meanonlybn, brn, gbn(virtual_batch_size=2)", "3x5"),
 ]
 
 
