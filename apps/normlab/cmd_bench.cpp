@@ -27,7 +27,10 @@ struct BenchArgs {
 bench::Kernel parse_kernel(const std::string& name) {
   for (bench::Kernel k : bench::all_kernels())
     if (name == bench::kernel_name(k)) return k;
-  fail("--kernels: unknown kernel '", name, "' (expected layernorm, batchnorm or batchnorm_eval)");
+  for (bench::Kernel k : bench::bn_family_kernels())
+    if (name == bench::kernel_name(k)) return k;
+  fail("--kernels: unknown kernel '", name,
+       "' (expected layernorm, batchnorm, batchnorm_eval, meanonlybn, batchrenorm or ghostbn)");
 }
 
 void run_bench(const BenchArgs& args) {
@@ -79,7 +82,8 @@ void add_bench_command(CLI::App& app) {
   cmd->add_option("--shapes", args->shapes, "Shapes NxD (default 128x512,4096x1024,16384x768)")
       ->delimiter(',');
   cmd->add_option("--kernels", args->kernels,
-                  "Kernels: layernorm, batchnorm, batchnorm_eval (default: all)")
+                  "Kernels: layernorm, batchnorm, batchnorm_eval (the default), and the BatchNorm "
+                  "variants meanonlybn, batchrenorm, ghostbn (training passes)")
       ->delimiter(',');
   cmd->add_option("--cache", args->cache,
                   "warm (same buffers each call), cold (a ring 4x the L3: data from DRAM) or "

@@ -58,6 +58,25 @@ template <typename T>
 void meanonly_batchnorm_backward(bool train, T* dx, T* dbias, const T* dy, int64_t N, int64_t C,
                                  int64_t L);
 
+// ---- Ghost BatchNorm (Hoffer, Hubara & Soudry 2017, section 4) ----
+// BatchNorm's training kernels on each virtual batch of K consecutive samples
+// (G = ceil(N / K), the last holds the remainder): mean, rstd, var are (G, C).
+// With G at least the thread count the threads take whole virtual batches
+// (each BatchNorm call then runs on its thread); else the virtual batches go
+// one after the other with all threads. ref::batchnorm_forward_train is the
+// reference, applied per virtual batch.
+template <typename T>
+void ghost_batchnorm_forward_train(T* y, T* mean, T* rstd, T* var, const T* x, const T* gamma,
+                                   const T* beta, int64_t N, int64_t C, int64_t L, int64_t K,
+                                   T eps);
+// dx =, dgamma +=, dbeta += (summed over the virtual batches). exact (G, may be
+// null): virtual batches whose backward ref::batchnorm_backward_train computes
+// (their forward statistics overflowed in the fast kernel).
+template <typename T>
+void ghost_batchnorm_backward_train(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x,
+                                    const T* mean, const T* rstd, const T* gamma, int64_t N,
+                                    int64_t C, int64_t L, int64_t K, const char* exact);
+
 namespace ref {
 template <typename T>
 void batchrenorm_forward_train(T* y, T* mean, T* rstd, T* var, T* r, T* d, const T* x,

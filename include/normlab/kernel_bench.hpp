@@ -37,9 +37,19 @@ BenchShape parse_shape(const std::string& text);
 std::string shape_text(BenchShape s);      // "4096x1024"
 std::vector<BenchShape> default_shapes();  // 128x512, 4096x1024, 16384x768
 
-enum class Kernel { layernorm, batchnorm_train, batchnorm_eval };
-const char* kernel_name(Kernel k);  // "layernorm", "batchnorm", "batchnorm_eval"
-std::vector<Kernel> all_kernels();
+enum class Kernel {
+  layernorm,
+  batchnorm_train,
+  batchnorm_eval,
+  // BatchNorm variants (normlab/bn_family.hpp), training passes; only with --kernels.
+  meanonly_bn,  // "meanonlybn"
+  batchrenorm,  // "batchrenorm": rmax 3, dmax 5, running statistics (0, 1)
+  ghost_bn,     // "ghostbn": virtual batches of 32 rows, BatchNorm's kernels on each
+};
+const char* kernel_name(Kernel k);  // "layernorm", "batchnorm", "batchnorm_eval", ...
+std::vector<Kernel> all_kernels();  // the default set: layernorm, batchnorm, batchnorm_eval
+// The BatchNorm variants, benchmarked when named in --kernels.
+std::vector<Kernel> bn_family_kernels();
 
 enum class Pass { forward, forward_backward };
 const char* pass_name(Pass p);  // "fwd", "fwd+bwd"

@@ -395,14 +395,14 @@ const Tensor<T>& GhostBatchNorm1d<T>::forward_impl(const Tensor<T>& x) {
   var_.resize({G, C_});
   exact_.assign(static_cast<size_t>(G), 0);
   const int64_t S = C_ * L;  // values per sample
+  ghost_batchnorm_forward_train(y_.data(), mean_.data(), rstd_.data(), var_.data(), x.data(), gamma,
+                                beta, N, C_, L, K_, eps);
   for (int64_t g = 0; g < G; ++g) {
     const int64_t n0 = g * K_, ng = std::min(K_, N - n0);
     T* m = mean_.data() + g * C_;
     T* rs = rstd_.data() + g * C_;
     T* v = var_.data() + g * C_;
-    batchnorm_forward_train(y_.data() + n0 * S, m, rs, v, x.data() + n0 * S, gamma, beta, ng, C_, L,
-                            eps);
-    bool bad = false;  // as statistics_overflowed, for this virtual batch's rows
+    bool bad = false;  // as statistics_overflowed, for this virtual batch
     for (int64_t c = 0; c < C_; ++c)
       bad |= !std::isfinite(m[c]) || !(rs[c] > 0) || !std::isfinite(rs[c]);
     if (bad) {
@@ -431,16 +431,8 @@ const Tensor<T>& GhostBatchNorm1d<T>::backward(const Tensor<T>& dy) {
                             gamma, N, C_, L);
     return dx_;
   }
-  const int64_t G = (N + K_ - 1) / K_, S = C_ * L;
-  for (int64_t g = 0; g < G; ++g) {
-    const int64_t n0 = g * K_, ng = std::min(K_, N - n0);
-    (exact_[static_cast<size_t>(g)]
-         ? ref::batchnorm_backward_train<T>
-         : batchnorm_backward_train<T>)(dx ? dx + n0 * S : nullptr, dgamma, dbeta,
-                                        dy.data() + n0 * S, x_->data() + n0 * S,
-                                        mean_.data() + g * C_, rstd_.data() + g * C_, gamma, ng, C_,
-                                        L);
-  }
+  ghost_batchnorm_backward_train(dx, dgamma, dbeta, dy.data(), x_->data(), mean_.data(),
+                                 rstd_.data(), gamma, N, C_, L, K_, exact_.data());
   return dx_;
 }
 
