@@ -584,7 +584,97 @@ void forward_train_map(T* y, T* mean, T* rstd, T* var, const T* x, const Map& ma
     forward_train_segments(y, mean, rstd, var, x, map, N, C, L, eps);
 }
 
+// Ghost BatchNorm, (N,C): each thread takes whole virtual batches of K rows.
+// Per virtual batch the sums are forward_train_rows' with one thread (the
+// shift is its first row), so the results are BatchNorm's on that batch; the
+// per-channel finish (mean, rstd, fold and its checks) runs as one vector loop
+// over the channels, since with K = 32 rows it is 1/32 of the work, where
+// BatchNorm's scalar finish was measured at half the time. y is streamed when
+// the whole output is large (map_row), as BatchNorm's.
+template <typename T>
+void ghost_forward_rows(T* y, T* mean, T* rstd, T* var, const T* x, const T* gamma, const T* beta,
+                        int64_t N, int64_t C, int64_t K, T eps) {
+  const int64_t G = (N + K - 1) / K, Cp = detail::padded(C);
+  const bool stream = detail::stream_output<T>(N * C);
+  constexpr double big = fold_big<T>, tiny = static_cast<double>(std::numeric_limits<T>::min());
+#pragma omp parallel num_threads(detail::kernel_threads(N* C))
+  {
+    double* w = detail::scratch<double, 4>(6 * Cp);  // shift K, S1, S2, exact mean, rstd, flag
+    double *Kc = w, *S1 = w + Cp, *S2 = w + 2 * Cp, *md = w + 3 * Cp, *rd = w + 4 * Cp;
+    double* flag = w + 5 * Cp;
+    T* f = detail::scratch<T, 5>(3 * Cp);  // shift, a, b of the fold
+    T *shift = f, *a = f + Cp, *b = f + 2 * Cp;
+#pragma omp for schedule(static)
+    for (int64_t g = 0; g < G; ++g) {
+      const int64_t r0 = g * K, r1 = std::min(N, r0 + K);
+      const double n = static_cast<double>(r1 - r0);
+      std::copy(x + r0 * C, x + r0 * C + C, Kc);
+      std::fill(S1, S1 + 2 * Cp, 0.0);
+      add_shifted_sums(S1, S2, x, Kc, r0, r1, C);
+      T* mg = mean + g * C;
+      T* rg = rstd + g * C;
+      T* vg = var + g * C;
+      int any = 0;
+#pragma omp simd reduction(| : any)
+      for (int64_t c = 0; c < C; ++c) {
+        const double s1 = S1[c], m = Kc[c] + s1 / n, q = std::max(0.0, S2[c] - s1 * s1 / n);
+        const double v = q / n, r = 1.0 / std::sqrt(v + eps);
+        mg[c] = static_cast<T>(m);
+        rg[c] = static_cast<T>(r);
+        vg[c] = static_cast<T>(v);
+        md[c] = m;
+        rd[c] = r;
+        const double ac = gamma ? r * gamma[c] : r;
+        const T sh = static_cast<T>(m);
+        const double bc = (beta ? beta[c] : 0.0) - (m - sh) * ac;
+        shift[c] = sh;
+        a[c] = static_cast<T>(ac);
+        b[c] = static_cast<T>(bc);
+        const double aa = std::abs(ac), dev = std::sqrt(q) + std::abs(m - sh);
+        const bool ok = (aa == 0 || (aa >= tiny && aa < big)) && dev < big && dev * aa < big &&
+                        std::abs(bc) < big;
+        flag[c] = ok ? 0.0 : 1.0;
+        any |= ok ? 0 : 1;
+      }
+      for (int64_t r = r0; r < r1; ++r)
+        detail::map_row(
+            y + r * C, C, stream,
+            [](auto v, auto k, auto ac, auto bc) { return (v - k) * ac + bc; }, x + r * C, shift, a,
+            b);
+      if (any)
+        for (int64_t c = 0; c < C; ++c)
+          if (flag[c] != 0)
+            for (int64_t r = r0; r < r1; ++r)
+              y[r * C + c] = exact_y(x[r * C + c], md[c], rd[c], gamma, beta, c);
+    }
+    if (stream) detail::stream_fence();
+  }
+}
+
 }  // namespace
+
+template <typename T>
+void ghost_batchnorm_forward_train(T* y, T* mean, T* rstd, T* var, const T* x, const T* gamma,
+                                   const T* beta, int64_t N, int64_t C, int64_t L, int64_t K,
+                                   T eps) {
+  if (N * C * L == 0) return;
+  const int64_t G = (N + K - 1) / K, S = C * L;
+  if (!detail::ghost_by_batches(G, N, C, L)) {  // one virtual batch at a time, all threads on it
+    for (int64_t g = 0; g < G; ++g) {
+      const int64_t n0 = g * K, ng = std::min(K, N - n0);
+      batchnorm_forward_train(y + n0 * S, mean + g * C, rstd + g * C, var + g * C, x + n0 * S,
+                              gamma, beta, ng, C, L, eps);
+    }
+    return;
+  }
+  if (L == 1) return ghost_forward_rows(y, mean, rstd, var, x, gamma, beta, N, C, K, eps);
+#pragma omp parallel for schedule(static) num_threads(detail::kernel_threads(N* C* L))
+  for (int64_t g = 0; g < G; ++g) {  // BatchNorm's segments kernel, on this thread
+    const int64_t n0 = g * K, ng = std::min(K, N - n0);
+    batchnorm_forward_train(y + n0 * S, mean + g * C, rstd + g * C, var + g * C, x + n0 * S, gamma,
+                            beta, ng, C, L, eps);
+  }
+}
 
 template <typename T>
 void batchrenorm_forward_train(T* y, T* mean, T* rstd, T* var, T* r, T* d, const T* x,
@@ -613,7 +703,9 @@ void meanonly_batchnorm_forward_train(T* y, T* mean, const T* x, const T* bias, 
                                              const T*, const T*, double, double, int64_t, int64_t, \
                                              int64_t, T);                                          \
   template void meanonly_batchnorm_forward_train<T>(T*, T*, const T*, const T*, int64_t, int64_t,  \
-                                                    int64_t);
+                                                    int64_t);                                      \
+  template void ghost_batchnorm_forward_train<T>(T*, T*, T*, T*, const T*, const T*, const T*,     \
+                                                 int64_t, int64_t, int64_t, int64_t, T);
 NORMLAB_INSTANTIATE(float)
 NORMLAB_INSTANTIATE(double)
 #undef NORMLAB_INSTANTIATE

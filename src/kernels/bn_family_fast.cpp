@@ -107,32 +107,6 @@ void meanonly_batchnorm_backward(bool train, T* dx, T* dbias, const T* dy, int64
   }
 }
 
-namespace {
-// Whether Ghost BatchNorm's threads take whole virtual batches (see the header).
-bool ghost_by_batches(int64_t G, int64_t N, int64_t C, int64_t L) {
-  return G > 1 && G >= detail::kernel_threads(N * C * L);
-}
-}  // namespace
-
-template <typename T>
-void ghost_batchnorm_forward_train(T* y, T* mean, T* rstd, T* var, const T* x, const T* gamma,
-                                   const T* beta, int64_t N, int64_t C, int64_t L, int64_t K,
-                                   T eps) {
-  if (N * C * L == 0) return;
-  const int64_t G = (N + K - 1) / K, S = C * L;
-  const auto one = [&](int64_t g) {
-    const int64_t n0 = g * K, ng = std::min(K, N - n0);
-    batchnorm_forward_train(y + n0 * S, mean + g * C, rstd + g * C, var ? var + g * C : nullptr,
-                            x + n0 * S, gamma, beta, ng, C, L, eps);
-  };
-  if (!ghost_by_batches(G, N, C, L)) {
-    for (int64_t g = 0; g < G; ++g) one(g);
-    return;
-  }
-#pragma omp parallel for schedule(static) num_threads(detail::kernel_threads(N* C* L))
-  for (int64_t g = 0; g < G; ++g) one(g);
-}
-
 template <typename T>
 void ghost_batchnorm_backward_train(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x,
                                     const T* mean, const T* rstd, const T* gamma, int64_t N,
@@ -148,7 +122,7 @@ void ghost_batchnorm_backward_train(T* dx, T* dgamma, T* dbeta, const T* dy, con
                                                       dy + n0 * S, x + n0 * S, mean + g * C,
                                                       rstd + g * C, gamma, ng, C, L);
   };
-  if (!ghost_by_batches(G, N, C, L)) {
+  if (!detail::ghost_by_batches(G, N, C, L)) {
     for (int64_t g = 0; g < G; ++g) one(g, dgamma, dbeta);
     return;
   }
@@ -179,8 +153,6 @@ void ghost_batchnorm_backward_train(T* dx, T* dgamma, T* dbeta, const T* dy, con
   template void meanonly_batchnorm_forward_eval<T>(T*, const T*, const T*, const T*, int64_t,      \
                                                    int64_t, int64_t);                              \
   template void meanonly_batchnorm_backward<T>(bool, T*, T*, const T*, int64_t, int64_t, int64_t); \
-  template void ghost_batchnorm_forward_train<T>(T*, T*, T*, T*, const T*, const T*, const T*,     \
-                                                 int64_t, int64_t, int64_t, int64_t, T);           \
   template void ghost_batchnorm_backward_train<T>(T*, T*, T*, const T*, const T*, const T*,        \
                                                   const T*, const T*, int64_t, int64_t, int64_t,   \
                                                   int64_t, const char*);

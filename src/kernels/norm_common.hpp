@@ -25,6 +25,12 @@ inline int kernel_threads(int64_t n) {
   return n >= kParallelMinElems && !omp_in_parallel() ? omp_get_max_threads() : 1;
 }
 
+// Whether Ghost BatchNorm's threads take whole virtual batches (G of them,
+// over N * C * L values) rather than sharing each one.
+inline bool ghost_by_batches(int64_t G, int64_t N, int64_t C, int64_t L) {
+  return G > 1 && G >= kernel_threads(N * C * L);
+}
+
 // Outputs of at least this many bytes are written with non-temporal stores
 // (map_row): they would not stay in the cores' L2 anyway, and a plain store
 // first reads each destination line (a third of a copy's memory traffic).
