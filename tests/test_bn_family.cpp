@@ -146,7 +146,9 @@ TEST_P(GradCheckRenorm, FrozenCorrectionTrainAndEval) {
     EXPECT_LT(max_rel_diff(l.backward(g), dx_live), 1e-12);
     size_t k = 0;
     for (auto& e : l.state())
-      if (e.is_param()) EXPECT_LT(max_rel_diff(*e.grad, grads_live[k++]), 1e-12) << e.name;
+      if (e.is_param()) {
+        EXPECT_LT(max_rel_diff(*e.grad, grads_live[k++]), 1e-12) << e.name;
+      }
   }
 }
 INSTANTIATE_TEST_SUITE_P(BnFamily, GradCheckRenorm, ::testing::ValuesIn(kCases));
@@ -183,7 +185,9 @@ void expect_same_state(Layer<T>& a, Layer<T>& b, double tol) {
       continue;
     }
     EXPECT_LE(max_rel_diff(*sa[i].value, *sb[i].value), tol) << sa[i].name;
-    if (sa[i].grad) EXPECT_LE(max_rel_diff(*sa[i].grad, *sb[i].grad), tol) << sa[i].name << " grad";
+    if (sa[i].grad) {
+      EXPECT_LE(max_rel_diff(*sa[i].grad, *sb[i].grad), tol) << sa[i].name << " grad";
+    }
   }
 }
 
@@ -287,6 +291,52 @@ TEST(BnFamilyInvariants, GhostIsBatchNormPerVirtualBatch) {
   }
   EXPECT_EQ(gb.num_batches_tracked, 3);
   expect_same_state<double>(gb, bn, 1e-12);  // gradients summed over the virtual batches too
+}
+
+// The fast Ghost BN kernels (threads over whole virtual batches, vector
+// finish) against BatchNorm's reference on each virtual batch, in float, with
+// normal data and with means of 1e4 and a spread of 1e-2.
+TEST(BnFamilyKernels, GhostMatchesReferencePerVirtualBatch) {
+  for (const Shape& s : {Shape{4096, 64}, Shape{1000, 33}, Shape{96, 8, 40}}) {
+    for (double big : {0.0, 1e4}) {
+      const int64_t N = s[0], C = s[1], L = s.size() == 3 ? s[2] : 1, K = 32, S = C * L;
+      const int64_t G = (N + K - 1) / K;
+      Tensor<float> x(s), g(s), gamma({C}), beta({C});
+      Rng rng(17);
+      for (int64_t i = 0; i < x.numel(); ++i) {
+        x[i] = static_cast<float>(big * (1 + 0.01 * ((i / L) % C)) +
+                                  (big ? 1e-2 : 1.0) * rng.normal());
+        g[i] = static_cast<float>(rng.normal());
+      }
+      for (int64_t c = 0; c < C; ++c) {
+        gamma[c] = static_cast<float>(1 + 0.3 * rng.normal());
+        beta[c] = static_cast<float>(0.3 * rng.normal());
+      }
+      Tensor<float> y(s), dx(s), m({G, C}), r({G, C}), v({G, C}), dg({C}, 0.0f), db({C}, 0.0f);
+      ghost_batchnorm_forward_train(y.data(), m.data(), r.data(), v.data(), x.data(), gamma.data(),
+                                    beta.data(), N, C, L, K, 1e-5f);
+      ghost_batchnorm_backward_train(dx.data(), dg.data(), db.data(), g.data(), x.data(), m.data(),
+                                     r.data(), gamma.data(), N, C, L, K,
+                                     static_cast<const char*>(nullptr));
+      Tensor<float> y2(s), dx2(s), m2({G, C}), r2({G, C}), v2({G, C}), dg2({C}, 0.0f),
+          db2({C}, 0.0f);
+      for (int64_t gi = 0; gi < G; ++gi) {
+        const int64_t n0 = gi * K, ng = std::min(K, N - n0);
+        ref::batchnorm_forward_train(y2.data() + n0 * S, m2.data() + gi * C, r2.data() + gi * C,
+                                     v2.data() + gi * C, x.data() + n0 * S, gamma.data(),
+                                     beta.data(), ng, C, L, 1e-5f);
+        ref::batchnorm_backward_train(dx2.data() + n0 * S, dg2.data(), db2.data(),
+                                      g.data() + n0 * S, x.data() + n0 * S, m2.data() + gi * C,
+                                      r2.data() + gi * C, gamma.data(), ng, C, L);
+      }
+      const std::string at = shape_str(s) + (big ? " large means" : "");
+      EXPECT_LE(max_rel_diff(y, y2), 2e-6) << at;
+      EXPECT_LE(max_rel_diff(dx, dx2), 1e-5) << at;
+      EXPECT_LE(max_rel_diff(dg, dg2), 1e-5) << at;
+      EXPECT_LE(max_rel_diff(db, db2), 1e-5) << at;
+      EXPECT_LE(max_rel_diff(r, r2), 1e-6) << at;
+    }
+  }
 }
 
 TEST(BnFamilyInvariants, MeanOnlyOutputHasZeroBatchMeanPlusBias) {
@@ -404,7 +454,9 @@ void meanonly_fast_vs_ref(const Shape& s, const Fill& fill, double tol) {
     EXPECT_LE(max_rel_diff(y[0], y[1]), tol) << "y " << shape_str(s) << " train " << train;
     EXPECT_LE(max_rel_diff(dx[0], dx[1]), 1e-6) << "dx";
     EXPECT_LE(max_rel_diff(db[0], db[1]), 1e-6) << "dbias";
-    if (train) EXPECT_LE(max_rel_diff(mean[0], mean[1]), 1e-7) << "mean";
+    if (train) {
+      EXPECT_LE(max_rel_diff(mean[0], mean[1]), 1e-7) << "mean";
+    }
   }
 }
 

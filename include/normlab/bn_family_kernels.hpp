@@ -77,6 +77,13 @@ void ghost_batchnorm_backward_train(T* dx, T* dgamma, T* dbeta, const T* dy, con
                                     const T* mean, const T* rstd, const T* gamma, int64_t N,
                                     int64_t C, int64_t L, int64_t K, const char* exact);
 
+// ghost_batchnorm_backward_train's (N,C) kernel with the threads taking whole
+// virtual batches (batchnorm_fast.cpp); called by it.
+template <typename T>
+void ghost_batchnorm_backward_rows(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x,
+                                   const T* mean, const T* rstd, const T* gamma, int64_t N,
+                                   int64_t C, int64_t K, const char* exact);
+
 namespace ref {
 template <typename T>
 void batchrenorm_forward_train(T* y, T* mean, T* rstd, T* var, T* r, T* d, const T* x,

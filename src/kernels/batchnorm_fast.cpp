@@ -591,12 +591,19 @@ void forward_train_map(T* y, T* mean, T* rstd, T* var, const T* x, const Map& ma
 // over the channels, since with K = 32 rows it is 1/32 of the work, where
 // BatchNorm's scalar finish was measured at half the time. y is streamed when
 // the whole output is large (map_row), as BatchNorm's.
+// (The file is compiled with -fno-math-errno, so that the finish's sqrt vectorizes.)
 template <typename T>
 void ghost_forward_rows(T* y, T* mean, T* rstd, T* var, const T* x, const T* gamma, const T* beta,
                         int64_t N, int64_t C, int64_t K, T eps) {
   const int64_t G = (N + K - 1) / K, Cp = detail::padded(C);
   const bool stream = detail::stream_output<T>(N * C);
   constexpr double big = fold_big<T>, tiny = static_cast<double>(std::numeric_limits<T>::min());
+  // gamma = 1, beta = 0 where absent, so that the finish is one branch-free vector loop.
+  T* unit = detail::scratch<T, 6>(2 * Cp);
+  std::fill(unit, unit + Cp, T(1));
+  std::fill(unit + Cp, unit + 2 * Cp, T(0));
+  const T* gm = gamma ? gamma : unit;
+  const T* bt = beta ? beta : unit + Cp;
 #pragma omp parallel num_threads(detail::kernel_threads(N* C))
   {
     double* w = detail::scratch<double, 4>(6 * Cp);  // shift K, S1, S2, exact mean, rstd, flag
@@ -624,17 +631,17 @@ void ghost_forward_rows(T* y, T* mean, T* rstd, T* var, const T* x, const T* gam
         vg[c] = static_cast<T>(v);
         md[c] = m;
         rd[c] = r;
-        const double ac = gamma ? r * gamma[c] : r;
+        const double ac = r * static_cast<double>(gm[c]);
         const T sh = static_cast<T>(m);
-        const double bc = (beta ? beta[c] : 0.0) - (m - sh) * ac;
+        const double bc = static_cast<double>(bt[c]) - (m - sh) * ac;
         shift[c] = sh;
         a[c] = static_cast<T>(ac);
         b[c] = static_cast<T>(bc);
         const double aa = std::abs(ac), dev = std::sqrt(q) + std::abs(m - sh);
-        const bool ok = (aa == 0 || (aa >= tiny && aa < big)) && dev < big && dev * aa < big &&
-                        std::abs(bc) < big;
+        const int ok = ((aa == 0) | ((aa >= tiny) & (aa < big))) & (dev < big) & (dev * aa < big) &
+                       (std::abs(bc) < big);
         flag[c] = ok ? 0.0 : 1.0;
-        any |= ok ? 0 : 1;
+        any |= 1 - ok;
       }
       for (int64_t r = r0; r < r1; ++r)
         detail::map_row(
@@ -648,6 +655,84 @@ void ghost_forward_rows(T* y, T* mean, T* rstd, T* var, const T* x, const T* gam
               y[r * C + c] = exact_y(x[r * C + c], md[c], rd[c], gamma, beta, c);
     }
     if (stream) detail::stream_fence();
+  }
+}
+
+// Ghost BatchNorm's backward, (N,C): each thread takes whole virtual batches;
+// per batch the sums are backward_rows' (add_grad_sums, one thread) and the
+// per-channel finish (fold_backward's arithmetic and checks) one vector loop;
+// dgamma, dbeta go to the thread's sums acc (2 * Cp, zeroed by the caller).
+// A virtual batch in `exact` is computed by ref::batchnorm_backward_train.
+template <typename T>
+void ghost_backward_rows(T* dx, T* acc, int64_t Cp, const T* dy, const T* x, const T* mean,
+                         const T* rstd, const T* gamma, int64_t N, int64_t C, int64_t K,
+                         const char* exact, bool stream) {
+  const int64_t G = (N + K - 1) / K;
+  constexpr double big = fold_big<T>, tiny = static_cast<double>(std::numeric_limits<T>::min());
+  const auto coeff_ok = [=](double v) {
+    const double av = std::abs(v);
+    return (av == 0) | ((av >= tiny) & (av < big));
+  };
+  T* dg = acc;
+  T* db = acc + Cp;
+  double* w = detail::scratch<double, 4>(7 * Cp);  // s, q, p; exact mean, sum dy, sum dy xhat; flag
+  double *S = w, *Q = w + Cp, *P = w + 2 * Cp, *em = w + 3 * Cp, *esdy = w + 4 * Cp;
+  double *esdyx = w + 5 * Cp, *flag = w + 6 * Cp;
+  T* f = detail::scratch<T, 5>(3 * Cp);  // A, Bc, Cc
+  T *A = f, *Bc = f + Cp, *Cc = f + 2 * Cp;
+#pragma omp for schedule(static)
+  for (int64_t g = 0; g < G; ++g) {
+    const int64_t r0 = g * K, r1 = std::min(N, r0 + K);
+    const double M = static_cast<double>(r1 - r0);
+    const T* mg = mean + g * C;
+    const T* rg = rstd + g * C;
+    if (exact && exact[g]) {
+      ref::batchnorm_backward_train(dx ? dx + r0 * C : nullptr, dg, db, dy + r0 * C, x + r0 * C, mg,
+                                    rg, gamma, r1 - r0, C, int64_t{1});
+      continue;
+    }
+    std::fill(S, S + 3 * Cp, 0.0);
+    add_grad_sums(S, Q, P, dy, x, mg, r0, r1, C);
+    int any = 0;
+#pragma omp simd reduction(| : any)
+    for (int64_t c = 0; c < C; ++c) {
+      const double r = rg[c], gm = gamma ? static_cast<double>(gamma[c]) : 1.0, sdy = S[c];
+      const double delta = P[c] / M, sdyx = (Q[c] - delta * sdy) * r;
+      dg[c] += static_cast<T>(sdyx);
+      db[c] += static_cast<T>(sdy);
+      const double ad = gm * r, bc = -ad * r * sdyx / M, cc = -ad * sdy / M - delta * bc;
+      A[c] = static_cast<T>(ad);
+      Bc[c] = static_cast<T>(bc);
+      Cc[c] = static_cast<T>(cc);
+      em[c] = mg[c] + delta;
+      esdy[c] = sdy;
+      esdyx[c] = sdyx;
+      const int ok = coeff_ok(ad) & coeff_ok(bc) & (std::abs(cc) < big);
+      flag[c] = ok ? 0.0 : 1.0;
+      any |= 1 - ok;
+    }
+    if (!dx) continue;
+    const auto exact_one = [&](int64_t r, int64_t c) {
+      const ChannelGrad cg{em[c],
+                           static_cast<double>(rg[c]),
+                           gamma ? static_cast<double>(gamma[c]) : 1.0,
+                           esdy[c],
+                           esdyx[c],
+                           M};
+      dx[r * C + c] = exact_dx(true, x[r * C + c], dy[r * C + c], cg);
+    };
+    for (int64_t r = r0; r < r1; ++r)
+      if (!detail::map_row_finite(
+              dx + r * C, C, stream,
+              [](auto v, auto dv, auto m, auto ac, auto bc, auto cc) {
+                return dv * ac + (v - m) * bc + cc;
+              },
+              x + r * C, dy + r * C, mg, A, Bc, Cc))
+        for (int64_t c = 0; c < C; ++c) exact_one(r, c);
+    if (any)
+      for (int64_t c = 0; c < C; ++c)
+        if (flag[c] != 0)
+          for (int64_t r = r0; r < r1; ++r) exact_one(r, c);
   }
 }
 
@@ -673,6 +758,31 @@ void ghost_batchnorm_forward_train(T* y, T* mean, T* rstd, T* var, const T* x, c
     const int64_t n0 = g * K, ng = std::min(K, N - n0);
     batchnorm_forward_train(y + n0 * S, mean + g * C, rstd + g * C, var + g * C, x + n0 * S, gamma,
                             beta, ng, C, L, eps);
+  }
+}
+
+template <typename T>
+void ghost_batchnorm_backward_rows(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x,
+                                   const T* mean, const T* rstd, const T* gamma, int64_t N,
+                                   int64_t C, int64_t K, const char* exact) {
+  const int threads = detail::kernel_threads(N * C);
+  const bool stream = detail::stream_output<T>(N * C);
+  const int64_t Cp = detail::padded(C);
+  T* acc = detail::scratch<T, 3>(2 * Cp * threads);
+#pragma omp parallel num_threads(threads)
+  {
+    const int t = omp_get_thread_num();
+    T* mine = acc + 2 * Cp * t;
+    std::fill(mine, mine + 2 * Cp, T(0));
+    ghost_backward_rows(dx, mine, Cp, dy, x, mean, rstd, gamma, N, C, K, exact, stream);
+    if (stream) detail::stream_fence();
+#pragma omp barrier
+#pragma omp for schedule(static)
+    for (int64_t c = 0; c < C; ++c)
+      for (int u = 0; u < omp_get_num_threads(); ++u) {
+        if (dgamma) dgamma[c] += acc[2 * Cp * u + c];
+        if (dbeta) dbeta[c] += acc[2 * Cp * u + Cp + c];
+      }
   }
 }
 
@@ -704,6 +814,9 @@ void meanonly_batchnorm_forward_train(T* y, T* mean, const T* x, const T* bias, 
                                              int64_t, T);                                          \
   template void meanonly_batchnorm_forward_train<T>(T*, T*, const T*, const T*, int64_t, int64_t,  \
                                                     int64_t);                                      \
+  template void ghost_batchnorm_backward_rows<T>(T*, T*, T*, const T*, const T*, const T*,         \
+                                                 const T*, const T*, int64_t, int64_t, int64_t,    \
+                                                 const char*);                                     \
   template void ghost_batchnorm_forward_train<T>(T*, T*, T*, T*, const T*, const T*, const T*,     \
                                                  int64_t, int64_t, int64_t, int64_t, T);
 NORMLAB_INSTANTIATE(float)

@@ -126,6 +126,9 @@ void ghost_batchnorm_backward_train(T* dx, T* dgamma, T* dbeta, const T* dy, con
     for (int64_t g = 0; g < G; ++g) one(g, dgamma, dbeta);
     return;
   }
+  if (L == 1)
+    return ghost_batchnorm_backward_rows(dx, dgamma, dbeta, dy, x, mean, rstd, gamma, N, C, K,
+                                         exact);
   const int threads = detail::kernel_threads(N * C * L);
   const int64_t Cp = detail::padded(C);
   T* acc = detail::scratch<T, 3>(2 * Cp * threads);
