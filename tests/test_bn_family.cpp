@@ -17,6 +17,7 @@
 #include "normlab/bn_family_kernels.hpp"
 #include "normlab/error.hpp"
 #include "normlab/kernels.hpp"
+#include "normlab/model_spec.hpp"
 
 namespace normlab {
 namespace {
@@ -599,6 +600,48 @@ TEST(BnFamilyEdges, NaNStaysInItsChannel) {
     EXPECT_TRUE(std::isnan(y[4])) << l->name();
     EXPECT_TRUE(std::isfinite(y[0]) && std::isfinite(y[2])) << l->name();
   }
+}
+
+// ---------------------------------------------------------------- model spec
+
+TEST(BnFamilySpec, BuildsTheLayersWithTheirOptionsAndStateKeys) {
+  Rng rng(1);
+  auto m = build_model<float>(
+      "flatten, meanonlybn(affine=false, momentum=none), brn(schedule=paper, warmup=7, dmax=2), "
+      "gbn(virtual_batch_size=5, eps=1e-3, track_running_stats=false), mean_only_batchnorm, "
+      "batchrenorm(rmax=1.5), ghostbatchnorm",
+      Shape{2, 2, 3}, rng);
+  std::vector<std::string> names, keys;
+  for (size_t i = 0; i < m->size(); ++i) names.push_back((*m)[i].name());
+  EXPECT_EQ(names, (std::vector<std::string>{
+                       "Flatten", "MeanOnlyBatchNorm1d(6, affine=false, momentum=none)",
+                       "BatchRenorm1d(6, rmax=3, dmax=2, warmup=7, rmax_ramp=35000, "
+                       "dmax_ramp=20000)",
+                       "GhostBatchNorm1d(6, virtual_batch_size=5, track_running_stats=false, "
+                       "eps=0.001)",
+                       "MeanOnlyBatchNorm1d(6)", "BatchRenorm1d(6, rmax=1.5, dmax=5)",
+                       "GhostBatchNorm1d(6, virtual_batch_size=32)"}));
+  for (auto& e : m->state()) keys.push_back(e.name);
+  EXPECT_EQ(keys, (std::vector<std::string>{"1.running_mean",
+                                            "1.num_batches_tracked",
+                                            "2.weight",
+                                            "2.bias",
+                                            "2.running_mean",
+                                            "2.running_var",
+                                            "2.num_batches_tracked",
+                                            "4.bias",
+                                            "4.running_mean",
+                                            "4.num_batches_tracked",
+                                            "5.weight",
+                                            "5.bias",
+                                            "5.running_mean",
+                                            "5.running_var",
+                                            "5.num_batches_tracked",
+                                            "6.weight",
+                                            "6.bias",
+                                            "6.running_mean",
+                                            "6.running_var",
+                                            "6.num_batches_tracked"}));
 }
 
 }  // namespace
