@@ -622,26 +622,13 @@ TEST(BnFamilySpec, BuildsTheLayersWithTheirOptionsAndStateKeys) {
                        "MeanOnlyBatchNorm1d(6)", "BatchRenorm1d(6, rmax=1.5, dmax=5)",
                        "GhostBatchNorm1d(6, virtual_batch_size=32)"}));
   for (auto& e : m->state()) keys.push_back(e.name);
-  EXPECT_EQ(keys, (std::vector<std::string>{"1.running_mean",
-                                            "1.num_batches_tracked",
-                                            "2.weight",
-                                            "2.bias",
-                                            "2.running_mean",
-                                            "2.running_var",
-                                            "2.num_batches_tracked",
-                                            "4.bias",
-                                            "4.running_mean",
-                                            "4.num_batches_tracked",
-                                            "5.weight",
-                                            "5.bias",
-                                            "5.running_mean",
-                                            "5.running_var",
-                                            "5.num_batches_tracked",
-                                            "6.weight",
-                                            "6.bias",
-                                            "6.running_mean",
-                                            "6.running_var",
-                                            "6.num_batches_tracked"}));
+  EXPECT_EQ(keys,
+            (std::vector<std::string>{
+                "1.running_mean", "1.num_batches_tracked", "2.weight", "2.bias", "2.running_mean",
+                "2.running_var",  "2.num_batches_tracked", "3.weight", "3.bias", "4.bias",
+                "4.running_mean", "4.num_batches_tracked", "5.weight", "5.bias", "5.running_mean",
+                "5.running_var",  "5.num_batches_tracked", "6.weight", "6.bias", "6.running_mean",
+                "6.running_var",  "6.num_batches_tracked"}));
 }
 
 }  // namespace
