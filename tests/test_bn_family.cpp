@@ -602,6 +602,101 @@ TEST(BnFamilyEdges, NaNStaysInItsChannel) {
   }
 }
 
+// ---------------------------------------------------------------- extreme values
+
+// The float layers against the same layers in double on inputs near float's
+// limits and with huge and tiny eps (the cases of test_numerics_edges.cpp):
+// wherever the double result is a finite float, the float one is finite and
+// within 1e-5 of the tensor's scale (outputs, dx, parameter gradients), in
+// training and then in eval (unless the float running variance overflowed).
+template <template <typename> class LayerT, typename MakeF, typename MakeD>
+void expect_float_matches_double(const char* what, MakeF make_f, MakeD make_d, const Shape& s,
+                                 const std::function<double(Rng&, int64_t)>& fill) {
+  auto lf = make_f();
+  auto ld = make_d();
+  Tensor<float> xf(s), gf(s);
+  Tensor<double> xd(s), gd(s);
+  Rng rng(23);
+  const int64_t L = s.size() == 3 ? s[2] : 1;
+  for (int64_t i = 0; i < xf.numel(); ++i) {
+    xd[i] = xf[i] = static_cast<float>(fill(rng, (i / L) % s[1]));
+    gd[i] = gf[i] = static_cast<float>(rng.normal());
+  }
+  auto sf = lf.state();
+  auto sd = ld.state();
+  for (size_t k = 0; k < sf.size(); ++k)
+    if (sf[k].is_param())
+      for (int64_t i = 0; i < sf[k].value->numel(); ++i)
+        (*sd[k].value)[i] = (*sf[k].value)[i] = static_cast<float>(0.5 + 0.1 * i);
+  const auto compare = [&](const char* which, const Tensor<float>& f, const Tensor<double>& d) {
+    double scale = 0;
+    for (int64_t i = 0; i < d.numel(); ++i)
+      if (std::isfinite(static_cast<float>(d[i]))) scale = std::max(scale, std::abs(d[i]));
+    for (int64_t i = 0; i < d.numel(); ++i) {
+      if (!std::isfinite(static_cast<float>(d[i]))) continue;
+      ASSERT_TRUE(std::isfinite(f[i])) << what << " " << which << " [" << i << "] double " << d[i];
+      ASSERT_LE(std::abs(f[i] - d[i]), 1e-5 * scale + 1e-30)
+          << what << " " << which << " [" << i << "] float " << f[i] << " double " << d[i];
+    }
+  };
+  for (bool train : {true, false}) {
+    // A variance above float's largest leaves inf in the float running_var (as
+    // in BatchNorm1d and PyTorch): eval then differs from double's, by design.
+    bool finite_buffers = true;
+    for (auto& e : lf.state())
+      if (e.value && !e.is_param())
+        for (int64_t i = 0; i < e.value->numel(); ++i)
+          finite_buffers &= std::isfinite((*e.value)[i]);
+    if (!train && !finite_buffers) break;
+    lf.set_training(train);
+    ld.set_training(train);
+    lf.zero_grad();
+    ld.zero_grad();
+    compare(train ? "train y" : "eval y", lf.forward(xf), ld.forward(xd));
+    compare(train ? "train dx" : "eval dx", lf.backward(gf), ld.backward(gd));
+    sf = lf.state();
+    sd = ld.state();
+    for (size_t k = 0; k < sf.size(); ++k)
+      if (sf[k].is_param()) compare(sf[k].name.c_str(), *sf[k].grad, *sd[k].grad);
+  }
+}
+
+TEST(BnFamilyEdges, NearFloatLimitsAndExtremeEps) {
+  struct Data {
+    const char* name;
+    std::function<double(Rng&, int64_t)> fill;
+    double eps;
+  };
+  const Data data[] = {
+      {"near overflow, zero mean", [](Rng& r, int64_t) { return 1e38 * std::tanh(r.normal()); },
+       1e-5},
+      {"mean 3e38, spread 1e30", [](Rng& r, int64_t) { return 3e38 + 1e30 * r.normal(); }, 1e-5},
+      {"mean -2e38, spread 1e37", [](Rng& r, int64_t) { return -2e38 + 1e37 * r.normal(); }, 1e-5},
+      {"tiny values", [](Rng& r, int64_t) { return 1e-30 * r.normal(); }, 1e-38},
+      {"huge eps", [](Rng& r, int64_t c) { return 1e3 * r.normal() + c; }, 1e30},
+      {"tiny eps, spread 1e-3", [](Rng& r, int64_t c) { return 5 + c + 1e-3 * r.normal(); }, 1e-12},
+  };
+  for (const Data& d : data)
+    for (const Shape& s : {Shape{64, 6}, Shape{8, 3, 16}}) {
+      SCOPED_TRACE(std::string(d.name) + " " + shape_str(s));
+      BatchRenormOptions ro;
+      ro.eps = d.eps;
+      ro.rmax = 2;
+      ro.dmax = 1;
+      expect_float_matches_double<BatchRenorm1d>(
+          "renorm", [&] { return BatchRenorm1d<float>(s[1], ro); },
+          [&] { return BatchRenorm1d<double>(s[1], ro); }, s, d.fill);
+      BatchNormOptions go;
+      go.eps = d.eps;
+      expect_float_matches_double<GhostBatchNorm1d>(
+          "ghost", [&] { return GhostBatchNorm1d<float>(s[1], 5, go); },
+          [&] { return GhostBatchNorm1d<double>(s[1], 5, go); }, s, d.fill);
+      expect_float_matches_double<MeanOnlyBatchNorm1d>(
+          "mean-only", [&] { return MeanOnlyBatchNorm1d<float>(s[1]); },
+          [&] { return MeanOnlyBatchNorm1d<double>(s[1]); }, s, d.fill);
+    }
+}
+
 // ---------------------------------------------------------------- model spec
 
 TEST(BnFamilySpec, BuildsTheLayersWithTheirOptionsAndStateKeys) {
