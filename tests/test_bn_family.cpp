@@ -602,6 +602,56 @@ TEST(BnFamilyEdges, NaNStaysInItsChannel) {
   }
 }
 
+// The layer contract (layer.hpp): no dx with input gradients off, parameter
+// gradients accumulate, the output has the input's shape.
+TEST(BnFamilyLayers, InputGradOffAndAccumulatingGradients) {
+  MeanOnlyBatchNorm1d<float> m(4);
+  BatchRenorm1d<float> r(4);
+  GhostBatchNorm1d<float> gh(4, 3);
+  Tensor<float> x({8, 4}), g({8, 4});
+  Rng rng(3);
+  for (int64_t i = 0; i < x.numel(); ++i) {
+    x[i] = static_cast<float>(rng.normal());
+    g[i] = static_cast<float>(rng.normal());
+  }
+  for (Layer<float>* l : std::initializer_list<Layer<float>*>{&m, &r, &gh}) {
+    SCOPED_TRACE(l->name());
+    l->zero_grad();
+    EXPECT_EQ(l->output_shape({8, 4}), Shape({8, 4}));
+    // The running statistics as they were, for the second forward (Batch
+    // Renorm's r and d depend on them).
+    std::vector<Tensor<float>> buffers;
+    std::vector<int64_t> counts;
+    for (auto& e : l->state())
+      if (e.count)
+        counts.push_back(*e.count);
+      else if (!e.is_param())
+        buffers.push_back(*e.value);
+    l->forward(x);
+    EXPECT_EQ(l->backward(g).shape(), Shape({8, 4}));
+    std::vector<Tensor<float>> once;
+    for (auto& e : l->state())
+      if (e.is_param()) once.push_back(*e.grad);
+    size_t b = 0, n = 0;
+    for (auto& e : l->state())
+      if (e.count)
+        *e.count = counts[n++];
+      else if (!e.is_param())
+        *e.value = buffers[b++];
+    l->set_input_grad(false);
+    l->forward(x);
+    EXPECT_EQ(l->backward(g).numel(), 0);
+    size_t k = 0;
+    for (auto& e : l->state())
+      if (e.is_param()) {
+        for (int64_t i = 0; i < e.grad->numel(); ++i)
+          EXPECT_NEAR((*e.grad)[i], 2 * once[k][i], 1e-5) << e.name;
+        ++k;
+      }
+    l->set_input_grad(true);
+  }
+}
+
 // ---------------------------------------------------------------- extreme values
 
 // The float layers against the same layers in double on inputs near float's
