@@ -542,6 +542,9 @@ TEST(BnFamilyEdges, OneValuePerChannelInTrainingIsRefusedAsByBatchNorm) {
   const std::string e = error_of([&] { gh.forward(x9); });
   EXPECT_NE(e.find("GhostBatchNorm1d(3, virtual_batch_size=4)"), std::string::npos) << e;
   EXPECT_NE(e.find("9 = 2 x 4 + 1"), std::string::npos) << e;
+  GhostBatchNorm1d<float> g1(3, 1);
+  EXPECT_NE(error_of([&] { g1.forward(x9); }).find("virtual_batch_size=1 on input shape (9, 3)"),
+            std::string::npos);
   // (1, C, L > 1) is fine for all; eval takes one sample.
   const Tensor<float> x1l({1, 3, 2}, 1.0f);
   EXPECT_NO_THROW(gh.forward(x1l));

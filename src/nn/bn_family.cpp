@@ -368,6 +368,11 @@ const Tensor<T>& GhostBatchNorm1d<T>::forward_impl(const Tensor<T>& x) {
   if (used_batch_stats_ && N * L == 1)
     fail(name(), ": expected more than 1 value per channel when training, got input shape ",
          shape_str(x.shape()));
+  if (used_batch_stats_ && L == 1 && K_ == 1 && N > 1)
+    fail(name(),
+         ": expected more than 1 value per channel in every virtual batch; "
+         "virtual_batch_size=1 on input shape ",
+         shape_str(x.shape()), " gives one value per channel in each");
   if (used_batch_stats_ && L == 1 && G > 1 && N - (G - 1) * K_ == 1)
     fail(name(), ": expected more than 1 value per channel in every virtual batch; input shape ",
          shape_str(x.shape()), " leaves the last virtual batch (sample ", N - 1,
