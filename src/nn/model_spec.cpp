@@ -483,9 +483,10 @@ class OptionReader {
   // A count of training steps: a whole number >= 0.
   int64_t steps(const Arg& a) {
     const std::string& t = a.value.text;
-    if (t.empty() || !std::all_of(t.begin(), t.end(), [](char c) {
-          return std::isdigit(static_cast<unsigned char>(c));
-        }) || t.size() > 15)
+    if (t.empty() ||
+        !std::all_of(t.begin(), t.end(),
+                     [](char c) { return std::isdigit(static_cast<unsigned char>(c)); }) ||
+        t.size() > 15)
       bad(a.pos, a.key + " must be a whole number of steps >= 0 (below 1e15), got '" + t + "'");
     return std::stoll(t);
   }
@@ -496,9 +497,10 @@ class OptionReader {
     const std::string v = lower(a.value.text);
     if (v == "paper") return true;
     if (v == "none") return false;
-    bad(a.pos, "schedule must be paper (plain BatchNorm for 5000 steps, rmax reached at 40000 "
-               "and dmax at 25000) or none, got '" +
-                   a.value.text + "'");
+    bad(a.pos,
+        "schedule must be paper (plain BatchNorm for 5000 steps, rmax reached at 40000 "
+        "and dmax at 25000) or none, got '" +
+            a.value.text + "'");
   }
 
   const std::string& spec_;
