@@ -326,6 +326,129 @@ def print_rows(rows):
         print("  ".join(str(r[k]).ljust(width[k]) for k in keys))
 
 
+# ----------------------------------------------------------------------------- BatchNorm variants
+# normlab's mean-only BatchNorm, Batch Renormalization and Ghost BatchNorm
+# (training passes, `normlab bench --kernels meanonlybn,batchrenorm,ghostbn`)
+# against PyTorch's BatchNorm1d (F.batch_norm in training: the nearest shipped
+# layer) and against their PyTorch twins (python/normlab_torch.py, eager), in
+# the current PyTorch, in rounds with normlab as the kernel table.
+
+BN_FAMILY = (("meanonlybn", "MeanOnlyBatchNorm1d"), ("batchrenorm", "BatchRenorm1d"),
+             ("ghostbn", "GhostBatchNorm1d"))
+
+
+def bn_family_worker(threads):
+    """--bn-family-worker: one JSON request per stdin line {n, d, mode, min_time};
+    one answer {times: {"<kernel> <pass>": s}, copy: s}; kernels: batchnorm1d and the twins."""
+    import torch
+    sys.path.insert(0, os.path.join(REPO, "python"))
+    import normlab_torch
+    torch.set_num_threads(threads)
+    state = {}
+    for line in sys.stdin:
+        req = json.loads(line)
+        n, d = req["n"], req["d"]
+        try:
+            if (n, d) not in state:
+                g = torch.Generator().manual_seed(0)
+                sets = ring_sets(n, d, req["mode"])
+                x, dy = torch.randn(n, d, generator=g), torch.randn(n, d, generator=g)
+                ring = [(x.clone(), dy.clone(), torch.empty_like(x), x.clone().requires_grad_())
+                        for _ in range(sets)]
+                mods = {"batchnorm1d": torch.nn.BatchNorm1d(d),
+                        "meanonlybn": normlab_torch.MeanOnlyBatchNorm1d(d),
+                        "batchrenorm": normlab_torch.BatchRenorm1d(d),  # rmax 3, dmax 5
+                        "ghostbn": normlab_torch.GhostBatchNorm1d(d, 32)}
+                state[(n, d)] = (ring, mods, [0])
+            ring, mods, at = state[(n, d)]
+
+            def nxt():
+                at[0] = (at[0] + 1) % len(ring)
+                return ring[at[0]]
+
+            def copy():
+                x, _, out, _ = nxt()
+                out.copy_(x)
+
+            times = {}
+            copy_s = median_seconds(copy, 1, req["min_time"])
+            for name, m in mods.items():
+                with torch.no_grad():
+                    times[f"{name} fwd"] = median_seconds(lambda: m(nxt()[0]), 1, req["min_time"])
+
+                def fb():
+                    _, dy, _, xg = nxt()
+                    m(xg).backward(dy)
+                times[f"{name} fwd+bwd"] = median_seconds(fb, 1, req["min_time"])
+            print(json.dumps({"times": times, "copy": copy_s}), flush=True)
+        except Exception as e:  # noqa: BLE001 - reported to the driver
+            print(json.dumps({"error": f"{type(e).__name__}: {e}"[:300]}), flush=True)
+
+
+def bn_family_section(args):
+    import machine
+    interp = machine.torch_interpreters(want_debian=False)[0]
+    proc = subprocess.Popen([interp["python"], os.path.abspath(__file__), "--bn-family-worker",
+                             "--threads", str(args.threads)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, env=interp["env"])
+    rows = []
+    label = f"{interp['short']} eager"
+    for n, d, l in parse_shapes(args.shapes):
+        if l != 1:  # the BatchNorm variants are timed on (N, C) shapes only
+            continue
+        mode = cache_mode(n, d)
+        torch_s, torch_c, nl_s, nl_c = {}, [], {}, []
+        for _ in range(args.repeats):
+            proc.stdin.write(json.dumps({"n": n, "d": d, "mode": mode,
+                                         "min_time": args.min_time}) + "\n")
+            proc.stdin.flush()
+            answer = json.loads(proc.stdout.readline() or '{"error": "worker died"}')
+            if "error" in answer:
+                print(f"compare_torch.py: BatchNorm variants at {n}x{d}: {answer['error']}",
+                      file=sys.stderr)
+            else:
+                torch_c.append(answer["copy"])
+                for k, sec in answer["times"].items():
+                    torch_s.setdefault(k, []).append(sec)
+            cmd = [args.normlab, "bench", "--csv", "--threads", str(args.threads), "--repeats", "1",
+                   "--cache", mode, "--min-time", str(args.min_time), "--kernels",
+                   ",".join(k for k, _ in BN_FAMILY), "--shapes", f"{n}x{d}"]
+            run = subprocess.run(cmd, capture_output=True, text=True)
+            if run.returncode != 0:
+                sys.exit(f"compare_torch.py: error: {' '.join(cmd)} failed:\n{run.stderr}")
+            for row in csv.DictReader(io.StringIO(run.stdout)):
+                if row["kernel"] == "copy":
+                    nl_c.append(float(row["seconds"]))
+                else:
+                    nl_s.setdefault(f"{row['kernel']} {row['pass']}", []).append(float(row["seconds"]))
+        med = statistics.median
+        for kernel, twin in BN_FAMILY:
+            for pass_name in ("fwd", "fwd+bwd"):
+                key = f"{kernel} {pass_name}"
+                ratio = pass_bytes(pass_name, n, d) / pass_bytes("fwd", n, d)
+                ns = med(nl_s[key])
+                row = {"shape": f"{n}x{d}", "cache": mode, "kernel": f"{kernel} ({twin})",
+                       "pass": pass_name,
+                       "normlab": f"{fmt_time(ns)} ({100 * ratio * med(nl_c) / ns:.0f}%)"}
+                for col, tk in ((f"{label} BatchNorm1d", f"batchnorm1d {pass_name}"),
+                                (f"{label} twin", key)):
+                    if tk in torch_s:
+                        ts = med(torch_s[tk])
+                        row[col] = f"{fmt_time(ts)} ({100 * ratio * med(torch_c) / ts:.0f}%) {ts / ns:.2f}x"
+                    else:
+                        row[col] = "n/a"
+                rows.append(row)
+    proc.stdin.close()
+    proc.wait()
+    print("BatchNorm variants (training): normlab beside PyTorch's BatchNorm1d (the nearest "
+          "shipped layer) and the variant's PyTorch twin; (nn%) of that side's copy; "
+          "Nx = PyTorch's time / normlab's")
+    return rows
+
+
+EXTRA_SECTIONS.append(bn_family_section)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--threads", type=int, default=2, help="threads for all (default 2)")
@@ -340,12 +463,20 @@ def main():
     p.add_argument("--no-compile", action="store_true", help="leave torch.compile out")
     p.add_argument("--no-debian", action="store_true", help="leave Debian's PyTorch 1.13 out")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--bn-family-worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--no-bn-family", action="store_true",
+                   help="leave out the BatchNorm variants' table")
     args = p.parse_args()
     if not 1 <= args.threads <= 1024:
         p.error(f"--threads must be between 1 and 1024, got {args.threads}")
     if args.worker:
         worker(args.threads)
         return
+    if args.bn_family_worker:
+        bn_family_worker(args.threads)
+        return
+    if args.no_bn_family and bn_family_section in EXTRA_SECTIONS:
+        EXTRA_SECTIONS.remove(bn_family_section)
     if not 1 <= args.repeats <= 1000:
         p.error(f"--repeats must be between 1 and 1000, got {args.repeats}")
     if not 0 < args.min_time <= 10:

@@ -153,6 +153,205 @@ def normalized_shape(item, opt, shape):
     return shape[len(shape) - k:]
 
 
+# --------------------------------------------------------------------------- BatchNorm variants
+# Independent PyTorch twins of normlab's MeanOnlyBatchNorm1d, BatchRenorm1d and
+# GhostBatchNorm1d (include/normlab/bn_family.hpp): written from the papers and
+# from nn.BatchNorm1d's documented running-statistics update, not from normlab's
+# code. They generate normlab's fixtures (tests/fixtures/generate_layers.py).
+# Inputs (N, C) or (N, C, L), statistics per channel over N*L values.
+
+
+def _channel_dims(x):
+    return (0,) if x.dim() == 2 else (0, 2)
+
+
+def _per_channel(t, x):
+    return t.view(1, -1) if x.dim() == 2 else t.view(1, -1, 1)
+
+
+def _check_bn_input(name, x, C):
+    if x.dim() not in (2, 3) or x.shape[1] != C:
+        raise ValueError(f"{name}: expected input (N, {C}) or (N, {C}, L), got {tuple(x.shape)}")
+
+
+def _momentum_factor(momentum, num_batches_tracked):
+    """nn.BatchNorm1d's exponential_average_factor, after num_batches_tracked was incremented."""
+    return 1.0 / float(num_batches_tracked) if momentum is None else momentum
+
+
+class MeanOnlyBatchNorm1d(nn.Module):
+    """Mean-only batch normalization (Salimans & Kingma 2016, section 2.2):
+    y = x - mean_B + bias in training, x - running_mean + bias in eval; no weight
+    (weight normalization supplies the scale), no variance. State: bias,
+    running_mean, num_batches_tracked."""
+
+    def __init__(self, num_features, momentum=0.1, affine=True, track_running_stats=True):
+        super().__init__()
+        self.num_features, self.momentum = num_features, momentum
+        self.affine, self.track_running_stats = affine, track_running_stats
+        if affine:
+            self.bias = nn.Parameter(torch.zeros(num_features))
+        else:
+            self.register_parameter("bias", None)
+        if track_running_stats:
+            self.register_buffer("running_mean", torch.zeros(num_features))
+            self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+        else:
+            self.register_buffer("running_mean", None)
+            self.register_buffer("num_batches_tracked", None)
+
+    def forward(self, x):
+        _check_bn_input("MeanOnlyBatchNorm1d", x, self.num_features)
+        if self.training or not self.track_running_stats:
+            if x.numel() == 0:
+                mean = torch.zeros(self.num_features, dtype=x.dtype)
+            else:
+                mean = x.mean(dim=_channel_dims(x))
+            if self.training and self.track_running_stats:
+                self.num_batches_tracked += 1
+                if x.numel() != 0:
+                    f = _momentum_factor(self.momentum, self.num_batches_tracked.item())
+                    with torch.no_grad():
+                        self.running_mean.copy_((1 - f) * self.running_mean + f * mean)
+        else:
+            mean = self.running_mean
+        y = x - _per_channel(mean, x)
+        return y + _per_channel(self.bias, x) if self.bias is not None else y
+
+
+class BatchRenorm1d(nn.Module):
+    """Batch Renormalization (Ioffe 2017, Algorithm 1) with BatchNorm1d's state:
+    sigma = sqrt(running_var + eps), sigma_B = sqrt(var_B + eps),
+    r = clip(sigma_B / sigma, 1/rmax, rmax), d = clip((mean_B - running_mean) / sigma, -dmax, dmax),
+    both detached (stop_gradient); y = weight * ((x - mean_B) / sigma_B * r + d) + bias.
+    running_mean / running_var then move as nn.BatchNorm1d's (unbiased variance).
+    rmax and dmax follow the schedule: 1 and 0 for `warmup` steps, then linear to
+    rmax over rmax_ramp steps and to dmax over dmax_ramp steps (the step is
+    num_batches_tracked before the update). Eval: BatchNorm1d's."""
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, rmax=3.0, dmax=5.0,
+                 warmup=0, rmax_ramp=0, dmax_ramp=0):
+        super().__init__()
+        self.num_features, self.eps, self.momentum, self.affine = num_features, eps, momentum, affine
+        self.rmax, self.dmax = rmax, dmax
+        self.warmup, self.rmax_ramp, self.dmax_ramp = warmup, rmax_ramp, dmax_ramp
+        if affine:
+            self.weight = nn.Parameter(torch.ones(num_features))
+            self.bias = nn.Parameter(torch.zeros(num_features))
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+
+    def _fraction(self, step, ramp):
+        if step < self.warmup:
+            return 0.0
+        return 1.0 if ramp == 0 else min(1.0, (step - self.warmup) / ramp)
+
+    def limits(self, step):
+        """(rmax, dmax) of the training step after `step` completed ones."""
+        return (1 + (self.rmax - 1) * self._fraction(step, self.rmax_ramp),
+                self.dmax * self._fraction(step, self.dmax_ramp))
+
+    def forward(self, x):
+        _check_bn_input("BatchRenorm1d", x, self.num_features)
+        if not self.training:
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                                False, 0.0, self.eps)
+        if x.numel() // self.num_features == 1:
+            raise ValueError("BatchRenorm1d: expected more than 1 value per channel when training")
+        step = int(self.num_batches_tracked.item())
+        self.num_batches_tracked += 1
+        if x.numel() == 0:
+            return x.clone()
+        dims = _channel_dims(x)
+        mean = x.mean(dim=dims)
+        var = x.var(dim=dims, unbiased=False)
+        sigma_b = torch.sqrt(var + self.eps)
+        rmax, dmax = self.limits(step)
+        with torch.no_grad():
+            sigma = torch.sqrt(self.running_var + self.eps)
+            r = (sigma_b / sigma).clamp(1 / rmax, rmax) if rmax != 1 else torch.ones_like(sigma)
+            d = ((mean - self.running_mean) / sigma).clamp(-dmax, dmax) if dmax != 0 \
+                else torch.zeros_like(sigma)
+        self.last_r, self.last_d = r, d
+        xhat = (x - _per_channel(mean, x)) / _per_channel(sigma_b, x) * _per_channel(r, x) \
+            + _per_channel(d, x)
+        y = xhat * _per_channel(self.weight, x) + _per_channel(self.bias, x) if self.affine else xhat
+        n = x.numel() // self.num_features
+        f = _momentum_factor(self.momentum, self.num_batches_tracked.item())
+        with torch.no_grad():
+            self.running_mean.copy_((1 - f) * self.running_mean + f * mean)
+            self.running_var.copy_((1 - f) * self.running_var + f * var * n / (n - 1))
+        return y
+
+
+class GhostBatchNorm1d(nn.Module):
+    """Ghost Batch Normalization (Hoffer, Hubara & Soudry 2017, section 4, Algorithm 1):
+    in training the batch is split into virtual batches of virtual_batch_size
+    consecutive samples (x.split: the last holds the remainder), each normalized
+    with its own statistics; the running statistics move once per virtual batch,
+    in order, and num_batches_tracked counts virtual batches. Eval: BatchNorm1d's
+    (without tracking: the virtual-batch normalization). State: BatchNorm1d's."""
+
+    def __init__(self, num_features, virtual_batch_size=32, eps=1e-5, momentum=0.1, affine=True,
+                 track_running_stats=True):
+        super().__init__()
+        self.num_features, self.virtual_batch_size = num_features, virtual_batch_size
+        self.eps, self.momentum, self.affine = eps, momentum, affine
+        self.track_running_stats = track_running_stats
+        if affine:
+            self.weight = nn.Parameter(torch.ones(num_features))
+            self.bias = nn.Parameter(torch.zeros(num_features))
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+        if track_running_stats:
+            self.register_buffer("running_mean", torch.zeros(num_features))
+            self.register_buffer("running_var", torch.ones(num_features))
+            self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+        else:
+            self.register_buffer("running_mean", None)
+            self.register_buffer("running_var", None)
+            self.register_buffer("num_batches_tracked", None)
+
+    def _normalize(self, x):
+        dims = _channel_dims(x)
+        mean = x.mean(dim=dims)
+        var = x.var(dim=dims, unbiased=False)
+        y = (x - _per_channel(mean, x)) / _per_channel(torch.sqrt(var + self.eps), x)
+        if self.affine:
+            y = y * _per_channel(self.weight, x) + _per_channel(self.bias, x)
+        return y, mean, var
+
+    def forward(self, x):
+        _check_bn_input("GhostBatchNorm1d", x, self.num_features)
+        if not self.training and self.track_running_stats:
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                                False, 0.0, self.eps)
+        update = self.training and self.track_running_stats
+        if x.shape[0] == 0:
+            if update:
+                self.num_batches_tracked += 1
+            return x.clone()
+        out = []
+        for chunk in x.split(self.virtual_batch_size):
+            if chunk.numel() // self.num_features == 1:
+                raise ValueError("GhostBatchNorm1d: expected more than 1 value per channel in every virtual batch")
+            y, mean, var = self._normalize(chunk)
+            out.append(y)
+            if update:
+                self.num_batches_tracked += 1
+                n = chunk.numel() // self.num_features
+                f = _momentum_factor(self.momentum, self.num_batches_tracked.item())
+                with torch.no_grad():
+                    self.running_mean.copy_((1 - f) * self.running_mean + f * mean)
+                    self.running_var.copy_((1 - f) * self.running_var + f * var * n / (n - 1))
+        return torch.cat(out)
+
+
 # --------------------------------------------------------------------------- presets
 
 SEED000_BLOCKS = {
@@ -229,6 +428,16 @@ LAYERS = {
     "instancenorm1d": ("instancenorm1d", 0, 1, ("eps", "momentum", "affine", "track_running_stats")),
     "in": ("instancenorm1d", 0, 1, ("eps", "momentum", "affine", "track_running_stats")),
     "unflatten": ("unflatten", 1, 8, ()),
+    # BatchNorm variants
+    "mean_only_batchnorm": ("mean_only_batchnorm", 0, 1, ("affine", "momentum", "track_running_stats")),
+    "meanonlybn": ("mean_only_batchnorm", 0, 1, ("affine", "momentum", "track_running_stats")),
+    "batchrenorm": ("batchrenorm", 0, 1, ("affine", "momentum", "eps", "rmax", "dmax", "schedule", "warmup",
+                                          "rmax_ramp", "dmax_ramp")),
+    "brn": ("batchrenorm", 0, 1, ("affine", "momentum", "eps", "rmax", "dmax", "schedule", "warmup",
+                                  "rmax_ramp", "dmax_ramp")),
+    "ghostbatchnorm": ("ghostbatchnorm", 0, 1, ("virtual_batch_size", "affine", "momentum", "eps",
+                                                "track_running_stats")),
+    "gbn": ("ghostbatchnorm", 0, 1, ("virtual_batch_size", "affine", "momentum", "eps", "track_running_stats")),
 }
 
 
@@ -420,6 +629,23 @@ def build_layer(item, shape):
         if len(shape) < 2 or math.prod(sizes) != shape[1]:
             raise SpecError(f"unflatten{tuple(sizes)} cannot split dim 1 of shape {shape}")
         return nn.Unflatten(1, tuple(sizes)), [shape[0]] + list(sizes) + shape[2:]
+    if kind in ("mean_only_batchnorm", "batchrenorm", "ghostbatchnorm"):
+        if sizes and sizes[0] != shape[1]:
+            raise SpecError(f"{item['layer']}({sizes[0]}) expects {sizes[0]} channels, got shape {shape}")
+        momentum = opt.get("momentum", "0.1")
+        momentum = None if momentum.lower() == "none" else float(momentum)
+        affine = boolean(opt.get("affine", "true"))
+        track = boolean(opt.get("track_running_stats", "true"))
+        if kind == "mean_only_batchnorm":
+            return MeanOnlyBatchNorm1d(shape[1], momentum=momentum, affine=affine, track_running_stats=track), shape
+        if kind == "ghostbatchnorm":
+            return GhostBatchNorm1d(shape[1], int(opt.get("virtual_batch_size", "32")), eps=eps, momentum=momentum,
+                                    affine=affine, track_running_stats=track), shape
+        paper = opt.get("schedule", "none").lower() == "paper"
+        steps = {k: int(opt.get(k, default if paper else 0))
+                 for k, default in (("warmup", 5000), ("rmax_ramp", 35000), ("dmax_ramp", 20000))}
+        return BatchRenorm1d(shape[1], eps=eps, momentum=momentum, affine=affine, rmax=float(opt.get("rmax", "3")),
+                             dmax=float(opt.get("dmax", "5")), **steps), shape
     raise SpecError(f"unhandled layer {kind}")
 
 

@@ -696,6 +696,23 @@ std::vector<Case> spec_cases() {
       {"spec: instancenorm1d on a 2-D input",
        model("flatten, linear(10), instancenorm1d"),
        {"instancenorm1d", "3-D (N, C, L)", "(2, 10)"}},
+      // BatchNorm variants
+      {"spec: batchrenorm rmax below 1",
+       model("flatten, linear(8), batchrenorm(rmax=0.5)"),
+       {"rmax must be a finite number >= 1", "'0.5'"}},
+      {"spec: batchrenorm unknown schedule",
+       model("flatten, linear(8), brn(schedule=cosine)"),
+       {"schedule must be paper", "'cosine'"}},
+      {"spec: batchrenorm fractional warmup",
+       model("flatten, linear(8), brn(warmup=1.5)"),
+       {"warmup must be a whole number of steps", "'1.5'"}},
+      {"spec: ghostbatchnorm zero virtual batch",
+       model("flatten, linear(8), gbn(virtual_batch_size=0)"),
+       {"gbn(virtual_batch_size=0)", "got 0"}},
+      {"spec: ghostbatchnorm last virtual batch of one sample",
+       train({{"--model",
+               "flatten, linear(8), relu, ghostbatchnorm(virtual_batch_size=3), linear(10)"}}),
+       {"GhostBatchNorm1d(8, virtual_batch_size=3)", "16 = 5 x 3 + 1"}},
   };
 }
 

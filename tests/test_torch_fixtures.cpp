@@ -27,6 +27,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "bn_family_fixture_build.hpp"
 #include "normlab/layers.hpp"
 #include "normlab/notebook_layers.hpp"
 #include "normlab/sequential.hpp"
@@ -134,6 +135,7 @@ LayerPtr<T> build(const json& spec, Rng& rng) {
     for (const json& child : c.at("children")) s->add(build<T>(child, rng), child.at("name"));
     return s;
   }
+  if (auto l = test::build_bn_family<T>(kind, c)) return l;  // BatchNorm variants
   throw std::runtime_error("unknown layer kind in fixture: " + kind);
 }
 

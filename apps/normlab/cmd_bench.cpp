@@ -27,8 +27,11 @@ struct BenchArgs {
 bench::Kernel parse_kernel(const std::string& name) {
   for (bench::Kernel k : bench::all_kernels())
     if (name == bench::kernel_name(k)) return k;
+  for (bench::Kernel k : bench::bn_family_kernels())
+    if (name == bench::kernel_name(k)) return k;
   fail("--kernels: unknown kernel '", name,
-       "' (expected layernorm, batchnorm, batchnorm_eval, rmsnorm, groupnorm or instancenorm)");
+       "' (expected layernorm, batchnorm, batchnorm_eval, rmsnorm, groupnorm, instancenorm, "
+       "meanonlybn, batchrenorm or ghostbn)");
 }
 
 void run_bench(const BenchArgs& args) {
@@ -80,10 +83,10 @@ void add_bench_command(CLI::App& app) {
   cmd->add_option("--shapes", args->shapes,
                   "Shapes NxD or NxCxL (default 128x512,4096x1024,16384x768)")
       ->delimiter(',');
-  cmd->add_option(
-         "--kernels", args->kernels,
-         "Kernels: layernorm, batchnorm, batchnorm_eval, rmsnorm, groupnorm, instancenorm "
-         "(default: all)")
+  cmd->add_option("--kernels", args->kernels,
+                  "Kernels: layernorm, batchnorm, batchnorm_eval, rmsnorm, groupnorm, instancenorm "
+                  "(the default), and the BatchNorm variants meanonlybn, batchrenorm, ghostbn "
+                  "(training passes)")
       ->delimiter(',');
   cmd->add_option("--cache", args->cache,
                   "warm (same buffers each call), cold (a ring 4x the L3: data from DRAM) or "

@@ -44,11 +44,25 @@ std::vector<BenchShape> default_shapes();  // 128x512, 4096x1024, 16384x768
 // groupnorm: G = gcd(C, 32) groups (32 as in PyTorch's usual GroupNorm(32, C));
 // instancenorm: the training forward of InstanceNorm1d (G = C); on an NxD shape
 // PyTorch's reading of a 2-D input: one unbatched (C, L) = (N, D), no affine.
-enum class Kernel { layernorm, batchnorm_train, batchnorm_eval, rmsnorm, groupnorm, instancenorm };
-// "layernorm", "batchnorm", "batchnorm_eval", "rmsnorm", "groupnorm", "instancenorm"
+enum class Kernel {
+  layernorm,
+  batchnorm_train,
+  batchnorm_eval,
+  rmsnorm,
+  groupnorm,
+  instancenorm,
+  // BatchNorm variants (normlab/bn_family.hpp), training passes; only with --kernels.
+  meanonly_bn,  // "meanonlybn"
+  batchrenorm,  // "batchrenorm": rmax 3, dmax 5, running statistics (0, 1)
+  ghost_bn,     // "ghostbn": virtual batches of 32 rows, BatchNorm's kernels on each
+};
+// "layernorm", "batchnorm", "batchnorm_eval", "rmsnorm", "groupnorm", "instancenorm", ...
 const char* kernel_name(Kernel k);
 int64_t groupnorm_groups(int64_t C);  // the G the groupnorm kernel is timed with
+// The default set: layernorm, batchnorm, batchnorm_eval, rmsnorm, groupnorm, instancenorm
 std::vector<Kernel> all_kernels();
+// The BatchNorm variants, benchmarked when named in --kernels.
+std::vector<Kernel> bn_family_kernels();
 
 enum class Pass { forward, forward_backward };
 const char* pass_name(Pass p);  // "fwd", "fwd+bwd"

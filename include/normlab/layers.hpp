@@ -192,3 +192,4 @@ class Flatten : public Layer<T> {
 #include "normlab/rmsnorm.hpp"  // RMSNorm (issue 10)
 #include "normlab/groupnorm.hpp"
 #include "normlab/unflatten.hpp"
+#include "normlab/bn_family.hpp"  // BatchNorm variants: mean-only, Batch Renorm, Ghost

@@ -35,6 +35,9 @@ enum class LayerKind {
   GroupNorm,
   InstanceNorm1d,
   Unflatten,
+  MeanOnlyBatchNorm,  // BatchNorm variants (normlab/bn_family.hpp)
+  BatchRenorm,
+  GhostBatchNorm,
 };
 
 // One layer of a model with its sizes resolved against an input shape.
@@ -57,6 +60,11 @@ struct LayerPlan {
   GroupNormOptions gn;
   InstanceNormOptions inorm;
   Shape unflatten;  // Unflatten: the sizes dim 1 becomes
+  // BatchNorm variants: mean_only_batchnorm, batchrenorm, ghostbatchnorm (their own
+  // options; ghostbatchnorm takes bn's for the rest).
+  MeanOnlyBatchNormOptions mean_only_bn;
+  BatchRenormOptions renorm;
+  int64_t virtual_batch_size = 32;
 
   std::string child_path() const;  // "network.1": the prefix of this layer's state_dict keys
 };

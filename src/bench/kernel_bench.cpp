@@ -11,6 +11,7 @@
 #include <numeric>
 #include <sstream>
 
+#include "normlab/bn_family_kernels.hpp"
 #include "normlab/error.hpp"
 #include "normlab/groupnorm_kernels.hpp"
 #include "normlab/kernels.hpp"
@@ -121,6 +122,12 @@ const char* kernel_name(Kernel k) {
       return "groupnorm";
     case Kernel::instancenorm:
       return "instancenorm";
+    case Kernel::meanonly_bn:
+      return "meanonlybn";
+    case Kernel::batchrenorm:
+      return "batchrenorm";
+    case Kernel::ghost_bn:
+      return "ghostbn";
   }
   return "?";
 }
@@ -128,6 +135,10 @@ const char* kernel_name(Kernel k) {
 std::vector<Kernel> all_kernels() {
   return {Kernel::layernorm, Kernel::batchnorm_train, Kernel::batchnorm_eval,
           Kernel::rmsnorm,   Kernel::groupnorm,       Kernel::instancenorm};
+}
+
+std::vector<Kernel> bn_family_kernels() {
+  return {Kernel::meanonly_bn, Kernel::batchrenorm, Kernel::ghost_bn};
 }
 
 const char* pass_name(Pass p) {
@@ -186,6 +197,57 @@ NormBuffers& BufferRing::next() {
   return b;
 }
 
+namespace {
+
+// The BatchNorm variants' training passes. Their per-channel extras (r, d,
+// running statistics, Ghost BN's per-virtual-batch statistics) are small and
+// shared by the ring's sets: they stay cached, as in a layer.
+void run_bn_family_pass(Kernel k, Pass p, NormBuffers& b) {
+  const int64_t N = b.shape.N, C = b.shape.D, L = b.shape.L;
+  const float eps = 1e-5f;
+  const bool bwd = p == Pass::forward_backward;
+  if (k == Kernel::meanonly_bn) {
+    meanonly_batchnorm_forward_train(b.y.data(), b.mean.data(), b.x.data(), b.beta.data(), N, C,
+                                     L);
+    if (bwd)
+      meanonly_batchnorm_backward(true, b.dx.data(), b.dbeta.data(), b.dy.data(), N, C, L);
+    return;
+  }
+  if (k == Kernel::batchrenorm) {
+    thread_local std::vector<float> r, d, rm, rv;
+    if (static_cast<int64_t>(r.size()) < C) {
+      r.assign(static_cast<size_t>(C), 1.0f);
+      d.assign(static_cast<size_t>(C), 0.0f);
+      rm.assign(static_cast<size_t>(C), 0.0f);
+      rv.assign(static_cast<size_t>(C), 1.0f);
+    }
+    batchrenorm_forward_train(b.y.data(), b.mean.data(), b.rstd.data(), b.var.data(), r.data(),
+                              d.data(), b.x.data(), b.gamma.data(), b.beta.data(), rm.data(),
+                              rv.data(), 3.0, 5.0, N, C, L, eps);
+    if (bwd)
+      batchrenorm_backward_train(b.dx.data(), b.dgamma.data(), b.dbeta.data(), b.dy.data(),
+                                 b.x.data(), b.mean.data(), b.rstd.data(), r.data(), d.data(),
+                                 b.gamma.data(), N, C, L);
+    return;
+  }
+  constexpr int64_t K = 32;  // ghost_bn: virtual batches of K rows
+  const int64_t G = (N + K - 1) / K;
+  thread_local std::vector<float> mean, rstd, var;
+  if (static_cast<int64_t>(mean.size()) < G * C) {
+    mean.resize(static_cast<size_t>(G * C));
+    rstd.resize(static_cast<size_t>(G * C));
+    var.resize(static_cast<size_t>(G * C));
+  }
+  ghost_batchnorm_forward_train(b.y.data(), mean.data(), rstd.data(), var.data(), b.x.data(),
+                                b.gamma.data(), b.beta.data(), N, C, L, K, eps);
+  if (bwd)
+    ghost_batchnorm_backward_train(b.dx.data(), b.dgamma.data(), b.dbeta.data(), b.dy.data(),
+                                   b.x.data(), mean.data(), rstd.data(), b.gamma.data(), N, C,
+                                   L, K, static_cast<const char*>(nullptr));
+}
+
+}  // namespace
+
 void run_pass(Kernel k, Pass p, NormBuffers& b) {
   const int64_t N = b.shape.N, D = b.shape.D, L = b.shape.L;
   const float eps = 1e-5f;
@@ -242,6 +304,11 @@ void run_pass(Kernel k, Pass p, NormBuffers& b) {
       if (p == Pass::forward_backward)
         rmsnorm_backward(b.dx.data(), L == 1 ? b.dgamma.data() : nullptr, b.dy.data(), b.x.data(),
                          b.rstd.data(), L == 1 ? b.gamma.data() : nullptr, N, D * L);
+      return;
+    case Kernel::meanonly_bn:
+    case Kernel::batchrenorm:
+    case Kernel::ghost_bn:
+      run_bn_family_pass(k, p, b);
       return;
   }
 }

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "kernels/norm_common.hpp"
+#include "normlab/bn_family_kernels.hpp"
 #include "normlab/kernels.hpp"
 
 namespace normlab {
@@ -55,6 +56,22 @@ bool fold_forward(T& shift, T& a, T& b, double m, double m2, double r, const T* 
   return fold_coeff_ok<T>(ac) && dev < fold_big<T> && fold_product_ok<T>(dev, ac) &&
          std::abs(bc) < fold_big<T>;
 }
+
+// The per-channel map of a training forward, from the channel's exact mean m,
+// M2 q, biased variance v and r = 1/sqrt(v + eps): BatchNorm's, y = (x - m) * r
+// * gamma + beta. fold() gives the coefficients of y = (x - shift) * a + b and
+// whether they are safe in T; exact() is y in double, for channels where not.
+// The BatchNorm variants (Batch Renormalization, mean-only BatchNorm) bring
+// their own maps (bn_family below) and share the statistics passes.
+template <typename T>
+struct BnMap {
+  const T* gamma;
+  const T* beta;
+  bool fold(T& shift, T& a, T& b, double m, double q, double /*v*/, double r, int64_t c) const {
+    return fold_forward(shift, a, b, m, q, r, gamma, beta, c);
+  }
+  T exact(T x, double m, double r, int64_t c) const { return exact_y(x, m, r, gamma, beta, c); }
+};
 
 // ---- (N,C): rows split across threads, per-thread per-channel partial sums ----
 
@@ -121,9 +138,9 @@ void add_grad_sums(double* s, double* q, double* p, const T* dy, const T* x, con
 // (x - K)^2 per channel, with K its first row. The one-pass variance
 // S2 - S1^2 / n in double then loses nothing visible in float, and large
 // means stay exact; the threads' (n, mean, M2) are then Chan-merged.
-template <typename T>
-void forward_train_rows(T* y, T* mean, T* rstd, T* var, const T* x, const T* gamma, const T* beta,
-                        int64_t N, int64_t C, T eps) {
+template <typename T, typename Map>
+void forward_train_rows(T* y, T* mean, T* rstd, T* var, const T* x, const Map& map, int64_t N,
+                        int64_t C, T eps) {
   const int threads = detail::kernel_threads(N * C);
   const bool stream = detail::stream_output<T>(N * C);
   const int64_t Cp = detail::padded(C);
@@ -167,7 +184,7 @@ void forward_train_rows(T* y, T* mean, T* rstd, T* var, const T* x, const T* gam
       if (var) var[c] = static_cast<T>(v);
       md[c] = m;
       rd[c] = r;
-      exact[c] = fold_forward(shift[c], a[c], b[c], m, q, r, gamma, beta, c) ? 0.0 : 1.0;
+      exact[c] = map.fold(shift[c], a[c], b[c], m, q, v, r, c) ? 0.0 : 1.0;
     }
     // Rows in plain order: visiting the newest block first (hoping for L3 hits)
     // measured 3-9 % slower here, interleaved in one process (docs/performance.md).
@@ -178,8 +195,7 @@ void forward_train_rows(T* y, T* mean, T* rstd, T* var, const T* x, const T* gam
     if (stream) detail::stream_fence();
     for (int64_t c = 0; c < C; ++c)
       if (exact[c] != 0)
-        for (int64_t r = r0; r < r1; ++r)
-          y[r * C + c] = exact_y(x[r * C + c], md[c], rd[c], gamma, beta, c);
+        for (int64_t r = r0; r < r1; ++r) y[r * C + c] = map.exact(x[r * C + c], md[c], rd[c], c);
   }
 }
 
@@ -313,9 +329,9 @@ void backward_rows(bool train, T* dx, T* dgamma, T* dbeta, const T* dy, const T*
 
 // ---- (N,C,L), L > 1: one thread per channel, segments of L contiguous values ----
 
-template <typename T>
-void forward_train_segments(T* y, T* mean, T* rstd, T* var, const T* x, const T* gamma,
-                            const T* beta, int64_t N, int64_t C, int64_t L, T eps) {
+template <typename T, typename Map>
+void forward_train_segments(T* y, T* mean, T* rstd, T* var, const T* x, const Map& map, int64_t N,
+                            int64_t C, int64_t L, T eps) {
 #pragma omp parallel for schedule(static) num_threads(detail::kernel_threads(N* C* L))
   for (int64_t c = 0; c < C; ++c) {
     const double shift = x[c * L];
@@ -330,12 +346,12 @@ void forward_train_segments(T* y, T* mean, T* rstd, T* var, const T* x, const T*
     rstd[c] = static_cast<T>(r);
     if (var) var[c] = static_cast<T>(v);
     T k, a, b;
-    const bool ok = fold_forward(k, a, b, m, q, r, gamma, beta, c);
+    const bool ok = map.fold(k, a, b, m, q, v, r, c);
     for (int64_t i = 0; i < N; ++i) {
       const T* xs = x + (i * C + c) * L;
       T* ys = y + (i * C + c) * L;
       if (!ok) {
-        for (int64_t l = 0; l < L; ++l) ys[l] = exact_y(xs[l], m, r, gamma, beta, c);
+        for (int64_t l = 0; l < L; ++l) ys[l] = map.exact(xs[l], m, r, c);
         continue;
       }
 #pragma omp simd
@@ -399,10 +415,11 @@ template <typename T>
 void batchnorm_forward_train(T* y, T* mean, T* rstd, T* var, const T* x, const T* gamma,
                              const T* beta, int64_t N, int64_t C, int64_t L, T eps) {
   if (N * C * L == 0) return;
+  const BnMap<T> map{gamma, beta};
   if (L == 1)
-    forward_train_rows(y, mean, rstd, var, x, gamma, beta, N, C, eps);
+    forward_train_rows(y, mean, rstd, var, x, map, N, C, eps);
   else
-    forward_train_segments(y, mean, rstd, var, x, gamma, beta, N, C, L, eps);
+    forward_train_segments(y, mean, rstd, var, x, map, N, C, L, eps);
 }
 
 // y = (x - mean_c) * a_c + beta_c with a_c = gamma_c / sqrt(var_c + eps): one pass.
@@ -496,6 +513,312 @@ void batchnorm_backward_eval(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x
                                             const T*, int64_t, int64_t, int64_t);                 \
   template void batchnorm_backward_eval<T>(T*, T*, T*, const T*, const T*, const T*, const T*,    \
                                            const T*, int64_t, int64_t, int64_t);
+NORMLAB_INSTANTIATE(float)
+NORMLAB_INSTANTIATE(double)
+#undef NORMLAB_INSTANTIATE
+
+// ---- The BatchNorm variants (include/normlab/bn_family_kernels.hpp) ----
+// Their training forwards are BatchNorm's statistics passes with another
+// per-channel map (see BnMap); the backwards are in bn_family_fast.cpp.
+namespace {
+
+// Coefficients of y = (x - shift) * a + b for the map y = (x - m) * ac + bc,
+// with shift = m rounded to T; whether they are safe in T, as fold_forward.
+template <typename T>
+bool fold_map(T& shift, T& a, T& b, double m, double q, double ac, double bc) {
+  shift = static_cast<T>(m);
+  bc -= (m - shift) * ac;
+  a = static_cast<T>(ac);
+  b = static_cast<T>(bc);
+  const double dev = std::sqrt(q) + std::abs(m - shift);
+  return fold_coeff_ok<T>(ac) && dev < fold_big<T> && fold_product_ok<T>(dev, ac) &&
+         std::abs(bc) < fold_big<T>;
+}
+
+// Batch Renormalization: y = gamma * ((x - m) * r_B * rr + dd) + beta, with rr,
+// dd from the channel's batch and running statistics (batchrenorm_correction).
+// Writes rr, dd per channel (T for the backward, double for exact()).
+template <typename T>
+struct RenormMap {
+  const T *gamma, *beta, *running_mean, *running_var;
+  double rmax, dmax, eps;
+  T *r_out, *d_out;
+  double* rr;  // 2 * C: rr, then dd
+  int64_t C;
+  bool fold(T& shift, T& a, T& b, double m, double q, double v, double r, int64_t c) const {
+    double cr, cd;
+    batchrenorm_correction(cr, cd, m, v, running_mean[c], running_var[c], rmax, dmax, eps);
+    r_out[c] = static_cast<T>(cr);
+    d_out[c] = static_cast<T>(cd);
+    rr[c] = cr;
+    rr[C + c] = cd;
+    const double g = gamma ? gamma[c] : 1.0;
+    return fold_map(shift, a, b, m, q, r * cr * g, cd * g + (beta ? beta[c] : 0.0));
+  }
+  T exact(T x, double m, double r, int64_t c) const {
+    double out = (x - m) * r * rr[c] + rr[C + c];
+    if (gamma) out *= gamma[c];
+    if (beta) out += beta[c];
+    return static_cast<T>(out);
+  }
+};
+
+// Mean-only BatchNorm: y = x - m + bias.
+template <typename T>
+struct MeanOnlyMap {
+  const T* bias;
+  bool fold(T& shift, T& a, T& b, double m, double q, double, double, int64_t c) const {
+    return fold_map(shift, a, b, m, q, 1.0, bias ? bias[c] : 0.0);
+  }
+  T exact(T x, double m, double, int64_t c) const {
+    return static_cast<T>((x - m) + (bias ? bias[c] : 0.0));
+  }
+};
+
+template <typename T, typename Map>
+void forward_train_map(T* y, T* mean, T* rstd, T* var, const T* x, const Map& map, int64_t N,
+                       int64_t C, int64_t L, T eps) {
+  if (L == 1)
+    forward_train_rows(y, mean, rstd, var, x, map, N, C, eps);
+  else
+    forward_train_segments(y, mean, rstd, var, x, map, N, C, L, eps);
+}
+
+// Ghost BatchNorm, (N,C): each thread takes whole virtual batches of K rows.
+// Per virtual batch the sums are forward_train_rows' with one thread (the
+// shift is its first row), so the results are BatchNorm's on that batch; the
+// per-channel finish (mean, rstd, fold and its checks) runs as one vector loop
+// over the channels, since with K = 32 rows it is 1/32 of the work, where
+// BatchNorm's scalar finish was measured at half the time. y is streamed when
+// the whole output is large (map_row), as BatchNorm's.
+// (The file is compiled with -fno-math-errno, so that the finish's sqrt vectorizes.)
+template <typename T>
+void ghost_forward_rows(T* y, T* mean, T* rstd, T* var, const T* x, const T* gamma, const T* beta,
+                        int64_t N, int64_t C, int64_t K, T eps) {
+  const int64_t G = (N + K - 1) / K, Cp = detail::padded(C);
+  const bool stream = detail::stream_output<T>(N * C);
+  constexpr double big = fold_big<T>, tiny = static_cast<double>(std::numeric_limits<T>::min());
+  // gamma = 1, beta = 0 where absent, so that the finish is one branch-free vector loop.
+  T* unit = detail::scratch<T, 6>(2 * Cp);
+  std::fill(unit, unit + Cp, T(1));
+  std::fill(unit + Cp, unit + 2 * Cp, T(0));
+  const T* gm = gamma ? gamma : unit;
+  const T* bt = beta ? beta : unit + Cp;
+#pragma omp parallel num_threads(detail::kernel_threads(N* C))
+  {
+    double* w = detail::scratch<double, 4>(6 * Cp);  // shift K, S1, S2, exact mean, rstd, flag
+    double *Kc = w, *S1 = w + Cp, *S2 = w + 2 * Cp, *md = w + 3 * Cp, *rd = w + 4 * Cp;
+    double* flag = w + 5 * Cp;
+    T* f = detail::scratch<T, 5>(3 * Cp);  // shift, a, b of the fold
+    T *shift = f, *a = f + Cp, *b = f + 2 * Cp;
+#pragma omp for schedule(static)
+    for (int64_t g = 0; g < G; ++g) {
+      const int64_t r0 = g * K, r1 = std::min(N, r0 + K);
+      const double n = static_cast<double>(r1 - r0);
+      std::copy(x + r0 * C, x + r0 * C + C, Kc);
+      std::fill(S1, S1 + 2 * Cp, 0.0);
+      add_shifted_sums(S1, S2, x, Kc, r0, r1, C);
+      T* mg = mean + g * C;
+      T* rg = rstd + g * C;
+      T* vg = var + g * C;
+      int any = 0;
+#pragma omp simd reduction(| : any)
+      for (int64_t c = 0; c < C; ++c) {
+        const double s1 = S1[c], m = Kc[c] + s1 / n, q = std::max(0.0, S2[c] - s1 * s1 / n);
+        const double v = q / n, r = 1.0 / std::sqrt(v + eps);
+        mg[c] = static_cast<T>(m);
+        rg[c] = static_cast<T>(r);
+        vg[c] = static_cast<T>(v);
+        md[c] = m;
+        rd[c] = r;
+        const double ac = r * static_cast<double>(gm[c]);
+        const T sh = static_cast<T>(m);
+        const double bc = static_cast<double>(bt[c]) - (m - sh) * ac;
+        shift[c] = sh;
+        a[c] = static_cast<T>(ac);
+        b[c] = static_cast<T>(bc);
+        const double aa = std::abs(ac), dev = std::sqrt(q) + std::abs(m - sh);
+        const int ok = ((aa == 0) | ((aa >= tiny) & (aa < big))) & (dev < big) & (dev * aa < big) &
+                       (std::abs(bc) < big);
+        flag[c] = ok ? 0.0 : 1.0;
+        any |= 1 - ok;
+      }
+      for (int64_t r = r0; r < r1; ++r)
+        detail::map_row(
+            y + r * C, C, stream,
+            [](auto v, auto k, auto ac, auto bc) { return (v - k) * ac + bc; }, x + r * C, shift, a,
+            b);
+      if (any)
+        for (int64_t c = 0; c < C; ++c)
+          if (flag[c] != 0)
+            for (int64_t r = r0; r < r1; ++r)
+              y[r * C + c] = exact_y(x[r * C + c], md[c], rd[c], gamma, beta, c);
+    }
+    if (stream) detail::stream_fence();
+  }
+}
+
+// Ghost BatchNorm's backward, (N,C): each thread takes whole virtual batches;
+// per batch the sums are backward_rows' (add_grad_sums, one thread) and the
+// per-channel finish (fold_backward's arithmetic and checks) one vector loop;
+// dgamma, dbeta go to the thread's sums acc (2 * Cp, zeroed by the caller).
+// A virtual batch in `exact` is computed by ref::batchnorm_backward_train.
+template <typename T>
+void ghost_backward_rows(T* dx, T* acc, int64_t Cp, const T* dy, const T* x, const T* mean,
+                         const T* rstd, const T* gamma, int64_t N, int64_t C, int64_t K,
+                         const char* exact, bool stream) {
+  const int64_t G = (N + K - 1) / K;
+  constexpr double big = fold_big<T>, tiny = static_cast<double>(std::numeric_limits<T>::min());
+  const auto coeff_ok = [=](double v) {
+    const double av = std::abs(v);
+    return (av == 0) | ((av >= tiny) & (av < big));
+  };
+  T* dg = acc;
+  T* db = acc + Cp;
+  double* w = detail::scratch<double, 4>(7 * Cp);  // s, q, p; exact mean, sum dy, sum dy xhat; flag
+  double *S = w, *Q = w + Cp, *P = w + 2 * Cp, *em = w + 3 * Cp, *esdy = w + 4 * Cp;
+  double *esdyx = w + 5 * Cp, *flag = w + 6 * Cp;
+  T* f = detail::scratch<T, 5>(3 * Cp);  // A, Bc, Cc
+  T *A = f, *Bc = f + Cp, *Cc = f + 2 * Cp;
+#pragma omp for schedule(static)
+  for (int64_t g = 0; g < G; ++g) {
+    const int64_t r0 = g * K, r1 = std::min(N, r0 + K);
+    const double M = static_cast<double>(r1 - r0);
+    const T* mg = mean + g * C;
+    const T* rg = rstd + g * C;
+    if (exact && exact[g]) {
+      ref::batchnorm_backward_train(dx ? dx + r0 * C : nullptr, dg, db, dy + r0 * C, x + r0 * C, mg,
+                                    rg, gamma, r1 - r0, C, int64_t{1});
+      continue;
+    }
+    std::fill(S, S + 3 * Cp, 0.0);
+    add_grad_sums(S, Q, P, dy, x, mg, r0, r1, C);
+    int any = 0;
+#pragma omp simd reduction(| : any)
+    for (int64_t c = 0; c < C; ++c) {
+      const double r = rg[c], gm = gamma ? static_cast<double>(gamma[c]) : 1.0, sdy = S[c];
+      const double delta = P[c] / M, sdyx = (Q[c] - delta * sdy) * r;
+      dg[c] += static_cast<T>(sdyx);
+      db[c] += static_cast<T>(sdy);
+      const double ad = gm * r, bc = -ad * r * sdyx / M, cc = -ad * sdy / M - delta * bc;
+      A[c] = static_cast<T>(ad);
+      Bc[c] = static_cast<T>(bc);
+      Cc[c] = static_cast<T>(cc);
+      em[c] = mg[c] + delta;
+      esdy[c] = sdy;
+      esdyx[c] = sdyx;
+      const int ok = coeff_ok(ad) & coeff_ok(bc) & (std::abs(cc) < big);
+      flag[c] = ok ? 0.0 : 1.0;
+      any |= 1 - ok;
+    }
+    if (!dx) continue;
+    const auto exact_one = [&](int64_t r, int64_t c) {
+      const ChannelGrad cg{em[c],
+                           static_cast<double>(rg[c]),
+                           gamma ? static_cast<double>(gamma[c]) : 1.0,
+                           esdy[c],
+                           esdyx[c],
+                           M};
+      dx[r * C + c] = exact_dx(true, x[r * C + c], dy[r * C + c], cg);
+    };
+    for (int64_t r = r0; r < r1; ++r)
+      if (!detail::map_row_finite(
+              dx + r * C, C, stream,
+              [](auto v, auto dv, auto m, auto ac, auto bc, auto cc) {
+                return dv * ac + (v - m) * bc + cc;
+              },
+              x + r * C, dy + r * C, mg, A, Bc, Cc))
+        for (int64_t c = 0; c < C; ++c) exact_one(r, c);
+    if (any)
+      for (int64_t c = 0; c < C; ++c)
+        if (flag[c] != 0)
+          for (int64_t r = r0; r < r1; ++r) exact_one(r, c);
+  }
+}
+
+}  // namespace
+
+template <typename T>
+void ghost_batchnorm_forward_train(T* y, T* mean, T* rstd, T* var, const T* x, const T* gamma,
+                                   const T* beta, int64_t N, int64_t C, int64_t L, int64_t K,
+                                   T eps) {
+  if (N * C * L == 0) return;
+  const int64_t G = (N + K - 1) / K, S = C * L;
+  if (!detail::ghost_by_batches(G, N, C, L)) {  // one virtual batch at a time, all threads on it
+    for (int64_t g = 0; g < G; ++g) {
+      const int64_t n0 = g * K, ng = std::min(K, N - n0);
+      batchnorm_forward_train(y + n0 * S, mean + g * C, rstd + g * C, var + g * C, x + n0 * S,
+                              gamma, beta, ng, C, L, eps);
+    }
+    return;
+  }
+  if (L == 1) return ghost_forward_rows(y, mean, rstd, var, x, gamma, beta, N, C, K, eps);
+#pragma omp parallel for schedule(static) num_threads(detail::kernel_threads(N* C* L))
+  for (int64_t g = 0; g < G; ++g) {  // BatchNorm's segments kernel, on this thread
+    const int64_t n0 = g * K, ng = std::min(K, N - n0);
+    batchnorm_forward_train(y + n0 * S, mean + g * C, rstd + g * C, var + g * C, x + n0 * S, gamma,
+                            beta, ng, C, L, eps);
+  }
+}
+
+template <typename T>
+void ghost_batchnorm_backward_rows(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x,
+                                   const T* mean, const T* rstd, const T* gamma, int64_t N,
+                                   int64_t C, int64_t K, const char* exact) {
+  const int threads = detail::kernel_threads(N * C);
+  const bool stream = detail::stream_output<T>(N * C);
+  const int64_t Cp = detail::padded(C);
+  T* acc = detail::scratch<T, 3>(2 * Cp * threads);
+#pragma omp parallel num_threads(threads)
+  {
+    const int t = omp_get_thread_num();
+    T* mine = acc + 2 * Cp * t;
+    std::fill(mine, mine + 2 * Cp, T(0));
+    ghost_backward_rows(dx, mine, Cp, dy, x, mean, rstd, gamma, N, C, K, exact, stream);
+    if (stream) detail::stream_fence();
+#pragma omp barrier
+#pragma omp for schedule(static)
+    for (int64_t c = 0; c < C; ++c)
+      for (int u = 0; u < omp_get_num_threads(); ++u) {
+        if (dgamma) dgamma[c] += acc[2 * Cp * u + c];
+        if (dbeta) dbeta[c] += acc[2 * Cp * u + Cp + c];
+      }
+  }
+}
+
+template <typename T>
+void batchrenorm_forward_train(T* y, T* mean, T* rstd, T* var, T* r, T* d, const T* x,
+                               const T* gamma, const T* beta, const T* running_mean,
+                               const T* running_var, double rmax, double dmax, int64_t N, int64_t C,
+                               int64_t L, T eps) {
+  if (N * C * L == 0) return;
+  double* rr = detail::scratch<double, 2>(2 * C);
+  const RenormMap<T> map{
+      gamma, beta, running_mean, running_var, rmax, dmax, static_cast<double>(eps), r, d, rr, C};
+  forward_train_map(y, mean, rstd, var, x, map, N, C, L, eps);
+}
+
+template <typename T>
+void meanonly_batchnorm_forward_train(T* y, T* mean, const T* x, const T* bias, int64_t N,
+                                      int64_t C, int64_t L) {
+  if (N * C * L == 0) return;
+  // rstd is computed (with eps = 1, so never a division by 0) and not used.
+  T* rstd = detail::scratch<T, 2>(C);
+  forward_train_map(y, mean, rstd, static_cast<T*>(nullptr), x, MeanOnlyMap<T>{bias}, N, C, L,
+                    T(1));
+}
+
+#define NORMLAB_INSTANTIATE(T)                                                                     \
+  template void batchrenorm_forward_train<T>(T*, T*, T*, T*, T*, T*, const T*, const T*, const T*, \
+                                             const T*, const T*, double, double, int64_t, int64_t, \
+                                             int64_t, T);                                          \
+  template void meanonly_batchnorm_forward_train<T>(T*, T*, const T*, const T*, int64_t, int64_t,  \
+                                                    int64_t);                                      \
+  template void ghost_batchnorm_backward_rows<T>(T*, T*, T*, const T*, const T*, const T*,         \
+                                                 const T*, const T*, int64_t, int64_t, int64_t,    \
+                                                 const char*);                                     \
+  template void ghost_batchnorm_forward_train<T>(T*, T*, T*, T*, const T*, const T*, const T*,     \
+                                                 int64_t, int64_t, int64_t, int64_t, T);
 NORMLAB_INSTANTIATE(float)
 NORMLAB_INSTANTIATE(double)
 #undef NORMLAB_INSTANTIATE

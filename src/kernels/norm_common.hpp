@@ -18,9 +18,17 @@ namespace normlab::detail {
 inline constexpr int64_t kParallelMinElems = int64_t{1} << 14;
 
 // Threads a kernel over n elements will use: the pool's size (the same GNU
-// OpenMP pool oneDNN uses, so the two never oversubscribe) or 1 for small work.
+// OpenMP pool oneDNN uses, so the two never oversubscribe) or 1 for small work,
+// and 1 inside a parallel region (Ghost BatchNorm runs BatchNorm's kernels on
+// its virtual batches from the threads of its own region).
 inline int kernel_threads(int64_t n) {
-  return n >= kParallelMinElems ? omp_get_max_threads() : 1;
+  return n >= kParallelMinElems && !omp_in_parallel() ? omp_get_max_threads() : 1;
+}
+
+// Whether Ghost BatchNorm's threads take whole virtual batches (G of them,
+// over N * C * L values) rather than sharing each one.
+inline bool ghost_by_batches(int64_t G, int64_t N, int64_t C, int64_t L) {
+  return G > 1 && G >= kernel_threads(N * C * L);
 }
 
 // Outputs of at least this many bytes are written with non-temporal stores

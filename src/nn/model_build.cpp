@@ -37,6 +37,12 @@ LayerPtr<T> make_layer(const LayerPlan& p, Rng& rng) {
       return std::make_unique<InstanceNorm1d<T>>(p.in, p.inorm);
     case LayerKind::Unflatten:
       return std::make_unique<Unflatten<T>>(p.unflatten);
+    case LayerKind::MeanOnlyBatchNorm:
+      return std::make_unique<MeanOnlyBatchNorm1d<T>>(p.in, p.mean_only_bn);
+    case LayerKind::BatchRenorm:
+      return std::make_unique<BatchRenorm1d<T>>(p.in, p.renorm);
+    case LayerKind::GhostBatchNorm:
+      return std::make_unique<GhostBatchNorm1d<T>>(p.in, p.virtual_batch_size, p.bn);
   }
   fail("build_model: unhandled layer kind in ", p.source);
 }

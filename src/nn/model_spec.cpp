@@ -93,6 +93,30 @@ const std::vector<LayerInfo>& layer_table() {
        "instancenorm1d([C][, eps=F][, momentum=none|F][, affine=true][, "
        "track_running_stats=true])"},
       {"unflatten", nullptr, LayerKind::Unflatten, 1, 8, {}, "unflatten(D1, D2[, ...])"},
+      {"mean_only_batchnorm",
+       "meanonlybn",
+       LayerKind::MeanOnlyBatchNorm,
+       0,
+       1,
+       {"affine", "momentum", "track_running_stats"},
+       "mean_only_batchnorm([C][, affine=false][, momentum=none|F][, track_running_stats=false])"},
+      {"batchrenorm",
+       "brn",
+       LayerKind::BatchRenorm,
+       0,
+       1,
+       {"affine", "momentum", "eps", "rmax", "dmax", "schedule", "warmup", "rmax_ramp",
+        "dmax_ramp"},
+       "batchrenorm([C][, rmax=F>=1][, dmax=F>=0][, schedule=paper|none][, warmup=STEPS]"
+       "[, rmax_ramp=STEPS][, dmax_ramp=STEPS][, affine=false][, momentum=none|F][, eps=F])"},
+      {"ghostbatchnorm",
+       "gbn",
+       LayerKind::GhostBatchNorm,
+       0,
+       1,
+       {"virtual_batch_size", "affine", "momentum", "eps", "track_running_stats"},
+       "ghostbatchnorm([C][, virtual_batch_size=K][, affine=false][, momentum=none|F][, eps=F]"
+       "[, track_running_stats=false])"},
   };
   return table;
 }
@@ -357,6 +381,10 @@ struct Options {
   std::optional<int64_t> dims;
   std::optional<Shape> shape;
   bool affine_given = false, track_given = false;  // instancenorm1d's defaults are false
+  // BatchNorm variants
+  std::optional<double> rmax, dmax;
+  std::optional<int64_t> warmup, rmax_ramp, dmax_ramp, virtual_batch_size;
+  bool paper_schedule = false;
 };
 
 class OptionReader {
@@ -396,6 +424,13 @@ class OptionReader {
       if (a.key == "shape") o.shape = shape(a);
       if (a.key == "affine") o.affine_given = true;
       if (a.key == "track_running_stats") o.track_given = true;
+      if (a.key == "rmax") o.rmax = bounded(a, 1, "a finite number >= 1");
+      if (a.key == "dmax") o.dmax = bounded(a, 0, "a finite number >= 0");
+      if (a.key == "schedule") o.paper_schedule = schedule(a);
+      if (a.key == "warmup") o.warmup = steps(a);
+      if (a.key == "rmax_ramp") o.rmax_ramp = steps(a);
+      if (a.key == "dmax_ramp") o.dmax_ramp = steps(a);
+      if (a.key == "virtual_batch_size") o.virtual_batch_size = size(a);
     }
     if (o.dims && o.shape) bad(seen["shape"], "give dims= or shape=, not both");
     if (!o.sizes.empty() && (o.dims || o.shape))
@@ -502,6 +537,36 @@ class OptionReader {
     return *v;
   }
 
+  // A number >= lo (rmax, dmax).
+  double bounded(const Arg& a, double lo, const char* what) {
+    const auto v = number(a);
+    if (!v || *v < lo) bad(a.pos, a.key + " must be " + what + ", got '" + a.value.text + "'");
+    return *v;
+  }
+
+  // A count of training steps: a whole number >= 0.
+  int64_t steps(const Arg& a) {
+    const std::string& t = a.value.text;
+    if (t.empty() ||
+        !std::all_of(t.begin(), t.end(),
+                     [](char c) { return std::isdigit(static_cast<unsigned char>(c)); }) ||
+        t.size() > 15)
+      bad(a.pos, a.key + " must be a whole number of steps >= 0 (below 1e15), got '" + t + "'");
+    return std::stoll(t);
+  }
+
+  // Batch Renormalization's schedule: paper (warmup 5000, rmax_ramp 35000,
+  // dmax_ramp 20000) or none.
+  bool schedule(const Arg& a) {
+    const std::string v = lower(a.value.text);
+    if (v == "paper") return true;
+    if (v == "none") return false;
+    bad(a.pos,
+        "schedule must be paper (plain BatchNorm for 5000 steps, rmax reached at 40000 "
+        "and dmax at 25000) or none, got '" +
+            a.value.text + "'");
+  }
+
   const std::string& spec_;
   const Node& n_;
 };
@@ -562,6 +627,23 @@ class Planner {
     if (o.eps) p.bn.eps = p.ln.eps = *o.eps;
     p.ln.elementwise_affine = o.elementwise_affine;
     p.ln.bias = o.bias;
+    p.mean_only_bn.affine = o.affine;
+    p.mean_only_bn.momentum = o.momentum;
+    p.mean_only_bn.track_running_stats = o.track;
+    p.renorm.affine = o.affine;
+    p.renorm.momentum = o.momentum;
+    if (o.eps) p.renorm.eps = *o.eps;
+    if (o.rmax) p.renorm.rmax = *o.rmax;
+    if (o.dmax) p.renorm.dmax = *o.dmax;
+    if (o.paper_schedule) {
+      p.renorm.warmup = 5000;
+      p.renorm.rmax_ramp = 35000;
+      p.renorm.dmax_ramp = 20000;
+    }
+    if (o.warmup) p.renorm.warmup = *o.warmup;
+    if (o.rmax_ramp) p.renorm.rmax_ramp = *o.rmax_ramp;
+    if (o.dmax_ramp) p.renorm.dmax_ramp = *o.dmax_ramp;
+    if (o.virtual_batch_size) p.virtual_batch_size = *o.virtual_batch_size;
     const int64_t last = shape_.back();
     switch (p.kind) {
       case LayerKind::Flatten: {
@@ -594,6 +676,9 @@ class Planner {
         break;
       }
       case LayerKind::BatchNorm:
+      case LayerKind::MeanOnlyBatchNorm:
+      case LayerKind::BatchRenorm:
+      case LayerKind::GhostBatchNorm:
         if (shape_.size() != 2 && shape_.size() != 3)
           mismatch(n, "needs a 2-D (N, C) or 3-D (N, C, L) input");
         p.in = p.out = shape_[1];

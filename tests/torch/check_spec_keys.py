@@ -47,6 +47,11 @@ SPECS = [
     ("flatten, linear(64), gn(8), relu, groupnorm(1, 64, affine=false, eps=1e-3), linear(10)", "28x28"),
     ("gn(4, 28), in(28, affine=true, track_running_stats=true), instancenorm1d(momentum=none), flatten, linear(10)", "28x28"),
     ("unflatten(28, 28), in(track_running_stats=true), in(affine=true), flatten, linear(10)", "784"),
+    # BatchNorm variants
+    ("wnlinear(8), meanonlybn, relu, mean_only_batchnorm(affine=false), mean_only_batchnorm(track_running_stats=false)", "12"),
+    ("linear(8), batchrenorm(rmax=2, dmax=1, schedule=paper), brn(affine=false, momentum=none)", "12"),
+    ("linear(8), ghostbatchnorm(virtual_batch_size=4), gbn(affine=false, track_running_stats=false)", "12"),
+    ("linear(6), meanonlybn, brn, gbn(virtual_batch_size=2)", "3x5"),
 ]
 
 
