@@ -56,7 +56,7 @@ struct LayerPlan {
   // in = out = its element count). Empty in a hand-made plan: {in}.
   Shape norm_shape;
   RMSNormOptions rms;
-  int64_t groups = 0;         // GroupNorm: num_groups (in = out = num_channels)
+  int64_t groups = 0;  // GroupNorm: num_groups (in = out = num_channels)
   GroupNormOptions gn;
   InstanceNormOptions inorm;
   Shape unflatten;  // Unflatten: the sizes dim 1 becomes

@@ -207,10 +207,8 @@ void run_bn_family_pass(Kernel k, Pass p, NormBuffers& b) {
   const float eps = 1e-5f;
   const bool bwd = p == Pass::forward_backward;
   if (k == Kernel::meanonly_bn) {
-    meanonly_batchnorm_forward_train(b.y.data(), b.mean.data(), b.x.data(), b.beta.data(), N, C,
-                                     L);
-    if (bwd)
-      meanonly_batchnorm_backward(true, b.dx.data(), b.dbeta.data(), b.dy.data(), N, C, L);
+    meanonly_batchnorm_forward_train(b.y.data(), b.mean.data(), b.x.data(), b.beta.data(), N, C, L);
+    if (bwd) meanonly_batchnorm_backward(true, b.dx.data(), b.dbeta.data(), b.dy.data(), N, C, L);
     return;
   }
   if (k == Kernel::batchrenorm) {
@@ -242,8 +240,8 @@ void run_bn_family_pass(Kernel k, Pass p, NormBuffers& b) {
                                 b.gamma.data(), b.beta.data(), N, C, L, K, eps);
   if (bwd)
     ghost_batchnorm_backward_train(b.dx.data(), b.dgamma.data(), b.dbeta.data(), b.dy.data(),
-                                   b.x.data(), mean.data(), rstd.data(), b.gamma.data(), N, C,
-                                   L, K, static_cast<const char*>(nullptr));
+                                   b.x.data(), mean.data(), rstd.data(), b.gamma.data(), N, C, L, K,
+                                   static_cast<const char*>(nullptr));
 }
 
 }  // namespace
