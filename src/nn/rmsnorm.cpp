@@ -51,11 +51,7 @@ Shape RMSNorm<T>::output_shape(const Shape& in) const {
 
 template <typename T>
 void RMSNorm<T>::check_input(const Shape& in) const {
-  const size_t k = normalized_shape_.size();
-  if (in.size() < k ||
-      !std::equal(normalized_shape_.begin(), normalized_shape_.end(), in.end() - k))
-    fail(name(), ": expected input ending in ", shape_str(normalized_shape_), ", got shape ",
-         shape_str(in));
+  check_trailing_shape(*this, in, normalized_shape_);
 }
 
 template <typename T>

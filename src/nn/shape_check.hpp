@@ -2,6 +2,7 @@
 // They take the layer itself and build its name only to report an error, so a
 // check in a training step allocates nothing.
 #pragma once
+#include <algorithm>
 #include <string>
 
 #include "normlab/error.hpp"
@@ -15,6 +16,15 @@ int64_t rows_with_last_dim(const L& layer, const Shape& in, int64_t D) {
   if (in.empty() || in.back() != D)
     fail(layer.name(), ": expected input with last dimension ", D, ", got shape ", shape_str(in));
   return D == 0 ? 0 : shape_numel(in) / D;
+}
+
+// An input whose trailing dims must equal `normalized` (LayerNorm, RMSNorm).
+template <typename L>
+void check_trailing_shape(const L& layer, const Shape& in, const Shape& normalized) {
+  const size_t k = normalized.size();
+  if (in.size() < k || !std::equal(normalized.begin(), normalized.end(), in.end() - k))
+    fail(layer.name(), ": expected input ending in ", shape_str(normalized), ", got shape ",
+         shape_str(in));
 }
 
 template <typename L>
