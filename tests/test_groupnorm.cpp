@@ -255,8 +255,11 @@ TEST(GroupNormNumerics, ConstantGroupHugeWeight) {
   // Fast equals ref wherever ref is finite.
   const Result a = run<true>(x, dy, gamma.data(), beta.data(), 1e-5f, d);
   const Result b = run<false>(x, dy, gamma.data(), beta.data(), 1e-5f, d);
-  for (size_t i = 0; i < a.dx.size(); ++i)
-    if (std::isfinite(b.dx[i])) EXPECT_NEAR(a.dx[i], b.dx[i], 1e-5 * std::abs(b.dx[i]) + 1e-30);
+  for (size_t i = 0; i < a.dx.size(); ++i) {
+    if (std::isfinite(b.dx[i])) {
+      EXPECT_NEAR(a.dx[i], b.dx[i], 1e-5 * std::abs(b.dx[i]) + 1e-30);
+    }
+  }
 }
 
 // ---- invariants ----

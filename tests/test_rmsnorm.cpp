@@ -200,11 +200,14 @@ void check_edge(const EdgeCase& c) {
       }
     }
   }
-  if (g)
-    for (int64_t d = 0; d < D; ++d)
-      if (std::abs(dg_want[d]) < FLT_MAX)
+  if (g) {
+    for (int64_t d = 0; d < D; ++d) {
+      if (std::abs(dg_want[d]) < FLT_MAX) {
         EXPECT_LE(std::abs(LD(dg[d]) - dg_want[d]), 1e-5L * dg_scale[d] + FLT_MIN)
             << "dgamma " << d;
+      }
+    }
+  }
 }
 
 std::vector<float> rows(int64_t N, int64_t D, uint64_t seed, double scale, double mean = 0) {
