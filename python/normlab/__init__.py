@@ -53,6 +53,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from . import _normlab
+from .train import Model, default_data_dir  # noqa: E402  (the training API)
 
 __version__ = "0.1.0"
 __all__ = [
@@ -63,6 +64,8 @@ __all__ = [
     "native_batch_norm",
     "native_batch_norm_backward",
     "build_summary",
+    "Model",
+    "default_data_dir",
     "rms_norm",
     "native_rms_norm",
     "native_rms_norm_backward",
