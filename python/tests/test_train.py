@@ -26,9 +26,8 @@ def test_train_evaluate_save_load(mnist, tmp_path):
     history = model.train(tmp_path / "run", epochs=1, batch_size=64, limit_train=3000,
                           limit_test=1000, seed=1, on_epoch=lambda *a: seen.append(a))
     assert len(history) == 1 and len(seen) == 1
-    assert sorted(os.listdir(tmp_path / "run")) == [
-        "accuracy.png", "checkpoint.safetensors", "loss.png", "metrics.jsonl",
-        "model.safetensors"] or "metrics.jsonl" in os.listdir(tmp_path / "run")
+    files = set(os.listdir(tmp_path / "run"))  # and the plots when gnuplot is installed
+    assert {"checkpoint.safetensors", "metrics.jsonl", "model.safetensors"} <= files
     line = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
     assert line["epoch"] == 1
     assert history[0]["test_accuracy"] > 0.6  # chance is 0.1
