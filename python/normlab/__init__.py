@@ -88,7 +88,7 @@ def build_summary() -> str:
 
 
 def _is_torch(x) -> bool:
-    return type(x).__module__.split(".")[0] == "torch"
+    return type(x).__module__.startswith("torch")
 
 
 def _arg(fn: str, name: str, x, optional: bool = False):
@@ -98,7 +98,13 @@ def _arg(fn: str, name: str, x, optional: bool = False):
             return None
         raise TypeError(f"{fn}: {name} must be an array, got None")
     if _is_torch(x):
-        return x.detach() if x.requires_grad else x
+        t = x.detach() if x.requires_grad else x
+        if t.device.type != "cpu":
+            raise TypeError(f"{fn}: {name} is on {t.device}; normlab's kernels run on the CPU")
+        try:  # a NumPy view of the same memory: much cheaper to pass than torch's __dlpack__
+            return t.numpy()
+        except (TypeError, RuntimeError):  # bfloat16, conjugate bits, ...: DLPack's own errors
+            return t
     if hasattr(x, "__dlpack__") or hasattr(x, "__array_interface__"):
         return x
     raise TypeError(f"{fn}: {name} must be a NumPy array or a DLPack tensor, got {type(x).__name__}")
