@@ -233,3 +233,12 @@ def test_swap_one_line_and_train():
         loss.backward()
         opt.step()
     assert (model(x).argmax(1) == y).float().mean() > 0.9
+
+
+def test_device_and_dtype_errors_name_the_argument():
+    import normlab
+
+    with pytest.raises(TypeError, match="input is on meta; normlab's kernels run on the CPU"):
+        normlab.group_norm(torch.empty(2, 4, device="meta"), 2)
+    with pytest.raises(TypeError, match="rms_norm: input has dtype bfloat16"):
+        normlab.rms_norm(torch.zeros(2, 4, dtype=torch.bfloat16), 4)
