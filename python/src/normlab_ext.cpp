@@ -26,8 +26,11 @@
 #include <tuple>
 #include <vector>
 
+#include "normlab/bn_family_kernels.hpp"
 #include "normlab/build_info.hpp"
+#include "normlab/groupnorm_kernels.hpp"
 #include "normlab/kernels.hpp"
+#include "normlab/rmsnorm.hpp"
 
 namespace nb = nanobind;
 using namespace nb::literals;
@@ -441,11 +444,476 @@ nb::tuple batch_norm_backward(const In& grad_out, const In& input, const std::op
                                              save_mean, save_invstd, train, eps, output_mask);
 }
 
+// ---- RMSNorm: torch.nn.functional.rms_norm; rstd (leading dims, then ones) ----
+
+template <typename T>
+nb::tuple rms_norm_forward_t(const In& x, const Shape& ns, const std::optional<In>& w, double eps) {
+  const Shape in = shape_of(x);
+  auto [N, D] = layer_norm_sizes("rms_norm", in, ns);
+  auto out = new_array<T>(in);
+  auto rstd = new_array<T>(stats_shape(in, ns));
+  if (N > 0) {
+    nb::gil_scoped_release unlocked;  // sums of squares in double: no overflow fallback needed
+    normlab::rmsnorm_forward<T>(out.data(), rstd.data(), static_cast<const T*>(x.data()), ptr<T>(w),
+                                N, D, static_cast<T>(eps));
+  }
+  return nb::make_tuple(out, rstd);
+}
+
+nb::tuple rms_norm_forward(const In& input, const Shape& normalized_shape,
+                           const std::optional<In>& weight, double eps) {
+  const char* fn = "rms_norm";
+  const auto dt = input_dtype(fn, input);
+  check_array(fn, "input", input, dt);
+  layer_norm_sizes(fn, shape_of(input), normalized_shape);
+  check_param(fn, "weight", weight, normalized_shape, dt);
+  if (!(eps >= 0)) throw nb::value_error(cat(fn, ": eps must be >= 0, got ", eps).c_str());
+  return dt == nb::dtype<float>()
+             ? rms_norm_forward_t<float>(input, normalized_shape, weight, eps)
+             : rms_norm_forward_t<double>(input, normalized_shape, weight, eps);
+}
+
+template <typename T>
+nb::tuple rms_norm_backward_t(const In& dy, const In& x, const Shape& ns, const In& rstd,
+                              const std::optional<In>& w, std::array<bool, 2> mask) {
+  const Shape in = shape_of(x);
+  auto [N, D] = layer_norm_sizes("rms_norm_backward", in, ns);
+  std::optional<Out<T>> dxa, dwa;
+  if (mask[0]) dxa = new_array<T>(in);
+  if (mask[1] && w) dwa = new_array<T>(ns, true);
+  if (N > 0 && (dxa || dwa)) {
+    nb::gil_scoped_release unlocked;
+    normlab::rmsnorm_backward<T>(dxa ? dxa->data() : nullptr, dwa ? dwa->data() : nullptr,
+                                 static_cast<const T*>(dy.data()), static_cast<const T*>(x.data()),
+                                 static_cast<const T*>(rstd.data()), ptr<T>(w), N, D);
+  }
+  nb::object dx = nb::none(), dw = nb::none();
+  if (dxa) dx = nb::cast(*dxa);
+  if (dwa) dw = nb::cast(*dwa);
+  return nb::make_tuple(dx, dw);
+}
+
+void check_grad_out(const char* fn, const In& grad_out, const Shape& in, nb::dlpack::dtype dt) {
+  check_array(fn, "grad_out", grad_out, dt);
+  if (shape_of(grad_out) != in)
+    throw nb::value_error(cat(fn, ": grad_out has shape ", shape_str(shape_of(grad_out)),
+                              ", expected the input's ", shape_str(in))
+                              .c_str());
+}
+
+void check_stats(const char* fn, const char* arg, const In& a, int64_t count, const Shape& want,
+                 nb::dlpack::dtype dt) {
+  check_array(fn, arg, a, dt);
+  if (numel(shape_of(a)) != count)
+    throw nb::value_error(cat(fn, ": ", arg, " has shape ", shape_str(shape_of(a)), ", expected ",
+                              count, " values (", shape_str(want), ")")
+                              .c_str());
+}
+
+nb::tuple rms_norm_backward(const In& grad_out, const In& input, const Shape& normalized_shape,
+                            const In& rstd, const std::optional<In>& weight,
+                            std::array<bool, 2> output_mask) {
+  const char* fn = "rms_norm_backward";
+  const auto dt = input_dtype(fn, input);
+  check_array(fn, "input", input, dt);
+  const Shape in = shape_of(input);
+  auto [N, D] = layer_norm_sizes(fn, in, normalized_shape);
+  check_grad_out(fn, grad_out, in, dt);
+  check_stats(fn, "rstd", rstd, N, stats_shape(in, normalized_shape), dt);
+  check_param(fn, "weight", weight, normalized_shape, dt);
+  (void)D;
+  return dt == nb::dtype<float>() ? rms_norm_backward_t<float>(grad_out, input, normalized_shape,
+                                                               rstd, weight, output_mask)
+                                  : rms_norm_backward_t<double>(grad_out, input, normalized_shape,
+                                                                rstd, weight, output_mask);
+}
+
+// ---- GroupNorm: torch.native_group_norm(input, weight, bias, N, C, HxW, group, eps) ----
+
+void group_norm_check(const char* fn, const Shape& in, int64_t N, int64_t C, int64_t HxW,
+                      int64_t group) {
+  if (in.size() < 2)
+    throw nb::value_error(cat(fn, ": input must be (N, C, *), got shape ", shape_str(in)).c_str());
+  if (N < 0 || C <= 0 || HxW < 0 || in[0] != N || in[1] != C || numel(in) != N * C * HxW)
+    throw nb::value_error(
+        cat(fn, ": input of shape ", shape_str(in), " is not N=", N, ", C=", C, ", HxW=", HxW)
+            .c_str());
+  if (group <= 0 || C % group != 0)
+    throw nb::value_error(
+        cat(fn, ": num_groups ", group, " must be positive and divide the number of channels ", C)
+            .c_str());
+}
+
+template <typename T>
+nb::tuple group_norm_forward_t(const In& x, const std::optional<In>& w, const std::optional<In>& b,
+                               int64_t N, int64_t C, int64_t S, int64_t G, double eps) {
+  auto out = new_array<T>(shape_of(x));
+  auto mean = new_array<T>({N, G}, N * S == 0);
+  auto rstd = new_array<T>({N, G}, N * S == 0);
+  if (N * S > 0) {
+    nb::gil_scoped_release unlocked;
+    const T* xp = static_cast<const T*>(x.data());
+    normlab::groupnorm_forward<T>(out.data(), mean.data(), rstd.data(), nullptr, xp, ptr<T>(w),
+                                  ptr<T>(b), N, C, S, G, static_cast<T>(eps));
+    if (stats_overflowed(mean.data(), rstd.data(), N * G))
+      normlab::ref::groupnorm_forward<T>(out.data(), mean.data(), rstd.data(), nullptr, xp,
+                                         ptr<T>(w), ptr<T>(b), N, C, S, G, static_cast<T>(eps));
+  }
+  return nb::make_tuple(out, mean, rstd);
+}
+
+nb::tuple group_norm_forward(const In& input, const std::optional<In>& weight,
+                             const std::optional<In>& bias, int64_t N, int64_t C, int64_t HxW,
+                             int64_t group, double eps) {
+  const char* fn = "group_norm";
+  const auto dt = input_dtype(fn, input);
+  check_array(fn, "input", input, dt);
+  group_norm_check(fn, shape_of(input), N, C, HxW, group);
+  check_param(fn, "weight", weight, {C}, dt);
+  check_param(fn, "bias", bias, {C}, dt);
+  if (!(eps > 0)) throw nb::value_error(cat(fn, ": eps must be positive, got ", eps).c_str());
+  return dt == nb::dtype<float>()
+             ? group_norm_forward_t<float>(input, weight, bias, N, C, HxW, group, eps)
+             : group_norm_forward_t<double>(input, weight, bias, N, C, HxW, group, eps);
+}
+
+template <typename T>
+nb::tuple group_norm_backward_t(const In& dy, const In& x, const In& mean, const In& rstd,
+                                const std::optional<In>& w, int64_t N, int64_t C, int64_t S,
+                                int64_t G, std::array<bool, 3> mask) {
+  std::optional<Out<T>> dxa, dwa, dba;
+  if (mask[0]) dxa = new_array<T>(shape_of(x));
+  if (mask[1]) dwa = new_array<T>({C}, true);
+  if (mask[2]) dba = new_array<T>({C}, true);
+  if (N * S > 0 && (dxa || dwa || dba)) {
+    nb::gil_scoped_release unlocked;
+    normlab::groupnorm_backward<T>(dxa ? dxa->data() : nullptr, dwa ? dwa->data() : nullptr,
+                                   dba ? dba->data() : nullptr, static_cast<const T*>(dy.data()),
+                                   static_cast<const T*>(x.data()),
+                                   static_cast<const T*>(mean.data()),
+                                   static_cast<const T*>(rstd.data()), ptr<T>(w), N, C, S, G);
+  }
+  nb::object dx = nb::none(), dw = nb::none(), db = nb::none();
+  if (dxa) dx = nb::cast(*dxa);
+  if (dwa) dw = nb::cast(*dwa);
+  if (dba) db = nb::cast(*dba);
+  return nb::make_tuple(dx, dw, db);
+}
+
+nb::tuple group_norm_backward(const In& grad_out, const In& input, const In& mean, const In& rstd,
+                              const std::optional<In>& weight, int64_t N, int64_t C, int64_t HxW,
+                              int64_t group, std::array<bool, 3> output_mask) {
+  const char* fn = "group_norm_backward";
+  const auto dt = input_dtype(fn, input);
+  check_array(fn, "input", input, dt);
+  const Shape in = shape_of(input);
+  group_norm_check(fn, in, N, C, HxW, group);
+  check_grad_out(fn, grad_out, in, dt);
+  check_stats(fn, "mean", mean, N * group, {N, group}, dt);
+  check_stats(fn, "rstd", rstd, N * group, {N, group}, dt);
+  check_param(fn, "weight", weight, {C}, dt);
+  return dt == nb::dtype<float>()
+             ? group_norm_backward_t<float>(grad_out, input, mean, rstd, weight, N, C, HxW, group,
+                                            output_mask)
+             : group_norm_backward_t<double>(grad_out, input, mean, rstd, weight, N, C, HxW, group,
+                                             output_mask);
+}
+
+// ---- WeightNorm: torch._weight_norm_interface(v, g, dim) -> (w, norms) ----
+// dim 0: one norm per v[i] (g, norms of shape (O, 1, ..., 1)); dim = the last:
+// one per v[..., j] (shape (1, ..., 1, K)); dim -1: one over all of v (as
+// torch._weight_norm and nn.utils.weight_norm(dim=None); g a scalar or (1,)).
+
+enum class WnMode { rows, columns, whole };
+
+struct WnPlan {
+  WnMode mode;
+  int64_t O, I;
+  Shape norm_shape;
+};
+
+WnPlan weight_norm_plan(const char* fn, const Shape& v, int64_t dim) {
+  const int64_t nd = static_cast<int64_t>(v.size());
+  if (nd == 0) throw nb::value_error(cat(fn, ": v must have at least one dim").c_str());
+  if (dim == -1) return {WnMode::whole, 1, numel(v), Shape{}};
+  if (dim != 0 && dim != nd - 1)
+    throw nb::value_error(cat(fn, ": dim ", dim, " for v of shape ", shape_str(v),
+                              ": normlab supports dim 0, the last dim (", nd - 1,
+                              ") or -1 (the whole tensor)")
+                              .c_str());
+  Shape ns(v.size(), 1);
+  ns[static_cast<size_t>(dim)] = v[static_cast<size_t>(dim)];
+  if (dim == 0) return {WnMode::rows, v[0], numel(v) / std::max<int64_t>(v[0], 1), ns};
+  return {WnMode::columns, numel(v) / std::max<int64_t>(v.back(), 1), v.back(), ns};
+}
+
+void check_g(const char* fn, const In& g, const WnPlan& p, nb::dlpack::dtype dt) {
+  check_array(fn, "g", g, dt);
+  const int64_t want = p.mode == WnMode::whole ? 1 : numel(p.norm_shape);
+  if (numel(shape_of(g)) != want)
+    throw nb::value_error(cat(fn, ": g has shape ", shape_str(shape_of(g)), ", expected ", want,
+                              " values (", shape_str(p.norm_shape), ")")
+                              .c_str());
+}
+
+template <typename T>
+nb::tuple weight_norm_forward_t(const In& v, const In& g, const WnPlan& p) {
+  auto w = new_array<T>(shape_of(v));
+  auto norm = new_array<T>(p.norm_shape);
+  {
+    nb::gil_scoped_release unlocked;
+    const T* vp = static_cast<const T*>(v.data());
+    const T* gp = static_cast<const T*>(g.data());
+    if (p.mode == WnMode::columns)
+      normlab::weightnorm_dim1_forward<T>(w.data(), norm.data(), vp, gp, p.O, p.I);
+    else
+      normlab::weightnorm_forward<T>(w.data(), norm.data(), vp, gp, p.O, p.I,
+                                     p.mode == WnMode::rows);
+  }
+  return nb::make_tuple(w, norm);
+}
+
+nb::tuple weight_norm_forward(const In& v, const In& g, int64_t dim) {
+  const char* fn = "weight_norm";
+  const auto dt = input_dtype(fn, v);
+  check_array(fn, "v", v, dt);
+  const WnPlan p = weight_norm_plan(fn, shape_of(v), dim);
+  check_g(fn, g, p, dt);
+  if (numel(shape_of(v)) == 0)
+    throw nb::value_error(cat(fn, ": v of shape ", shape_str(shape_of(v)), " is empty").c_str());
+  return dt == nb::dtype<float>() ? weight_norm_forward_t<float>(v, g, p)
+                                  : weight_norm_forward_t<double>(v, g, p);
+}
+
+template <typename T>
+nb::tuple weight_norm_backward_t(const In& dw, const In& v, const In& g, const In& norm,
+                                 const WnPlan& p) {
+  auto dv = new_array<T>(shape_of(v), true);
+  auto dg = new_array<T>(shape_of(g), true);
+  {
+    nb::gil_scoped_release unlocked;
+    const T* dwp = static_cast<const T*>(dw.data());
+    const T* vp = static_cast<const T*>(v.data());
+    const T* gp = static_cast<const T*>(g.data());
+    const T* np = static_cast<const T*>(norm.data());
+    if (p.mode == WnMode::columns)
+      normlab::weightnorm_dim1_backward<T>(dv.data(), dg.data(), dwp, vp, gp, np, p.O, p.I);
+    else
+      normlab::weightnorm_backward<T>(dv.data(), dg.data(), dwp, vp, gp, np, p.O, p.I,
+                                      p.mode == WnMode::rows);
+  }
+  return nb::make_tuple(dv, dg);
+}
+
+nb::tuple weight_norm_backward(const In& grad_w, const In& saved_v, const In& saved_g,
+                               const In& saved_norms, int64_t dim) {
+  const char* fn = "weight_norm_backward";
+  const auto dt = input_dtype(fn, saved_v);
+  check_array(fn, "saved_v", saved_v, dt);
+  const Shape vs = shape_of(saved_v);
+  const WnPlan p = weight_norm_plan(fn, vs, dim);
+  check_g(fn, saved_g, p, dt);
+  check_array(fn, "grad_w", grad_w, dt);
+  if (shape_of(grad_w) != vs)
+    throw nb::value_error(cat(fn, ": grad_w has shape ", shape_str(shape_of(grad_w)),
+                              ", expected v's ", shape_str(vs))
+                              .c_str());
+  check_stats(fn, "saved_norms", saved_norms, p.mode == WnMode::whole ? 1 : numel(p.norm_shape),
+              p.norm_shape, dt);
+  return dt == nb::dtype<float>()
+             ? weight_norm_backward_t<float>(grad_w, saved_v, saved_g, saved_norms, p)
+             : weight_norm_backward_t<double>(grad_w, saved_v, saved_g, saved_norms, p);
+}
+
+// ---- The BatchNorm variants (include/normlab/bn_family.hpp), input (N, C) or (N, C, L) ----
+
+NCL bn_variant_sizes(const char* fn, const Shape& in) {
+  if (in.size() != 2 && in.size() != 3)
+    throw nb::value_error(
+        cat(fn, ": input must be (N, C) or (N, C, L), got shape ", shape_str(in)).c_str());
+  return batch_norm_sizes(fn, in);
+}
+
+// Batch Renormalization, training: (output, mean, rstd, var, r, d), all (C,) but output.
+template <typename T>
+nb::tuple batch_renorm_forward_t(const In& x, const std::optional<In>& w,
+                                 const std::optional<In>& b, const In& rm, const In& rv,
+                                 double rmax, double dmax, double eps) {
+  const auto [N, C, L] = batch_norm_sizes("batch_renorm", shape_of(x));
+  auto out = new_array<T>(shape_of(x));
+  auto mean = new_array<T>({C}, true), rstd = new_array<T>({C}, true),
+       var = new_array<T>({C}, true), r = new_array<T>({C}, true), d = new_array<T>({C}, true);
+  if (N * L > 0) {
+    nb::gil_scoped_release unlocked;
+    const T* xp = static_cast<const T*>(x.data());
+    const T* rmp = static_cast<const T*>(rm.data());
+    const T* rvp = static_cast<const T*>(rv.data());
+    normlab::batchrenorm_forward_train<T>(out.data(), mean.data(), rstd.data(), var.data(),
+                                          r.data(), d.data(), xp, ptr<T>(w), ptr<T>(b), rmp, rvp,
+                                          rmax, dmax, N, C, L, static_cast<T>(eps));
+    if (stats_overflowed(mean.data(), rstd.data(), C))
+      normlab::ref::batchrenorm_forward_train<T>(out.data(), mean.data(), rstd.data(), var.data(),
+                                                 r.data(), d.data(), xp, ptr<T>(w), ptr<T>(b), rmp,
+                                                 rvp, rmax, dmax, N, C, L, static_cast<T>(eps));
+  }
+  return nb::make_tuple(out, mean, rstd, var, r, d);
+}
+
+nb::tuple batch_renorm_forward(const In& input, const std::optional<In>& weight,
+                               const std::optional<In>& bias, const In& running_mean,
+                               const In& running_var, double rmax, double dmax, double eps) {
+  const char* fn = "batch_renorm";
+  const auto dt = input_dtype(fn, input);
+  check_array(fn, "input", input, dt);
+  const Shape in = shape_of(input);
+  const auto [N, C, L] = bn_variant_sizes(fn, in);
+  check_param(fn, "weight", weight, {C}, dt);
+  check_param(fn, "bias", bias, {C}, dt);
+  check_param(fn, "running_mean", running_mean, {C}, dt);
+  check_param(fn, "running_var", running_var, {C}, dt);
+  if (N * L == 1)
+    throw nb::value_error(
+        cat(fn, ": expected more than 1 value per channel when training, got input shape ",
+            shape_str(in))
+            .c_str());
+  if (!(rmax >= 1) || !(dmax >= 0) || !(eps > 0))
+    throw nb::value_error(cat(fn, ": need rmax >= 1, dmax >= 0 and eps > 0, got rmax=", rmax,
+                              ", dmax=", dmax, ", eps=", eps)
+                              .c_str());
+  return dt == nb::dtype<float>()
+             ? batch_renorm_forward_t<float>(input, weight, bias, running_mean, running_var, rmax,
+                                             dmax, eps)
+             : batch_renorm_forward_t<double>(input, weight, bias, running_mean, running_var, rmax,
+                                              dmax, eps);
+}
+
+template <typename T>
+nb::tuple batch_renorm_backward_t(const In& dy, const In& x, const std::optional<In>& w,
+                                  const In& mean, const In& rstd, const In& r, const In& d,
+                                  std::array<bool, 3> mask) {
+  const auto [N, C, L] = batch_norm_sizes("batch_renorm_backward", shape_of(x));
+  std::optional<Out<T>> dxa, dwa, dba;
+  if (mask[0]) dxa = new_array<T>(shape_of(x));
+  if (mask[1]) dwa = new_array<T>({C}, true);
+  if (mask[2]) dba = new_array<T>({C}, true);
+  if (N * L > 0 && (dxa || dwa || dba)) {
+    nb::gil_scoped_release unlocked;
+    normlab::batchrenorm_backward_train<T>(
+        dxa ? dxa->data() : nullptr, dwa ? dwa->data() : nullptr, dba ? dba->data() : nullptr,
+        static_cast<const T*>(dy.data()), static_cast<const T*>(x.data()),
+        static_cast<const T*>(mean.data()), static_cast<const T*>(rstd.data()),
+        static_cast<const T*>(r.data()), static_cast<const T*>(d.data()), ptr<T>(w), N, C, L);
+  }
+  nb::object dx = nb::none(), dw = nb::none(), db = nb::none();
+  if (dxa) dx = nb::cast(*dxa);
+  if (dwa) dw = nb::cast(*dwa);
+  if (dba) db = nb::cast(*dba);
+  return nb::make_tuple(dx, dw, db);
+}
+
+nb::tuple batch_renorm_backward(const In& grad_out, const In& input,
+                                const std::optional<In>& weight, const In& save_mean,
+                                const In& save_invstd, const In& r, const In& d,
+                                std::array<bool, 3> output_mask) {
+  const char* fn = "batch_renorm_backward";
+  const auto dt = input_dtype(fn, input);
+  check_array(fn, "input", input, dt);
+  const Shape in = shape_of(input);
+  const auto [N, C, L] = bn_variant_sizes(fn, in);
+  check_grad_out(fn, grad_out, in, dt);
+  check_param(fn, "weight", weight, {C}, dt);
+  check_param(fn, "save_mean", save_mean, {C}, dt);
+  check_param(fn, "save_invstd", save_invstd, {C}, dt);
+  check_param(fn, "r", r, {C}, dt);
+  check_param(fn, "d", d, {C}, dt);
+  (void)N;
+  (void)L;
+  return dt == nb::dtype<float>()
+             ? batch_renorm_backward_t<float>(grad_out, input, weight, save_mean, save_invstd, r, d,
+                                              output_mask)
+             : batch_renorm_backward_t<double>(grad_out, input, weight, save_mean, save_invstd, r,
+                                               d, output_mask);
+}
+
+// Mean-only BatchNorm: training (output, batch mean (C,)); eval with a given mean: (output, mean).
+template <typename T>
+nb::tuple mean_only_forward_t(const In& x, const std::optional<In>& b,
+                              const std::optional<In>& mean_in, bool training) {
+  const auto [N, C, L] = batch_norm_sizes("mean_only_batch_norm", shape_of(x));
+  auto out = new_array<T>(shape_of(x));
+  auto mean = new_array<T>({C}, true);
+  if (!training) std::copy_n(static_cast<const T*>(mean_in->data()), C, mean.data());
+  if (N * L > 0) {
+    nb::gil_scoped_release unlocked;
+    if (training)
+      normlab::meanonly_batchnorm_forward_train<T>(
+          out.data(), mean.data(), static_cast<const T*>(x.data()), ptr<T>(b), N, C, L);
+    else
+      normlab::meanonly_batchnorm_forward_eval<T>(out.data(), static_cast<const T*>(x.data()),
+                                                  mean.data(), ptr<T>(b), N, C, L);
+  }
+  return nb::make_tuple(out, mean);
+}
+
+nb::tuple mean_only_forward(const In& input, const std::optional<In>& bias,
+                            const std::optional<In>& running_mean, bool training) {
+  const char* fn = "mean_only_batch_norm";
+  const auto dt = input_dtype(fn, input);
+  check_array(fn, "input", input, dt);
+  const auto [N, C, L] = bn_variant_sizes(fn, shape_of(input));
+  check_param(fn, "bias", bias, {C}, dt);
+  check_param(fn, "running_mean", running_mean, {C}, dt);
+  if (!training && !running_mean)
+    throw nb::value_error(cat(fn, ": training=False needs running_mean").c_str());
+  (void)N;
+  (void)L;
+  return dt == nb::dtype<float>()
+             ? mean_only_forward_t<float>(input, bias, running_mean, training)
+             : mean_only_forward_t<double>(input, bias, running_mean, training);
+}
+
+template <typename T>
+nb::tuple mean_only_backward_t(const In& dy, bool train, bool with_bias, std::array<bool, 2> mask) {
+  const auto [N, C, L] = batch_norm_sizes("mean_only_batch_norm_backward", shape_of(dy));
+  std::optional<Out<T>> dxa, dba;
+  if (mask[0]) dxa = new_array<T>(shape_of(dy));
+  if (mask[1] && with_bias) dba = new_array<T>({C}, true);
+  if (N * L > 0 && (dxa || dba)) {
+    nb::gil_scoped_release unlocked;
+    std::vector<T> scratch;
+    T* dx = dxa ? dxa->data() : nullptr;
+    if (!dx) {  // the kernel writes dx; a scratch buffer when only dbias is wanted
+      scratch.resize(static_cast<size_t>(N * C * L));
+      dx = scratch.data();
+    }
+    normlab::meanonly_batchnorm_backward<T>(train, dx, dba ? dba->data() : nullptr,
+                                            static_cast<const T*>(dy.data()), N, C, L);
+  }
+  nb::object dx = nb::none(), db = nb::none();
+  if (dxa) dx = nb::cast(*dxa);
+  if (dba) db = nb::cast(*dba);
+  return nb::make_tuple(dx, db);
+}
+
+nb::tuple mean_only_backward(const In& grad_out, bool train, bool with_bias,
+                             std::array<bool, 2> output_mask) {
+  const char* fn = "mean_only_batch_norm_backward";
+  const auto dt = input_dtype(fn, grad_out);
+  check_array(fn, "grad_out", grad_out, dt);
+  bn_variant_sizes(fn, shape_of(grad_out));
+  return dt == nb::dtype<float>()
+             ? mean_only_backward_t<float>(grad_out, train, with_bias, output_mask)
+             : mean_only_backward_t<double>(grad_out, train, with_bias, output_mask);
+}
+
 }  // namespace
 
+void add_training(nb::module_& m);  // train_ext.cpp
+
 NB_MODULE(_normlab, m) {
-  m.doc() = "normlab's LayerNorm and BatchNorm kernels (use the wrappers in normlab)";
+  m.doc() = "normlab's normalization kernels (use the wrappers in normlab)";
   m.def("build_summary", &normlab::build_summary);
+  add_training(m);
   m.def("layer_norm_forward", &layer_norm_forward, "input"_a, "normalized_shape"_a,
         "weight"_a.none(), "bias"_a.none(), "eps"_a);
   m.def("layer_norm_backward", &layer_norm_backward, "grad_out"_a, "input"_a, "normalized_shape"_a,
@@ -455,4 +923,23 @@ NB_MODULE(_normlab, m) {
   m.def("batch_norm_backward", &batch_norm_backward, "grad_out"_a, "input"_a, "weight"_a.none(),
         "running_mean"_a.none(), "running_var"_a.none(), "save_mean"_a.none(),
         "save_invstd"_a.none(), "train"_a, "eps"_a, "output_mask"_a);
+  m.def("rms_norm_forward", &rms_norm_forward, "input"_a, "normalized_shape"_a, "weight"_a.none(),
+        "eps"_a);
+  m.def("rms_norm_backward", &rms_norm_backward, "grad_out"_a, "input"_a, "normalized_shape"_a,
+        "rstd"_a, "weight"_a.none(), "output_mask"_a);
+  m.def("group_norm_forward", &group_norm_forward, "input"_a, "weight"_a.none(), "bias"_a.none(),
+        "N"_a, "C"_a, "HxW"_a, "group"_a, "eps"_a);
+  m.def("group_norm_backward", &group_norm_backward, "grad_out"_a, "input"_a, "mean"_a, "rstd"_a,
+        "weight"_a.none(), "N"_a, "C"_a, "HxW"_a, "group"_a, "output_mask"_a);
+  m.def("weight_norm_forward", &weight_norm_forward, "v"_a, "g"_a, "dim"_a);
+  m.def("weight_norm_backward", &weight_norm_backward, "grad_w"_a, "saved_v"_a, "saved_g"_a,
+        "saved_norms"_a, "dim"_a);
+  m.def("batch_renorm_forward", &batch_renorm_forward, "input"_a, "weight"_a.none(),
+        "bias"_a.none(), "running_mean"_a, "running_var"_a, "rmax"_a, "dmax"_a, "eps"_a);
+  m.def("batch_renorm_backward", &batch_renorm_backward, "grad_out"_a, "input"_a, "weight"_a.none(),
+        "save_mean"_a, "save_invstd"_a, "r"_a, "d"_a, "output_mask"_a);
+  m.def("mean_only_forward", &mean_only_forward, "input"_a, "bias"_a.none(),
+        "running_mean"_a.none(), "training"_a);
+  m.def("mean_only_backward", &mean_only_backward, "grad_out"_a, "train"_a, "with_bias"_a,
+        "output_mask"_a);
 }

@@ -6,7 +6,13 @@ import pytest
 torch = pytest.importorskip("torch")
 import normlab.torch as nt  # noqa: E402
 
-LN_OPTIONS = [dict(), dict(elementwise_affine=False), dict(bias=False), dict(eps=1e-3)]
+TORCH_VERSION = tuple(int(p) for p in torch.__version__.split(".")[:2])
+# nn.LayerNorm's bias argument came in torch 2.1 (Debian's CI torch is 1.13)
+LN_OPTIONS = [dict(), dict(elementwise_affine=False),
+              pytest.param(dict(bias=False), marks=pytest.mark.skipif(
+                  TORCH_VERSION < (2, 1), reason=f"nn.LayerNorm(bias=False) needs torch >= 2.1, "
+                  f"this is {torch.__version__}")),
+              dict(eps=1e-3)]
 BN_OPTIONS = [dict(), dict(affine=False), dict(track_running_stats=False), dict(momentum=None),
               dict(momentum=0.3, eps=1e-3)]
 

@@ -26,7 +26,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import normlab_torch  # noqa: E402
-import safetensors_lite  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
 
 SPEC = ("flatten, linear(64), meanonlybn, relu, linear(32), batchrenorm(rmax=2, dmax=1), relu, "
         "linear(16), ghostbatchnorm(virtual_batch_size=16), relu, linear(10)")
@@ -53,7 +53,7 @@ def main():
                              a.mnist], check=True, capture_output=True, text=True).stdout
         loss, acc = map(float, re.search(r"loss ([0-9.]+)\s+accuracy ([0-9.]+)%", ev).groups())
         module = normlab_torch.build_module(SPEC, (28, 28))
-        module.load_state_dict(safetensors_lite.load_file(os.path.join(tmp, "model.safetensors")),
+        module.load_state_dict(load_file(os.path.join(tmp, "model.safetensors")),
                                strict=True)
     module.eval()
     x = torch.from_numpy(idx(os.path.join(a.mnist, "t10k-images-idx3-ubyte.gz")).astype(np.float32)) / 255
