@@ -110,9 +110,12 @@ template <typename T>
 void syncbn_normalize(T* y, const T* x, const double* mean, const double* rstd, const T* gamma,
                       const T* beta, int64_t N, int64_t C, int64_t L) {
   over_channel_blocks(N, C, L, [&](int64_t cb, int64_t ce) {
-    T m[kChannelBlock], a[kChannelBlock], b[kChannelBlock];
+    // The mean as hi + lo: x - hi is exact for x near the mean (Sterbenz), so
+    // (x - hi) - lo keeps the small spread of values around a large mean.
+    T m[kChannelBlock], ml[kChannelBlock], a[kChannelBlock], b[kChannelBlock];
     for (int64_t c = cb; c < ce; ++c) {
       m[c - cb] = static_cast<T>(mean[c]);
+      ml[c - cb] = static_cast<T>(mean[c] - static_cast<double>(m[c - cb]));
       a[c - cb] = static_cast<T>((gamma ? static_cast<double>(gamma[c]) : 1.0) * rstd[c]);
       b[c - cb] = beta ? beta[c] : T(0);
     }
@@ -121,15 +124,16 @@ void syncbn_normalize(T* y, const T* x, const double* mean, const double* rstd, 
         const T* xr = x + n * C;
         T* yr = y + n * C;
 #pragma omp simd
-        for (int64_t c = cb; c < ce; ++c) yr[c] = (xr[c] - m[c - cb]) * a[c - cb] + b[c - cb];
+        for (int64_t c = cb; c < ce; ++c)
+          yr[c] = ((xr[c] - m[c - cb]) - ml[c - cb]) * a[c - cb] + b[c - cb];
         continue;
       }
       for (int64_t c = cb; c < ce; ++c) {
         const T* xs = x + (n * C + c) * L;
         T* ys = y + (n * C + c) * L;
-        const T mc = m[c - cb], ac = a[c - cb], bc = b[c - cb];
+        const T mc = m[c - cb], mlc = ml[c - cb], ac = a[c - cb], bc = b[c - cb];
 #pragma omp simd
-        for (int64_t l = 0; l < L; ++l) ys[l] = (xs[l] - mc) * ac + bc;
+        for (int64_t l = 0; l < L; ++l) ys[l] = ((xs[l] - mc) - mlc) * ac + bc;
       }
     }
   });
@@ -176,10 +180,11 @@ void syncbn_dx(T* dx, const T* dy, const T* x, const double* mean, const double*
   over_channel_blocks(N, C, L, [&](int64_t cb, int64_t ce) {
     // dx = a dy + b - k (x - mean): a = gamma rstd, b = -a sum_dy / count,
     // k = a rstd^2 sum_dy_xmu / count.
-    T m[kChannelBlock], a[kChannelBlock], b[kChannelBlock], k[kChannelBlock];
+    T m[kChannelBlock], ml[kChannelBlock], a[kChannelBlock], b[kChannelBlock], k[kChannelBlock];
     for (int64_t c = cb; c < ce; ++c) {
       const double ad = (gamma ? static_cast<double>(gamma[c]) : 1.0) * rstd[c];
       m[c - cb] = static_cast<T>(mean[c]);
+      ml[c - cb] = static_cast<T>(mean[c] - static_cast<double>(m[c - cb]));  // as in normalize
       a[c - cb] = static_cast<T>(ad);
       b[c - cb] = static_cast<T>(-ad * sums[2 * c] / count);
       k[c - cb] = static_cast<T>(ad * rstd[c] * rstd[c] * sums[2 * c + 1] / count);
@@ -191,16 +196,16 @@ void syncbn_dx(T* dx, const T* dy, const T* x, const double* mean, const double*
         T* dr = dx + n * C;
 #pragma omp simd
         for (int64_t c = cb; c < ce; ++c)
-          dr[c] = a[c - cb] * gr[c] + b[c - cb] - k[c - cb] * (xr[c] - m[c - cb]);
+          dr[c] = a[c - cb] * gr[c] + b[c - cb] - k[c - cb] * ((xr[c] - m[c - cb]) - ml[c - cb]);
         continue;
       }
       for (int64_t c = cb; c < ce; ++c) {
         const T* xs = x + (n * C + c) * L;
         const T* gs = dy + (n * C + c) * L;
         T* ds = dx + (n * C + c) * L;
-        const T mc = m[c - cb], ac = a[c - cb], bc = b[c - cb], kc = k[c - cb];
+        const T mc = m[c - cb], mlc = ml[c - cb], ac = a[c - cb], bc = b[c - cb], kc = k[c - cb];
 #pragma omp simd
-        for (int64_t l = 0; l < L; ++l) ds[l] = ac * gs[l] + bc - kc * (xs[l] - mc);
+        for (int64_t l = 0; l < L; ++l) ds[l] = ac * gs[l] + bc - kc * ((xs[l] - mc) - mlc);
       }
     }
   });

@@ -139,7 +139,7 @@ const Tensor<T>& SyncBatchNorm<T>::backward(const Tensor<T>& dy) {
       dweight[c] += static_cast<T>(sums_[2 * c + 1] * rstd_[c]);
       dbias[c] += static_cast<T>(sums_[2 * c]);
     }
-  if (!dx) return dx_;
+  if (!this->input_grad_) return dx_;  // (dx is also null for an empty shard)
   // The same collectives on every rank, whatever its shard (input_grad is the
   // same everywhere): dx needs the global sums.
   if (synced_ && used_batch_stats_) {
