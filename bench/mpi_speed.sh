@@ -4,6 +4,8 @@
 #   1 process x 2 threads   vs   mpirun -np 2 x 1 thread   on one seed001 epoch
 #   and the cost of --sync-bn per step (2 ranks, with and without it).
 # Usage: bench/mpi_speed.sh [BUILD_DIR] [LIMIT_TRAIN]  (default build, 60000 = a whole epoch)
+# Ranks yield the CPU while they wait (mpi_yield_when_idle): on a machine with
+# no idle core a spinning rank would steal the time of the one it waits for.
 # Prints the train seconds of each run (normlab's own epoch timer, without
 # evaluation or start-up), samples/s and the ratios.
 set -euo pipefail
@@ -28,8 +30,8 @@ run() {  # run NAME COMMAND...
 }
 echo "seed001, $limit samples ($steps steps of 128), $(nproc) cores"
 run "1 process x 2 threads" "$build/normlab" "${args[@]}" --threads 2
-run "2 ranks x 1 thread" mpirun --oversubscribe --bind-to none -np 2 "$build/normlab" "${args[@]}" --threads 1
-run "2 ranks x 1 thread --sync-bn" mpirun --oversubscribe --bind-to none -np 2 "$build/normlab" "${args[@]}" --threads 1 --sync-bn
+run "2 ranks x 1 thread" mpirun --oversubscribe --bind-to none --mca mpi_yield_when_idle 1 -np 2 "$build/normlab" "${args[@]}" --threads 1
+run "2 ranks x 1 thread --sync-bn" mpirun --oversubscribe --bind-to none --mca mpi_yield_when_idle 1 -np 2 "$build/normlab" "${args[@]}" --threads 1 --sync-bn
 run "1 process x 1 thread" "$build/normlab" "${args[@]}" --threads 1
 python3 - "$work" "$steps" <<'PY'
 import sys
