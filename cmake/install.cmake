@@ -40,6 +40,10 @@ install(FILES "${PROJECT_BINARY_DIR}/normlab-config.cmake"
 # OpenMP: the flag (-fopenmp), which links the compiler's runtime (GNU libgomp;
 # clang's libomp implements the same GOMP_ entry points).
 set(NORMLAB_PC_DEPS "-ldnnl -lz ${OpenMP_CXX_FLAGS}")
+if(NORMLAB_MPI)
+  list(JOIN MPI_CXX_LIBRARIES " " NORMLAB_PC_MPI)
+  string(APPEND NORMLAB_PC_DEPS " ${NORMLAB_PC_MPI}")
+endif()
 if(BUILD_SHARED_LIBS)
   set(NORMLAB_PC_LIBS "-L\${libdir} -lnormlab")
   set(NORMLAB_PC_LIBS_PRIVATE "${NORMLAB_PC_DEPS}")

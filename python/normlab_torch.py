@@ -438,6 +438,8 @@ LAYERS = {
     "ghostbatchnorm": ("ghostbatchnorm", 0, 1, ("virtual_batch_size", "affine", "momentum", "eps",
                                                 "track_running_stats")),
     "gbn": ("ghostbatchnorm", 0, 1, ("virtual_batch_size", "affine", "momentum", "eps", "track_running_stats")),
+    "syncbatchnorm": ("syncbatchnorm", 0, 1, ("affine", "momentum", "eps", "track_running_stats")),
+    "syncbn": ("syncbatchnorm", 0, 1, ("affine", "momentum", "eps", "track_running_stats")),
 }
 
 
@@ -646,6 +648,18 @@ def build_layer(item, shape):
                  for k, default in (("warmup", 5000), ("rmax_ramp", 35000), ("dmax_ramp", 20000))}
         return BatchRenorm1d(shape[1], eps=eps, momentum=momentum, affine=affine, rmax=float(opt.get("rmax", "3")),
                              dmax=float(opt.get("dmax", "5")), **steps), shape
+    if kind == "syncbatchnorm":
+        # torch.nn.SyncBatchNorm: BatchNorm's keys; in one process (no process
+        # group) it computes what BatchNorm does, across ranks normlab's
+        # SyncBatchNorm matches it (include/normlab/syncbn.hpp).
+        if len(shape) not in (2, 3):
+            raise SpecError(f"syncbatchnorm needs a 2-D (N, C) or 3-D (N, C, L) input, got shape {shape}")
+        if sizes and sizes[0] != shape[1]:
+            raise SpecError(f"syncbatchnorm({sizes[0]}) expects {sizes[0]} channels, got shape {shape}")
+        momentum = opt.get("momentum", "0.1")
+        return nn.SyncBatchNorm(shape[1], eps=eps, momentum=None if momentum.lower() == "none" else float(momentum),
+                                affine=boolean(opt.get("affine", "true")),
+                                track_running_stats=boolean(opt.get("track_running_stats", "true"))), shape
     raise SpecError(f"unhandled layer {kind}")
 
 

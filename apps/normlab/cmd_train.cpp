@@ -9,6 +9,7 @@
 
 #include "commands.hpp"
 #include "data_flags.hpp"
+#include "normlab/distributed.hpp"
 #include "normlab/error.hpp"
 #include "normlab/model_spec.hpp"
 #include "normlab/training_run.hpp"
@@ -141,6 +142,9 @@ void add_train_command(CLI::App& app) {
                   "every pre-activation has mean 0 and std 1 on the first training batch; "
                   "wnlinear with dim=0 and a bias only; not redone on --resume)")
       ->capture_default_str();
+  cmd->add_flag("--sync-bn", cfg->sync_bn,
+                "Every BatchNorm becomes a SyncBatchNorm: under mpirun -np K, batch statistics "
+                "of the global batch (docs/distributed.md)");
   cmd->add_option("--progress", *progress, "auto (a bar on a terminal), always or never")
       ->capture_default_str();
 
@@ -160,6 +164,7 @@ void add_train_command(CLI::App& app) {
       c.optim = saved.optim;
       c.weight_norm_keys = saved.weight_norm_keys;
       if (!cmd->count("--wn-init")) c.wn_init = saved.wn_init;
+      if (!cmd->count("--sync-bn")) c.sync_bn = saved.sync_bn;
     }
     if (cmd->count("--weight-norm-keys")) {
       const auto keys = weight_norm_keys_from_name(*wn_keys);
@@ -178,9 +183,11 @@ void add_train_command(CLI::App& app) {
       fail("--progress must be auto, always or never, got '", *progress, "'");
     set_threads(*threads);
     c.dataset = data->dataset;
-    c.data_dir = resolve_data_dir(*data);
+    // Under mpirun every rank says which ranks cannot find their data.
+    agree_on_errors(world(), [&] { c.data_dir = resolve_data_dir(*data); });
     ConsoleObserver observer(*progress == "always" || (*progress == "auto" && isatty(2)));
     const auto history = run_training(c, observer);
+    if (world().rank() != 0) return;  // under mpirun rank 0 speaks
     std::cout << "wrote " << c.out_dir << "/{metrics.jsonl, loss.png, accuracy.png, "
               << "model.safetensors, checkpoint.safetensors}\n";
     (void)history;

@@ -6,6 +6,7 @@
 
 #include "commands.hpp"
 #include "normlab/build_info.hpp"
+#include "normlab/distributed.hpp"
 #include "normlab/error.hpp"
 #include "strict_numbers.hpp"
 #include "wait_policy.hpp"
@@ -41,10 +42,23 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   } catch (const normlab::Error& e) {
-    std::cerr << "normlab: error: " << e.what() << "\n";
+    // Under mpirun, an error only this rank met (not one every rank agreed on)
+    // ends the whole job: the other ranks would wait for it in their next collective.
+    normlab::Communicator* comm = normlab::world_if_parallel();
+    const bool agreed = dynamic_cast<const normlab::AgreedError*>(&e) != nullptr;
+    if (comm && !agreed)
+      std::cerr << "normlab: error (rank " << comm->rank() << " of " << comm->size()
+                << "): " << e.what() << "\n";
+    else
+      std::cerr << "normlab: error: " << e.what() << "\n";
+    if (comm && !agreed) {
+      std::cerr.flush();
+      comm->abort(2);
+    }
     return 2;
   } catch (const std::exception& e) {
     std::cerr << "normlab: internal error: " << e.what() << "\n";
+    if (normlab::Communicator* comm = normlab::world_if_parallel()) comm->abort(3);
     return 3;
   }
   return 0;

@@ -193,3 +193,4 @@ class Flatten : public Layer<T> {
 #include "normlab/groupnorm.hpp"
 #include "normlab/unflatten.hpp"
 #include "normlab/bn_family.hpp"  // BatchNorm variants: mean-only, Batch Renorm, Ghost
+#include "normlab/syncbn.hpp"  // SyncBatchNorm over a Communicator (issue 13)

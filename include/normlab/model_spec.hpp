@@ -38,6 +38,7 @@ enum class LayerKind {
   MeanOnlyBatchNorm,  // BatchNorm variants (normlab/bn_family.hpp)
   BatchRenorm,
   GhostBatchNorm,
+  SyncBatchNorm,  // issue 13 (normlab/syncbn.hpp): BatchNorm over the ranks of world()
 };
 
 // One layer of a model with its sizes resolved against an input shape.

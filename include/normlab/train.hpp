@@ -13,6 +13,7 @@
 #include <utility>
 #include <vector>
 
+#include "normlab/distributed.hpp"
 #include "normlab/error.hpp"
 #include "normlab/layer.hpp"
 #include "normlab/optim.hpp"
@@ -61,6 +62,17 @@ class Trainer {
   EvalResult evaluate(const float* x, const int32_t* labels, int64_t N, int64_t D,
                       int64_t batch_size);
 
+  // Data parallelism (docs/distributed.md): each rank passes its shard of the
+  // global batch to train_step; the step then scales the loss gradient by
+  // shard / global rows (so that the sum over ranks is the gradient of the
+  // global batch's mean loss, for uneven shards too), all-reduces the
+  // parameter gradients (the flat block, in float) before the finiteness check
+  // and the optimizer, and returns the global batch's loss and correct count.
+  // The finiteness checks agree across ranks (every rank throws the same
+  // NonFiniteError step), so --on-nonfinite skip stays in step. Every rank
+  // must call train_step the same number of times. nullptr or one rank: as before.
+  void set_communicator(Communicator* comm) { comm_ = comm && comm->size() > 1 ? comm : nullptr; }
+
   Layer<float>& model() { return model_; }
   Optimizer& optimizer() { return optimizer_; }
 
@@ -73,6 +85,7 @@ class Trainer {
   Tensor<float> batch_;                // (N, D): the copied input batch
   Tensor<float> dlogits_;              // (N, K)
   std::atomic<int64_t> first_bad_{0};  // the parallel scan's smallest hit so far
+  Communicator* comm_ = nullptr;       // set: data-parallel steps
 };
 
 // Loss and accuracy of `model` over N rows in batches of batch_size, in eval

@@ -56,6 +56,10 @@ struct TrainConfig {
   // weight_norm_init.hpp, on the first training batch of epoch 1, once, before
   // the first step; a resumed run takes its weights from the checkpoint).
   std::string wn_init = "pytorch";
+  // Every BatchNorm layer (batchnorm/bn) of the model becomes a SyncBatchNorm
+  // (normlab/syncbn.hpp): under mpirun the batch statistics are those of the
+  // global batch. Same state_dict keys, so checkpoints move between both.
+  bool sync_bn = false;
 };
 
 struct EpochMetrics {
@@ -90,6 +94,16 @@ class TrainingObserver {
   virtual void on_note(const std::string& /*text*/) {}
 };
 
+// Under mpirun (world() has K > 1 ranks; docs/distributed.md) every rank runs
+// this with the same configuration: rank r trains on the contiguous slice
+// [B r / K, B (r + 1) / K) of every global batch of B samples (the batch
+// order is the one-process run's), the weights, buffers and optimizer state
+// start as rank 0's (broadcast), gradients are summed over the ranks by the
+// trainer, and only rank 0 evaluates, reports through the observer and writes
+// the run directory; without --sync-bn each rank's BatchNorm keeps its own
+// running statistics and the files hold rank 0's. Every batch must give each
+// rank a sample (K <= the smallest batch, else an Error on every rank); a data
+// set a rank cannot read is an Error on every rank, naming the rank.
 // Runs (or resumes) the training; returns the metrics of every epoch of the
 // run, including those before a resume. Throws Error on bad configuration,
 // data or checkpoints, and on a non-finite step unless skip_nonfinite (the

@@ -1,4 +1,5 @@
 #include "normlab/build_info.hpp"
+#include "normlab/distributed.hpp"
 
 #include <fstream>
 #include <vector>
@@ -60,7 +61,8 @@ std::string cpu_isa() {
 
 std::string build_summary() {
   return "normlab 0.1.0, kernels for " + build_isa() + " (-march=" + build_arch() +
-         "); CPU: " + cpu_model() + " (" + cpu_isa() + ")";
+         "); CPU: " + cpu_model() + " (" + cpu_isa() +
+         "); mpi: " + (built_with_mpi() ? "yes" : "no");
 }
 
 }  // namespace normlab

@@ -117,6 +117,14 @@ const std::vector<LayerInfo>& layer_table() {
        {"virtual_batch_size", "affine", "momentum", "eps", "track_running_stats"},
        "ghostbatchnorm([C][, virtual_batch_size=K][, affine=false][, momentum=none|F][, eps=F]"
        "[, track_running_stats=false])"},
+      {"syncbatchnorm",
+       "syncbn",
+       LayerKind::SyncBatchNorm,
+       0,
+       1,
+       {"affine", "momentum", "eps", "track_running_stats"},
+       "syncbatchnorm([C][, affine=false][, momentum=none|F][, eps=F][, "
+       "track_running_stats=false])"},
   };
   return table;
 }
@@ -679,6 +687,7 @@ class Planner {
       case LayerKind::MeanOnlyBatchNorm:
       case LayerKind::BatchRenorm:
       case LayerKind::GhostBatchNorm:
+      case LayerKind::SyncBatchNorm:
         if (shape_.size() != 2 && shape_.size() != 3)
           mismatch(n, "needs a 2-D (N, C) or 3-D (N, C, L) input");
         p.in = p.out = shape_[1];

@@ -5,6 +5,8 @@
 
 #include <chrono>
 #include <cmath>
+#include <csignal>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <nlohmann/json.hpp>
@@ -14,6 +16,7 @@
 #include "normlab/atomic_file.hpp"
 #include "normlab/checkpoint.hpp"
 #include "normlab/data.hpp"
+#include "normlab/distributed.hpp"
 #include "normlab/error.hpp"
 #include "normlab/model_spec.hpp"
 #include "normlab/plot.hpp"
@@ -150,6 +153,26 @@ std::set<int64_t> fault_batches() {
   return out;
 }
 
+// Fault injection for the multi-process tests (tests/scripts/mpi_train_test.sh):
+// NORMLAB_DEBUG_KILL_AT="STEP:RANK" makes rank RANK kill itself (SIGKILL, as a
+// crashed machine would vanish) just before training step STEP.
+template <typename... Parts>
+std::string concat(const Parts&... parts) {
+  std::ostringstream os;
+  (os << ... << parts);
+  return os.str();
+}
+
+void debug_fail_at_step(int64_t step, int rank) {
+  static const char* env = std::getenv("NORMLAB_DEBUG_KILL_AT");
+  if (!env) return;
+  long long s = 0;
+  int r = 0;
+  if (std::sscanf(env, "%lld:%d", &s, &r) != 2)
+    fail("NORMLAB_DEBUG_KILL_AT='", env, "': expected STEP:RANK");
+  if (s == step && r == rank) std::raise(SIGKILL);
+}
+
 }  // namespace
 
 TrainConfig config_from_checkpoint(const std::string& path) {
@@ -176,6 +199,7 @@ TrainConfig config_from_checkpoint(const std::string& path) {
     c.weight_norm_keys = *parsed;
     // Absent in checkpoints written before --wn-init existed: PyTorch's init then.
     c.wn_init = cfg.value("wn_init", std::string("pytorch"));
+    c.sync_bn = cfg.value("sync_bn", false);
   } catch (const json::exception& e) {
     fail(path, ": the training configuration in the checkpoint's metadata is damaged (", e.what(),
          ")");
@@ -197,9 +221,19 @@ std::vector<EpochMetrics> run_training(const TrainConfig& cfg, TrainingObserver&
   if (cfg.wn_init != "pytorch" && cfg.wn_init != "data")
     fail("--wn-init must be pytorch or data, got '", cfg.wn_init, "'");
 
+  Communicator& comm = world();
+  const int rank = comm.rank(), ranks = comm.size();
+  const bool lead = rank == 0;  // rank 0 reports and writes; the only one in a plain run
+  TrainingObserver quiet;
+  TrainingObserver& report = lead ? observer : quiet;
+
   // Data first: a bad data directory should fail before anything is written.
-  Dataset train_set = load_dataset(cfg.data_dir, Split::Train);
-  Dataset test_set = load_dataset(cfg.data_dir, Split::Test);
+  // Under mpirun every rank learns which ranks could not read it.
+  Dataset train_set, test_set;
+  agree_on_errors(comm, [&] {
+    train_set = load_dataset(cfg.data_dir, Split::Train);
+    test_set = load_dataset(cfg.data_dir, Split::Test);
+  });
   const int64_t D = train_set.features();
   if (test_set.features() != D)
     fail(test_set.images_file(), ": images have ", test_set.features(),
@@ -214,9 +248,27 @@ std::vector<EpochMetrics> run_training(const TrainConfig& cfg, TrainingObserver&
              ? " (--limit-train " + std::to_string(cfg.limit_train) + ")"
              : " (" + train_set.images_file() + " holds " + std::to_string(train_set.size()) + ")");
   BatchSampler sampler(n_train, cfg.batch_size, /*shuffle=*/true, cfg.seed, LastBatch::MergeSingle);
+  if (ranks > 1) {
+    // Batch sizes do not depend on the epoch: the last one is the smallest
+    // (or, merged with a single leftover sample, the largest).
+    const int64_t smallest =
+        std::min<int64_t>(static_cast<int64_t>(sampler.batch(sampler.num_batches() - 1).size()),
+                          static_cast<int64_t>(sampler.batch(0).size()));
+    // Every rank finds this alike: an agreed error, no rank aborts the job.
+    if (smallest < ranks)
+      throw AgreedError(
+          concat(ranks, " ranks need at least one sample each from every batch, but --batch-size ",
+                 cfg.batch_size, " over ", n_train, " training samples gives a batch of ", smallest,
+                 smallest < cfg.batch_size ? " (the last of each epoch)" : "", "; use at most ",
+                 smallest, " ranks or another --batch-size"));
+  }
 
   Rng rng(cfg.seed);
-  auto model = build_model<float>(cfg.model, Shape{cfg.batch_size, D}, rng);
+  std::vector<LayerPlan> plan = plan_model(cfg.model, Shape{cfg.batch_size, D});
+  if (cfg.sync_bn)
+    for (auto& p : plan)
+      if (p.kind == LayerKind::BatchNorm) p.kind = LayerKind::SyncBatchNorm;
+  auto model = build_model<float>(plan, rng);
   const Shape out_shape = model->output_shape({cfg.batch_size, D});
   if (out_shape.size() != 2 || out_shape[1] != train_set.num_classes())
     fail("model '", cfg.model, "' outputs shape ", shape_str(out_shape),
@@ -226,6 +278,7 @@ std::vector<EpochMetrics> run_training(const TrainConfig& cfg, TrainingObserver&
   auto optimizer = make_optimizer(cfg.optimizer, cfg.optim, model_state);
   std::vector<StateEntry<float>> optim_state = optimizer->state();
   Trainer trainer(*model, *optimizer);
+  trainer.set_communicator(&comm);
 
   const json train_config = {{"model", cfg.model},
                              {"model_spec", resolve_spec(cfg.model)},
@@ -238,7 +291,8 @@ std::vector<EpochMetrics> run_training(const TrainConfig& cfg, TrainingObserver&
                              {"limit_test", cfg.limit_test},
                              {"epochs", cfg.epochs},
                              {"weight_norm_keys", weight_norm_keys_name(cfg.weight_norm_keys)},
-                             {"wn_init", cfg.wn_init}};
+                             {"wn_init", cfg.wn_init},
+                             {"sync_bn", cfg.sync_bn}};
 
   Position pos;
   std::vector<EpochMetrics> history;
@@ -321,6 +375,22 @@ std::vector<EpochMetrics> run_training(const TrainConfig& cfg, TrainingObserver&
         "(weights from the checkpoint)";
   }
 
+  // Every rank starts from rank 0's weights, buffers and optimizer state (the
+  // same seed builds the same model everywhere; this makes it so whatever the
+  // ranks read).
+  if (ranks > 1) {
+    auto share = [&](std::vector<StateEntry<float>>& entries) {
+      for (auto& e : entries) {
+        if (e.value)
+          comm.broadcast(e.value->data(), e.value->numel() * static_cast<int64_t>(sizeof(float)),
+                         0);
+        if (e.count) comm.broadcast(e.count, sizeof(int64_t), 0);
+      }
+    };
+    share(model_state);
+    share(optim_state);
+  }
+
   // Only now, with every input checked, does the run touch the disk. The
   // directories it creates (--out and missing parents, deepest first) go again
   // if it stops before its first save: a refused run leaves nothing behind.
@@ -333,21 +403,24 @@ std::vector<EpochMetrics> run_training(const TrainConfig& cfg, TrainingObserver&
     }
   } cleanup;
   std::error_code ec;
-  for (std::filesystem::path d = cfg.out_dir; !d.empty() && !std::filesystem::exists(d, ec);
-       d = d.parent_path())
-    cleanup.made.push_back(d);
-  std::filesystem::create_directories(cfg.out_dir, ec);
-  if (ec || !std::filesystem::is_directory(cfg.out_dir))
-    fail("--out ", cfg.out_dir, ": cannot create the directory",
-         ec ? ": " + ec.message() : std::string(" (a file of that name exists)"));
-  remove_stale_temporaries(cfg.out_dir, {"metrics.jsonl", "loss.png", "accuracy.png",
-                                         "model.safetensors", "checkpoint.safetensors"});
+  agree_on_errors(comm, [&] {
+    if (!lead) return;
+    for (std::filesystem::path d = cfg.out_dir; !d.empty() && !std::filesystem::exists(d, ec);
+         d = d.parent_path())
+      cleanup.made.push_back(d);
+    std::filesystem::create_directories(cfg.out_dir, ec);
+    if (ec || !std::filesystem::is_directory(cfg.out_dir))
+      fail("--out ", cfg.out_dir, ": cannot create the directory",
+           ec ? ": " + ec.message() : std::string(" (a file of that name exists)"));
+    remove_stale_temporaries(cfg.out_dir, {"metrics.jsonl", "loss.png", "accuracy.png",
+                                           "model.safetensors", "checkpoint.safetensors"});
+  });
 
   int64_t n_params = 0;
   for (const auto& e : model_state)
     if (e.is_param()) n_params += e.value->numel();
-  observer.on_start(model->name(), n_params, n_train, n_test, pos.epoch + 1);
-  if (!wn_init_note.empty()) observer.on_note(wn_init_note);
+  report.on_start(model->name(), n_params, n_train, n_test, pos.epoch + 1);
+  if (!wn_init_note.empty()) report.on_note(wn_init_note);
 
   // The test set stays as bytes too: each evaluation batch is converted when it is used.
   std::vector<int64_t> test_index(static_cast<size_t>(n_test));
@@ -387,6 +460,7 @@ std::vector<EpochMetrics> run_training(const TrainConfig& cfg, TrainingObserver&
   const std::set<int64_t> faults = fault_batches();
   bool saved = !cfg.resume.empty();  // is there a checkpoint of this run on disk?
   auto save = [&](const Position& p) {
+    if (!lead) return;  // rank 0 writes the run directory
     json pj = {{"epoch", p.epoch},     {"batch", p.batch}, {"loss_sum", p.loss_sum},
                {"correct", p.correct}, {"count", p.count}, {"skipped", p.skipped},
                {"curve", p.curve}};
@@ -428,14 +502,18 @@ std::vector<EpochMetrics> run_training(const TrainConfig& cfg, TrainingObserver&
       profile::set_enabled(true);
     }
     for (int64_t b = pos.batch; b < batches; ++b) {
-      const auto idx = sampler.batch(b);
-      const int64_t B = static_cast<int64_t>(idx.size());
+      const auto all = sampler.batch(b);
+      const int64_t B = static_cast<int64_t>(all.size());  // the global batch
+      // This rank's contiguous slice of it (all of it in one process).
+      const int64_t lo = B * rank / ranks, hi = B * (rank + 1) / ranks;
+      const auto idx = all.subspan(static_cast<size_t>(lo), static_cast<size_t>(hi - lo));
       {
         const profile::Scope timer("data");
-        x.resize({B, D});
+        x.resize({hi - lo, D});
         train_set.gather(idx, x.data(), y.data());
       }
-      if (faults.count(epoch * batches + b + 1)) x.data()[0] = NAN;
+      if (faults.count(epoch * batches + b + 1) && lo == 0) x.data()[0] = NAN;
+      debug_fail_at_step(optimizer->steps() + 1, rank);
       if (cfg.skip_nonfinite) {
         for (auto& [t, copy] : buffer_backup)
           std::copy(t->data(), t->data() + t->numel(), copy.data());
@@ -456,7 +534,7 @@ std::vector<EpochMetrics> run_training(const TrainConfig& cfg, TrainingObserver&
         for (auto& [c, copy] : count_backup) *c = copy;
         optimizer->zero_grad();
         ++pos.skipped;
-        observer.on_skipped_step(e.step, e.what());
+        report.on_skipped_step(e.step, e.what());
       } catch (const Error& e) {  // e.g. BatchNorm on a batch of one: say where and which batch
         fail("training stopped at step ", optimizer->steps() + 1, " (epoch ", epoch + 1, ", batch ",
              b + 1, " of ", B, " samples, --batch-size ", cfg.batch_size, "): ", e.what(),
@@ -469,9 +547,9 @@ std::vector<EpochMetrics> run_training(const TrainConfig& cfg, TrainingObserver&
       if (seconds_since(last_report) > 0.2 || b + 1 == batches) {
         last_report = Clock::now();
         const double s = seconds_since(t0);
-        observer.on_progress({epoch + 1, cfg.epochs, b + 1, batches,
-                              pos.count ? pos.loss_sum / pos.count : 0.0, s,
-                              s > 0 ? samples_this_process / s : 0.0});
+        report.on_progress({epoch + 1, cfg.epochs, b + 1, batches,
+                            pos.count ? pos.loss_sum / pos.count : 0.0, s,
+                            s > 0 ? samples_this_process / s : 0.0});
       }
       if (cfg.checkpoint_every && optimizer->steps() % cfg.checkpoint_every == 0 && b + 1 < batches)
         save(pos);
@@ -479,7 +557,8 @@ std::vector<EpochMetrics> run_training(const TrainConfig& cfg, TrainingObserver&
     const double train_seconds = seconds_since(t0);
     profile::set_enabled(false);
     const auto t1 = Clock::now();
-    const EvalResult ev = evaluate_test_set();
+    // Rank 0 evaluates (its running statistics are the saved ones).
+    const EvalResult ev = lead ? evaluate_test_set() : EvalResult{};
     EpochMetrics m;
     m.epoch = epoch + 1;
     m.steps = optimizer->steps();
@@ -496,10 +575,14 @@ std::vector<EpochMetrics> run_training(const TrainConfig& cfg, TrainingObserver&
     pos = Position{};
     pos.epoch = epoch + 1;
     save(pos);
-    write_metrics(cfg.out_dir, history);
-    plot_curves(cfg.out_dir, history, cfg.model + " on " + cfg.dataset);
-    observer.on_epoch(m);
+    if (lead) {
+      write_metrics(cfg.out_dir, history);
+      plot_curves(cfg.out_dir, history, cfg.model + " on " + cfg.dataset);
+    }
+    report.on_epoch(m);
   }
+  // No rank leaves before rank 0 has written the last files (a failure there ends the job).
+  comm.barrier();
   return history;
 }
 

@@ -118,14 +118,25 @@ StepResult Trainer::train_step(const Tensor<float>& x, const int32_t* labels) {
     throw NonFiniteError(step, os.str());
   };
 
+  // Data parallel: the global batch's rows and whether any rank's shard holds
+  // a NaN/inf, agreed before any rank starts the forward pass (whose
+  // SyncBatchNorm layers talk to each other).
+  double global[2] = {static_cast<double>(N), 0.0};
   {
     const profile::Scope timer("input check");
-    if (const int64_t i = first_non_finite(x.data(), x.numel()); i >= 0) {
+    const int64_t i = first_non_finite(x.data(), x.numel());
+    if (comm_) {
+      global[1] = i >= 0 ? 1.0 : 0.0;
+      comm_->allreduce_sum(global, 2);
+    }
+    if (i >= 0) {
       const int64_t D = x.numel() / N;
       std::ostringstream os;
       os << "the input batch holds " << x[i] << " at row " << i / D << ", column " << i % D;
+      if (comm_) os << " of rank " << comm_->rank() << "'s shard";
       non_finite(os.str());
     }
+    if (global[1] > 0) non_finite("the input batch of another rank holds a NaN or infinity");
   }
 
   if (!model_.training()) model_.set_training(true);
@@ -147,19 +158,41 @@ StepResult Trainer::train_step(const Tensor<float>& x, const int32_t* labels) {
         cross_entropy(*logits, std::span<const int32_t>(labels, static_cast<size_t>(N)), &dlogits_);
     r.correct = count_correct(logits->data(), labels, N, logits->dim(1));
   }
+  const double local_loss = r.loss;
+  if (comm_) {
+    const profile::Scope timer("loss allreduce");
+    // This rank's mean becomes its share of the global mean: dlogits too.
+    const double share = static_cast<double>(N) / global[0];
+    const float s = static_cast<float>(share);
+    float* g = dlogits_.data();
+    for (int64_t j = 0; j < dlogits_.numel(); ++j) g[j] *= s;
+    double sums[2] = {r.loss * static_cast<double>(N), static_cast<double>(r.correct)};
+    comm_->allreduce_sum(sums, 2);
+    r.loss = sums[0] / global[0];
+    r.correct = static_cast<int64_t>(std::llround(sums[1]));
+  }
   if (!std::isfinite(r.loss)) {
     std::ostringstream os;
     os << "the loss is " << r.loss;
+    if (comm_ && std::isfinite(local_loss)) os << " (from another rank's shard)";
     // Name the layer whose output first went non-finite (the input was checked above).
-    if (const auto* seq = dynamic_cast<const Sequential<float>*>(&model_))
-      if (const std::string where = seq->locate_non_finite_output(); !where.empty())
-        os << "; " << where;
+    if (!std::isfinite(local_loss))
+      if (const auto* seq = dynamic_cast<const Sequential<float>*>(&model_))
+        if (const std::string where = seq->locate_non_finite_output(); !where.empty())
+          os << "; " << where;
     non_finite(os.str());
   }
 
   {
     const profile::Scope timer("model backward");
     model_.backward(dlogits_);
+  }
+  if (comm_) {
+    // The flat gradient block (parameters and the zeros between them) in one
+    // bucketed all-reduce: the sum of the ranks' shares is the global batch's gradient.
+    const profile::Scope timer("gradient allreduce");
+    const std::span<float> grads = optimizer_.grads();
+    comm_->allreduce_sum(grads.data(), static_cast<int64_t>(grads.size()));
   }
   {
     const profile::Scope timer("gradient check");

@@ -52,6 +52,8 @@ SPECS = [
     ("linear(8), batchrenorm(rmax=2, dmax=1, schedule=paper), brn(affine=false, momentum=none)", "12"),
     ("linear(8), ghostbatchnorm(virtual_batch_size=4), gbn(affine=false, track_running_stats=false)", "12"),
     ("linear(6), meanonlybn, brn, gbn(virtual_batch_size=2)", "3x5"),
+    # SyncBatchNorm (issue 13): torch.nn.SyncBatchNorm's keys
+    ("flatten, linear(8), syncbn, relu, syncbatchnorm(affine=false, momentum=none), syncbn(8, track_running_stats=false)", "12"),
 ]
 
 

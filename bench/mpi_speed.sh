@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Data-parallel speed (docs/distributed.md), all in one invocation so that the
+# ratios are fair on a busy machine:
+#   1 process x 2 threads   vs   mpirun -np 2 x 1 thread   on one seed001 epoch
+#   and the cost of --sync-bn per step (2 ranks, with and without it).
+# Usage: bench/mpi_speed.sh [BUILD_DIR] [LIMIT_TRAIN]  (default build, 60000 = a whole epoch)
+# Ranks yield the CPU while they wait (mpi_yield_when_idle): on a machine with
+# no idle core a spinning rank would steal the time of the one it waits for.
+# Prints the train seconds of each run (normlab's own epoch timer, without
+# evaluation or start-up), samples/s and the ratios.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+build="${1:-build}"
+limit="${2:-60000}"
+mnist="${NORMLAB_TEST_MNIST:-../shared/data/mnist}"
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+args=(train --model seed001 --epochs 1 --data "$mnist" --limit-train "$limit" --limit-test 1000
+      --progress never)
+seconds() { python3 -c "import json; print(json.loads(open('$1/metrics.jsonl').readline())['train_seconds'])"; }
+steps=$(( (limit + 127) / 128 ))
+run() {  # run NAME COMMAND...
+  local name="$1"; shift
+  "$@" --out "$work/$name" >/dev/null 2>"$work/$name.err" || { cat "$work/$name.err"; exit 1; }
+  local s; s=$(seconds "$work/$name")
+  printf "%-34s %8.2f s  %8.0f samples/s  %7.3f ms/step\n" "$name" "$s" \
+    "$(python3 -c "print($limit / $s)")" "$(python3 -c "print(1000 * $s / $steps)")"
+  echo "$s" >"$work/$name.s"
+}
+echo "seed001, $limit samples ($steps steps of 128), $(nproc) cores"
+run "1 process x 2 threads" "$build/normlab" "${args[@]}" --threads 2
+run "2 ranks x 1 thread" mpirun --oversubscribe --bind-to none --mca mpi_yield_when_idle 1 -np 2 "$build/normlab" "${args[@]}" --threads 1
+run "2 ranks x 1 thread --sync-bn" mpirun --oversubscribe --bind-to none --mca mpi_yield_when_idle 1 -np 2 "$build/normlab" "${args[@]}" --threads 1 --sync-bn
+run "1 process x 1 thread" "$build/normlab" "${args[@]}" --threads 1
+python3 - "$work" "$steps" <<'PY'
+import sys
+w, steps = sys.argv[1], int(sys.argv[2])
+t = lambda n: float(open(f"{w}/{n}.s").read())
+one2, two, sync, one1 = (t(n) for n in ("1 process x 2 threads", "2 ranks x 1 thread",
+                                         "2 ranks x 1 thread --sync-bn", "1 process x 1 thread"))
+print(f"2 ranks x 1 thread: {100 * one2 / two:.1f} % of 1 process x 2 threads' throughput (target >= 90 %)")
+print(f"2 ranks x 1 thread: {one1 / two:.2f}x 1 process x 1 thread")
+print(f"SyncBatchNorm cost: {1000 * (sync - two) / steps:+.3f} ms per step "
+      f"({100 * (sync - two) / two:+.1f} % of the step)")
+PY

@@ -1,0 +1,71 @@
+// Data parallelism across processes: the communicator a training run and
+// SyncBatchNorm talk through (docs/distributed.md).
+//
+//   Communicator& comm = world();        // MPI_COMM_WORLD under mpirun, else one process
+//   comm.allreduce_sum(grads, n);        // every rank ends with the sum, in rank order
+//
+// world() is MPI_COMM_WORLD when the build has MPI (NORMLAB_MPI, on when
+// CMake finds it) and the process was started by mpirun (OMPI_COMM_WORLD_SIZE
+// or PMI_SIZE in the environment); otherwise a single-process communicator
+// (rank 0 of 1: every collective is a copy or nothing), so a plain run is as
+// before and costs nothing. MPI's headers stay in src/core/distributed.cpp.
+//
+// For tests, run_simulated_ranks(K, fn) runs fn on K threads, each with its
+// own communicator of a simulated group of K ranks (shared memory and a
+// barrier; the sums add the ranks' values in rank order, as MPI's do for a
+// fixed layout): SyncBatchNorm's gradient checks run without mpirun.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <string>
+
+#include "normlab/error.hpp"
+
+namespace normlab {
+
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  // Element-wise sum over the ranks, in place; every rank must call with the same n.
+  virtual void allreduce_sum(float* data, int64_t n) = 0;
+  virtual void allreduce_sum(double* data, int64_t n) = 0;
+  // recv (bytes * size()) gets every rank's `bytes` bytes, in rank order.
+  virtual void allgather(const void* send, int64_t bytes, void* recv) = 0;
+  // data (bytes) of rank `root` is copied to every rank.
+  virtual void broadcast(void* data, int64_t bytes, int root) = 0;
+  virtual void barrier() = 0;
+  // Ends every rank of the job (MPI_Abort) with this exit code; a single process exits.
+  [[noreturn]] virtual void abort(int code) = 0;
+  // "MPI (3 ranks)", "single process", "simulated (2 ranks)".
+  virtual std::string describe() const = 0;
+};
+
+// The process's communicator (see the top of this file). MPI is initialised on
+// the first call and finalised at exit.
+Communicator& world();
+// Whether this build can talk MPI at all (NORMLAB_MPI).
+bool built_with_mpi();
+// world() if it was already asked for and has more than one rank, else nullptr
+// (the CLI's error handler: a rank that fails alone must end the job).
+Communicator* world_if_parallel();
+
+// What agree_on_errors throws: every rank knows, so no rank needs to abort the job.
+class AgreedError : public Error {
+ public:
+  using Error::Error;
+};
+
+// Runs fn(comm) on K threads (1 <= K <= 64), rank r's comm.rank() == r; rethrows
+// the first exception after all threads end. A rank that throws leaves the
+// others' collectives: they throw too ("a simulated rank failed"), never hang.
+void run_simulated_ranks(int K, const std::function<void(Communicator&)>& fn);
+
+// Runs fn on every rank and agrees on the outcome: if it threw an Error on any
+// rank, every rank throws an Error that names each failing rank and its
+// message ("rank 1 of 3: ..."), so that bad input is reported by every rank and
+// no rank waits in a collective for one that already left. One allgather.
+void agree_on_errors(Communicator& comm, const std::function<void()>& fn);
+
+}  // namespace normlab

@@ -1,0 +1,272 @@
+// The communicators of include/normlab/distributed.hpp: single process,
+// simulated ranks (threads) and, in a build with NORMLAB_MPI, MPI_COMM_WORLD.
+#include "normlab/distributed.hpp"
+
+#include <algorithm>
+#include <condition_variable>
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#ifdef NORMLAB_MPI
+#include <mpi.h>
+#endif
+
+namespace normlab {
+namespace {
+
+class SingleProcess final : public Communicator {
+ public:
+  int rank() const override { return 0; }
+  int size() const override { return 1; }
+  void allreduce_sum(float*, int64_t) override {}
+  void allreduce_sum(double*, int64_t) override {}
+  void allgather(const void* send, int64_t bytes, void* recv) override {
+    if (bytes > 0 && send != recv) std::memmove(recv, send, static_cast<size_t>(bytes));
+  }
+  void broadcast(void*, int64_t, int) override {}
+  void barrier() override {}
+  [[noreturn]] void abort(int code) override { std::exit(code); }
+  std::string describe() const override { return "single process"; }
+};
+
+// ---------------------------------------------------------------- simulated ranks
+
+struct SimulatedGroup {
+  explicit SimulatedGroup(int K) : K(K), slots(static_cast<size_t>(K)) {}
+  const int K;
+  std::mutex m;
+  std::condition_variable cv;
+  int arrived = 0;
+  int64_t generation = 0;
+  bool broken = false;
+  std::vector<const void*> slots;
+
+  void wait() {
+    std::unique_lock<std::mutex> lk(m);
+    if (broken) throw Error("a simulated rank failed");
+    const int64_t g = generation;
+    if (++arrived == K) {
+      arrived = 0;
+      ++generation;
+      cv.notify_all();
+    } else {
+      cv.wait(lk, [&] { return generation != g || broken; });
+      if (generation == g) throw Error("a simulated rank failed");
+    }
+  }
+  void fail() {
+    std::lock_guard<std::mutex> lk(m);
+    broken = true;
+    cv.notify_all();
+  }
+};
+
+class Simulated final : public Communicator {
+ public:
+  Simulated(SimulatedGroup& g, int rank) : g_(g), rank_(rank) {}
+  int rank() const override { return rank_; }
+  int size() const override { return g_.K; }
+  void allreduce_sum(float* data, int64_t n) override { sum(data, n); }
+  void allreduce_sum(double* data, int64_t n) override { sum(data, n); }
+  void allgather(const void* send, int64_t bytes, void* recv) override {
+    g_.slots[rank_] = send;
+    g_.wait();
+    for (int r = 0; r < g_.K; ++r)
+      std::memcpy(static_cast<char*>(recv) + r * bytes, g_.slots[r], static_cast<size_t>(bytes));
+    g_.wait();
+  }
+  void broadcast(void* data, int64_t bytes, int root) override {
+    g_.slots[rank_] = data;
+    g_.wait();
+    if (rank_ != root) std::memcpy(data, g_.slots[root], static_cast<size_t>(bytes));
+    g_.wait();
+  }
+  void barrier() override { g_.wait(); }
+  [[noreturn]] void abort(int code) override {
+    g_.fail();
+    throw Error("simulated rank " + std::to_string(rank_) + " aborted with code " +
+                std::to_string(code));
+  }
+  std::string describe() const override { return "simulated (" + std::to_string(g_.K) + " ranks)"; }
+
+ private:
+  // Rank order: every rank adds the same values in the same order, so all end
+  // with bitwise the same sums.
+  template <typename T>
+  void sum(T* data, int64_t n) {
+    g_.slots[rank_] = data;
+    g_.wait();
+    std::vector<T> out(static_cast<size_t>(n), T(0));
+    for (int r = 0; r < g_.K; ++r) {
+      const T* s = static_cast<const T*>(g_.slots[r]);
+      for (int64_t i = 0; i < n; ++i) out[i] += s[i];
+    }
+    g_.wait();
+    std::copy(out.begin(), out.end(), data);
+  }
+  SimulatedGroup& g_;
+  int rank_;
+};
+
+// ---------------------------------------------------------------- MPI
+
+#ifdef NORMLAB_MPI
+// Largest count per MPI call: counts are int, and buckets of 4 Mi elements
+// (16 MiB of float) keep each message a size the transports stream well.
+constexpr int64_t kBucket = int64_t(1) << 22;
+
+void check(int rc, const char* what) {
+  if (rc != MPI_SUCCESS) {
+    char msg[MPI_MAX_ERROR_STRING];
+    int len = 0;
+    MPI_Error_string(rc, msg, &len);
+    fail("MPI ", what, " failed: ", std::string(msg, static_cast<size_t>(len)));
+  }
+}
+
+class Mpi final : public Communicator {
+ public:
+  Mpi() {
+    int provided = 0;
+    check(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided), "MPI_Init_thread");
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank_);
+    MPI_Comm_size(MPI_COMM_WORLD, &size_);
+    // Errors come back as codes (check() turns them into Errors) instead of
+    // MPI's default of aborting without a word on which call.
+    MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+    std::atexit([] {
+      int finalized = 0;
+      MPI_Finalized(&finalized);
+      if (!finalized) MPI_Finalize();
+    });
+  }
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+  void allreduce_sum(float* data, int64_t n) override { sum(data, n, MPI_FLOAT); }
+  void allreduce_sum(double* data, int64_t n) override { sum(data, n, MPI_DOUBLE); }
+  void allgather(const void* send, int64_t bytes, void* recv) override {
+    check(MPI_Allgather(send, static_cast<int>(bytes), MPI_BYTE, recv, static_cast<int>(bytes),
+                        MPI_BYTE, MPI_COMM_WORLD),
+          "MPI_Allgather");
+  }
+  void broadcast(void* data, int64_t bytes, int root) override {
+    for (int64_t at = 0; at < bytes; at += kBucket)
+      check(
+          MPI_Bcast(static_cast<char*>(data) + at, static_cast<int>(std::min(kBucket, bytes - at)),
+                    MPI_BYTE, root, MPI_COMM_WORLD),
+          "MPI_Bcast");
+  }
+  void barrier() override { check(MPI_Barrier(MPI_COMM_WORLD), "MPI_Barrier"); }
+  [[noreturn]] void abort(int code) override {
+    MPI_Abort(MPI_COMM_WORLD, code);
+    std::_Exit(code);
+  }
+  std::string describe() const override { return "MPI (" + std::to_string(size_) + " ranks)"; }
+
+ private:
+  template <typename T>
+  void sum(T* data, int64_t n, MPI_Datatype type) {
+    for (int64_t at = 0; at < n; at += kBucket)
+      check(MPI_Allreduce(MPI_IN_PLACE, data + at, static_cast<int>(std::min(kBucket, n - at)),
+                          type, MPI_SUM, MPI_COMM_WORLD),
+            "MPI_Allreduce");
+  }
+  int rank_ = 0, size_ = 1;
+};
+
+bool started_by_mpirun() {
+  return std::getenv("OMPI_COMM_WORLD_SIZE") || std::getenv("PMI_SIZE") || std::getenv("PMIX_RANK");
+}
+#endif
+
+Communicator* g_world = nullptr;
+
+}  // namespace
+
+bool built_with_mpi() {
+#ifdef NORMLAB_MPI
+  return true;
+#else
+  return false;
+#endif
+}
+
+Communicator& world() {
+  static const std::unique_ptr<Communicator> w = []() -> std::unique_ptr<Communicator> {
+#ifdef NORMLAB_MPI
+    if (started_by_mpirun()) return std::make_unique<Mpi>();
+#endif
+    return std::make_unique<SingleProcess>();
+  }();
+  g_world = w.get();
+  return *w;
+}
+
+Communicator* world_if_parallel() {
+  return g_world && g_world->size() > 1 ? g_world : nullptr;
+}
+
+void run_simulated_ranks(int K, const std::function<void(Communicator&)>& fn) {
+  if (K < 1 || K > 64) fail("run_simulated_ranks: K must be between 1 and 64, got ", K);
+  SimulatedGroup group(K);
+  std::vector<std::exception_ptr> errors(static_cast<size_t>(K));
+  std::vector<std::thread> threads;
+  for (int r = 0; r < K; ++r)
+    threads.emplace_back([&, r] {
+      Simulated comm(group, r);
+      try {
+        fn(comm);
+      } catch (...) {
+        errors[r] = std::current_exception();
+        group.fail();
+      }
+    });
+  for (auto& t : threads) t.join();
+  // The first rank's own failure, not a "simulated rank failed" of another one.
+  for (const auto& e : errors)
+    if (e) {
+      try {
+        std::rethrow_exception(e);
+      } catch (const Error& err) {
+        if (std::string(err.what()) == "a simulated rank failed") continue;
+        throw;
+      }
+    }
+  for (const auto& e : errors)
+    if (e) std::rethrow_exception(e);
+}
+
+void agree_on_errors(Communicator& comm, const std::function<void()>& fn) {
+  constexpr size_t kMessage = 1024;
+  std::string mine;
+  bool failed = false;
+  try {
+    fn();
+  } catch (const Error& e) {
+    failed = true;
+    mine = e.what();
+  }
+  if (comm.size() == 1) {
+    if (failed) throw Error(mine);
+    return;
+  }
+  std::vector<char> send(kMessage + 1, 0), recv((kMessage + 1) * comm.size(), 0);
+  send[0] = failed ? 1 : 0;
+  std::memcpy(send.data() + 1, mine.data(), std::min(mine.size(), kMessage - 1));
+  comm.allgather(send.data(), static_cast<int64_t>(send.size()), recv.data());
+  std::string all;
+  for (int r = 0; r < comm.size(); ++r) {
+    const char* m = recv.data() + r * (kMessage + 1);
+    if (!m[0]) continue;
+    all += (all.empty() ? "" : "; ") + std::string("rank ") + std::to_string(r) + " of " +
+           std::to_string(comm.size()) + ": " + std::string(m + 1);
+  }
+  if (!all.empty()) throw AgreedError(all);
+}
+
+}  // namespace normlab

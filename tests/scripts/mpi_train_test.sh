@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# Data-parallel training under mpirun on one machine (docs/distributed.md).
+#   mpi_train_test.sh NORMLAB equivalence  K = 2, 3 (uneven shards) equal one process:
+#                                          with --sync-bn the whole checkpoint (weights,
+#                                          running statistics, optimizer state, loss);
+#                                          without it the weights of one process running
+#                                          per-shard BatchNorm (Ghost BN, one ghost a shard)
+#   mpi_train_test.sh NORMLAB fault        a rank SIGKILLed mid-run: the job ends non-zero
+#                                          within seconds, the last checkpoint is intact, and
+#                                          --resume from it (with 3 ranks) ends where an
+#                                          uninterrupted run ends
+#   mpi_train_test.sh NORMLAB badinput     more ranks than a batch has samples; one rank
+#                                          that cannot read the data: an error from every
+#                                          rank, non-zero exit, no hang
+# Exit 77 (skipped, with the reason): no mpirun, a build without MPI, or no MNIST.
+set -uo pipefail
+normlab="$1"
+mode="$2"
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+mnist="${NORMLAB_TEST_MNIST:-$repo/../shared/data/mnist}"
+compare="python3 $repo/tests/scripts/compare_safetensors.py"
+command -v mpirun >/dev/null || { echo "SKIP: mpirun not found (Debian: openmpi-bin)"; exit 77; }
+"$normlab" --version | grep -q "mpi: yes" || { echo "SKIP: normlab was built without MPI"; exit 77; }
+[[ -f "$mnist/train-images-idx3-ubyte.gz" || -f "$mnist/train-images-idx3-ubyte" ]] ||
+  { echo "SKIP: MNIST not found at $mnist"; exit 77; }
+# Open MPI refuses root without these; more ranks than cores need --oversubscribe.
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
+# Under scripts/test-sanitizers: Open MPI's own start-up allocations are never
+# freed (not normlab's); leak checking stays on for every other test.
+[[ -n "${ASAN_OPTIONS:-}" ]] && export ASAN_OPTIONS="$ASAN_OPTIONS:detect_leaks=0"
+mpi() { local k="$1"; shift; timeout 120 mpirun --oversubscribe -np "$k" "$@"; }
+
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+fails=0
+check() {  # check WHAT COMMAND...: runs it, reports
+  local what="$1"; shift
+  if "$@" >"$work/check.log" 2>&1; then echo "ok: $what"; sed 's/^/    /' "$work/check.log"
+  else echo "FAIL: $what"; sed 's/^/    /' "$work/check.log"; fails=$((fails + 1)); fi
+}
+
+spec="flatten, linear(64), relu, bn, linear(32), relu, ln, linear(10)"
+# 1024 samples = 16 batches of 64 a epoch, 32 SGD steps (momentum: every step's gradient counts).
+common=(train --data "$mnist" --epochs 2 --limit-test 1000 --seed 3
+        --batch-size 64 --optimizer sgd --lr 0.1 --momentum 0.9 --threads 1 --progress never)
+tol=(--rtol 5e-3 --atol 1e-4)
+[[ $mode == badinput ]] || common+=(--limit-train 1024)
+
+case "$mode" in
+equivalence)
+  "$normlab" "${common[@]}" --model "$spec" --out "$work/one" >/dev/null || exit 1
+  for k in 2 3; do
+    mpi "$k" "$normlab" "${common[@]}" --model "$spec" --sync-bn --out "$work/sync$k" \
+      >"$work/sync$k.log" 2>&1 || { cat "$work/sync$k.log"; exit 1; }
+    check "$k ranks --sync-bn: checkpoint (weights, running stats, momentum buffers) = 1 process" \
+      $compare "$work/sync$k/checkpoint.safetensors" "$work/one/checkpoint.safetensors" "${tol[@]}"
+    # The loss of every epoch (metrics.jsonl), as printed: the global batch's.
+    check "$k ranks --sync-bn: train and test loss of every epoch = 1 process" python3 - \
+      "$work/sync$k/metrics.jsonl" "$work/one/metrics.jsonl" <<'PY'
+import json, sys
+a = [json.loads(l) for l in open(sys.argv[1])]
+b = [json.loads(l) for l in open(sys.argv[2])]
+for x, y in zip(a, b):
+    for k in ("train_loss", "test_loss", "train_accuracy", "test_accuracy"):
+        print(k, x[k], y[k])
+        assert abs(x[k] - y[k]) <= 1e-3 * max(1, abs(y[k])), k
+assert len(a) == len(b) == 2
+PY
+    [[ $(grep -c "^epoch" "$work/sync$k.log") == 2 ]] || { echo "FAIL: only rank 0 should print (got:)"; cat "$work/sync$k.log"; fails=$((fails + 1)); }
+  done
+  # Without --sync-bn each rank normalizes with its own 32 samples: one process
+  # with Ghost BatchNorm over virtual batches of 32 computes the same weights
+  # (running statistics differ: the files hold rank 0's).
+  "$normlab" "${common[@]}" --model "${spec/bn/gbn(virtual_batch_size=32)}" --out "$work/ghost" >/dev/null || exit 1
+  mpi 2 "$normlab" "${common[@]}" --model "$spec" --out "$work/plain2" >/dev/null 2>&1 || exit 1
+  check "2 ranks, per-rank BatchNorm: weights = 1 process with per-shard (ghost) BatchNorm" \
+    $compare "$work/plain2/checkpoint.safetensors" "$work/ghost/checkpoint.safetensors" \
+    "${tol[@]}" --keys '(weight|bias)$'
+  # A model that learns: MNIST accuracy far above chance (10 %) after 32 steps on 2 ranks.
+  check "2 ranks learn MNIST (test accuracy > 0.6)" python3 -c "
+import json, sys; m = [json.loads(l) for l in open('$work/plain2/metrics.jsonl')][-1]
+print('test accuracy', m['test_accuracy']); sys.exit(0 if m['test_accuracy'] > 0.6 else 1)"
+  ;;
+fault)
+  "$normlab" "${common[@]}" --model "$spec" --sync-bn --out "$work/whole" >/dev/null || exit 1
+  # Rank 1 vanishes before step 25; checkpoints every 10 steps (the last good one: step 20).
+  start=$SECONDS
+  NORMLAB_DEBUG_KILL_AT=25:1 mpi 2 "$normlab" "${common[@]}" --model "$spec" --sync-bn \
+    --checkpoint-every 10 --out "$work/killed" >"$work/killed.log" 2>&1
+  rc=$?
+  took=$((SECONDS - start))
+  sed 's/^/    | /' "$work/killed.log" | tail -12
+  if [[ $rc == 0 || $rc == 124 ]]; then echo "FAIL: the job should fail on its own (exit $rc)"; fails=$((fails + 1));
+  else echo "ok: the job ended with exit $rc after $took s"; fi
+  [[ $took -le 30 ]] || { echo "FAIL: took $took s to stop"; fails=$((fails + 1)); }
+  check "the checkpoint left behind is intact, at step 20" python3 - "$work/killed/checkpoint.safetensors" <<'PY'
+import json, struct, sys
+raw = open(sys.argv[1], "rb").read()
+n = struct.unpack("<Q", raw[:8])[0]
+h = json.loads(raw[8:8 + n])
+end = max(v["data_offsets"][1] for k, v in h.items() if k != "__metadata__")
+assert 8 + n + end == len(raw), "truncated"
+print("step", h["__metadata__"]["step"])
+assert h["__metadata__"]["step"] == "20"
+PY
+  ls "$work/killed" | grep -q tmp && { echo "FAIL: a temporary was left"; fails=$((fails + 1)); }
+  mpi 3 "$normlab" train --resume "$work/killed/checkpoint.safetensors" --data "$mnist" --threads 1 \
+    --progress never --out "$work/killed" >"$work/resume.log" 2>&1 || { cat "$work/resume.log"; exit 1; }
+  check "--resume with 3 ranks ends with the weights of the uninterrupted run" \
+    $compare "$work/killed/checkpoint.safetensors" "$work/whole/checkpoint.safetensors" "${tol[@]}"
+  ;;
+badinput)
+  mpi 3 "$normlab" "${common[@]}" --model "$spec" --limit-train 130 --out "$work/b1" >"$work/b1.log" 2>&1
+  rc=$?
+  cat "$work/b1.log"
+  n=$(grep -c "3 ranks need at least one sample each from every batch, but --batch-size 64 over 130 training samples gives a batch of 2" "$work/b1.log")
+  [[ $rc != 0 && $rc != 124 && $n == 3 ]] && echo "ok: more ranks than the last batch's samples: exit $rc, the error from all 3 ranks" ||
+    { echo "FAIL: exit $rc, $n of 3 ranks said why"; fails=$((fails + 1)); }
+  # MPMD: rank 1 gets a data directory that does not exist.
+  timeout 120 mpirun --oversubscribe -np 1 "$normlab" "${common[@]}" --limit-train 1024 --model "$spec" --out "$work/b2" : \
+    -np 1 "$normlab" "${common[@]/$mnist/$work/nowhere}" --limit-train 1024 --model "$spec" --out "$work/b2" >"$work/b2.log" 2>&1
+  rc=$?
+  cat "$work/b2.log"
+  n=$(grep -c "rank 1 of 2: .*nowhere" "$work/b2.log")
+  [[ $rc != 0 && $rc != 124 && $n == 2 ]] && echo "ok: a rank that cannot read the data: exit $rc, both ranks name rank 1" ||
+    { echo "FAIL: exit $rc, $n of 2 ranks named rank 1"; fails=$((fails + 1)); }
+  [[ -e "$work/b2" ]] && { echo "FAIL: a refused run created its --out"; fails=$((fails + 1)); }
+  ;;
+*) echo "unknown mode $mode"; exit 2 ;;
+esac
+[[ $fails == 0 ]] && echo "PASS" || { echo "$fails check(s) failed"; exit 1; }
