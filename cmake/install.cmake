@@ -5,9 +5,10 @@
 # relative to P: the CMake package is relocatable, normlab.pc is written with P
 # at install time.
 #
-# Installed builds should run on any x86-64 CPU: configure them with
-# -DNORMLAB_ARCH=x86-64-v2 (the default, native, makes a library only for CPUs
-# like the one that built it). The CMake package records the value as normlab_ARCH.
+# Installed builds should run on any x86-64 CPU: the default NORMLAB_ARCH=dispatch
+# does (x86-64-v2, kernels also for AVX2/AVX-512 chosen at run time); native
+# makes a library only for CPUs like the one that built it. The CMake package
+# records the value as normlab_ARCH.
 include(CMakePackageConfigHelpers)
 
 set(NORMLAB_CMAKE_DIR "${CMAKE_INSTALL_LIBDIR}/cmake/normlab")

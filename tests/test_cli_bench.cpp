@@ -51,7 +51,7 @@ TEST(CliBench, PrintsCsvForEveryKernelAndPass) {
   std::istringstream lines(r.out);
   std::string line;
   std::getline(lines, line);
-  EXPECT_EQ(line, "threads,N,D,cache,kernel,pass,seconds,gbps,copy_gbps,pct_copy,L");
+  EXPECT_EQ(line, "threads,N,D,cache,kernel,pass,seconds,gbps,copy_gbps,pct_copy,L,isa");
   int rows = 0, kernel_rows = 0;
   while (std::getline(lines, line)) {
     ++rows;

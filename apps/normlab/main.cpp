@@ -15,7 +15,15 @@ int main(int argc, char** argv) {
   normlab::cli::choose_wait_policy(argc, argv);  // may re-execute with OMP_WAIT_POLICY set
   CLI::App app{"normlab: normalization layers, trained and studied"};
   app.require_subcommand(1);
-  app.set_version_flag("--version", normlab::build_summary());
+  std::string summary;
+  try {
+    summary =
+        normlab::build_summary();  // a bad NORMLAB_CPU_CAPABILITY fails here, for every command
+  } catch (const normlab::Error& e) {
+    std::cerr << "normlab: error: " << e.what() << "\n";
+    return 2;
+  }
+  app.set_version_flag("--version", summary);
   normlab::cli::add_depth_command(app);
   normlab::cli::add_train_command(app);
   normlab::cli::add_eval_command(app);

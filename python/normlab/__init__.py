@@ -79,12 +79,20 @@ __all__ = [
     "native_batch_renorm_backward",
     "native_mean_only_batch_norm",
     "native_mean_only_batch_norm_backward",
+    "kernel_isa",
 ]
 
 
 def build_summary() -> str:
     """What the kernels were compiled for and the CPU they run on (normlab --version)."""
     return _normlab.build_summary()
+
+
+def kernel_isa() -> str:
+    """The instruction-set level the kernels run at: "default" (SSE4.2), "avx2" or
+    "avx512"; the best the CPU has, or a lower one named by the environment
+    variable NORMLAB_CPU_CAPABILITY (read once; a bad value is an error naming it)."""
+    return _normlab.kernel_isa()
 
 
 def _is_torch(x) -> bool:

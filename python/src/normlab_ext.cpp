@@ -914,6 +914,7 @@ NB_MODULE(_normlab, m) {
   m.doc() = "normlab's normalization kernels (use the wrappers in normlab)";
   m.def("build_summary", &normlab::build_summary);
   add_training(m);
+  m.def("kernel_isa", &normlab::kernel_isa);
   m.def("layer_norm_forward", &layer_norm_forward, "input"_a, "normalized_shape"_a,
         "weight"_a.none(), "bias"_a.none(), "eps"_a);
   m.def("layer_norm_backward", &layer_norm_backward, "grad_out"_a, "input"_a, "normalized_shape"_a,

@@ -232,3 +232,9 @@ def test_inputs_near_float_overflow():
     out64 = normlab.native_batch_norm(xb.astype(np.float64), None, None, None, None, True, 0.1,
                                       1e-5)[0]
     np.testing.assert_allclose(out, out64, rtol=1e-5, atol=1e-6)
+
+
+def test_kernel_isa_is_a_level_named_in_build_summary():
+    level = normlab.kernel_isa()
+    assert level in ("default", "avx2", "avx512")
+    assert f"level {level} of" in normlab.build_summary()

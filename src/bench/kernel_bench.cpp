@@ -1,4 +1,5 @@
 #include "normlab/kernel_bench.hpp"
+#include "normlab/build_info.hpp"
 
 #include <omp.h>
 
@@ -382,8 +383,8 @@ std::vector<BenchRow> run_kernel_bench(const BenchConfig& config) {
 std::string format_table(const std::vector<BenchRow>& rows, int threads) {
   std::ostringstream os;
   char line[160];
-  os << "normlab kernel bench: float, " << threads
-     << " thread(s); median times; GB/s counts the bytes each pass must move\n"
+  os << "normlab kernel bench: float, " << threads << " thread(s), kernels " << kernel_isa() << " ("
+     << build_isa() << "); median times; GB/s counts the bytes each pass must move\n"
      << "(fwd: read x + write y; fwd+bwd: + read x, dy + write dx); copy = memcpy of x;\n"
      << "cache: warm = the same buffers every call, cold = a ring 4x the L3 (data from DRAM)\n";
   std::snprintf(line, sizeof line, "%-11s %-5s %-15s %-8s %12s %9s %9s\n", "shape", "cache",
@@ -406,11 +407,12 @@ std::string format_table(const std::vector<BenchRow>& rows, int threads) {
 
 std::string format_csv(const std::vector<BenchRow>& rows, int threads) {
   std::ostringstream os;
-  os << "threads,N,D,cache,kernel,pass,seconds,gbps,copy_gbps,pct_copy,L\n";
+  os << "threads,N,D,cache,kernel,pass,seconds,gbps,copy_gbps,pct_copy,L,isa\n";
+  const std::string isa = kernel_isa();
   for (const BenchRow& r : rows)
     os << threads << ',' << r.shape.N << ',' << r.shape.D << ',' << cache_name(r.cache) << ','
        << r.kernel << ',' << r.pass << ',' << r.seconds << ',' << r.gbps << ',' << r.copy_gbps
-       << ',' << 100.0 * r.gbps / r.copy_gbps << ',' << r.shape.L << '\n';
+       << ',' << 100.0 * r.gbps / r.copy_gbps << ',' << r.shape.L << ',' << isa << '\n';
   return os.str();
 }
 

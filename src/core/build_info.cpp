@@ -14,20 +14,6 @@ std::string build_arch() {
   return NORMLAB_ARCH;
 }
 
-std::string build_isa() {
-#if defined(__AVX512F__)
-  return "AVX-512";
-#elif defined(__AVX2__)
-  return "AVX2";
-#elif defined(__AVX__)
-  return "AVX";
-#elif defined(__SSE4_2__)
-  return "SSE4.2";
-#else
-  return "SSE2";
-#endif
-}
-
 std::string cpu_model() {
   std::ifstream in("/proc/cpuinfo");
   std::string line;
@@ -60,8 +46,13 @@ std::string cpu_isa() {
 }
 
 std::string build_summary() {
-  return "normlab 0.1.0, kernels for " + build_isa() + " (-march=" + build_arch() +
-         "); CPU: " + cpu_model() + " (" + cpu_isa() +
+  std::string compiled;
+  for (const auto& l : kernel_isas_compiled()) {
+    if (!compiled.empty()) compiled += ", ";
+    compiled += l;
+  }
+  return "normlab 0.1.0, kernels for " + build_isa() + " (level " + kernel_isa() + " of " +
+         compiled + "; -march=" + build_arch() + "); CPU: " + cpu_model() + " (" + cpu_isa() +
          "); mpi: " + (built_with_mpi() ? "yes" : "no");
 }
 

@@ -18,11 +18,13 @@
 #include <cmath>
 #include <vector>
 
+#include "kernels/isa.hpp"
 #include "kernels/norm_common.hpp"
 #include "normlab/bn_family_kernels.hpp"
 #include "normlab/kernels.hpp"
 
-namespace normlab {
+// Compiled once per ISA level (kernels/isa.hpp).
+namespace normlab::NORMLAB_ISA_NAMESPACE {
 namespace {
 
 using detail::chan_merge;
@@ -504,18 +506,22 @@ void batchnorm_backward_eval(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x
     backward_segments(false, dx, dgamma, dbeta, dy, x, mean, rstd, gamma, N, C, L);
 }
 
+}  // namespace normlab::NORMLAB_ISA_NAMESPACE
+
 #define NORMLAB_INSTANTIATE(T)                                                                    \
-  template void batchnorm_forward_train<T>(T*, T*, T*, T*, const T*, const T*, const T*, int64_t, \
-                                           int64_t, int64_t, T);                                  \
-  template void batchnorm_forward_eval<T>(T*, const T*, const T*, const T*, const T*, const T*,   \
-                                          int64_t, int64_t, int64_t, T);                          \
-  template void batchnorm_backward_train<T>(T*, T*, T*, const T*, const T*, const T*, const T*,   \
-                                            const T*, int64_t, int64_t, int64_t);                 \
-  template void batchnorm_backward_eval<T>(T*, T*, T*, const T*, const T*, const T*, const T*,    \
-                                           const T*, int64_t, int64_t, int64_t);
+  NORMLAB_KERNEL(batchnorm_forward_train, T, T*, T*, T*, T*, const T*, const T*, const T*,        \
+                 int64_t, int64_t, int64_t, T)                                                    \
+  NORMLAB_KERNEL(batchnorm_forward_eval, T, T*, const T*, const T*, const T*, const T*, const T*, \
+                 int64_t, int64_t, int64_t, T)                                                    \
+  NORMLAB_KERNEL(batchnorm_backward_train, T, T*, T*, T*, const T*, const T*, const T*, const T*, \
+                 const T*, int64_t, int64_t, int64_t)                                             \
+  NORMLAB_KERNEL(batchnorm_backward_eval, T, T*, T*, T*, const T*, const T*, const T*, const T*,  \
+                 const T*, int64_t, int64_t, int64_t)
 NORMLAB_INSTANTIATE(float)
 NORMLAB_INSTANTIATE(double)
 #undef NORMLAB_INSTANTIATE
+
+namespace normlab::NORMLAB_ISA_NAMESPACE {
 
 // ---- The BatchNorm variants (include/normlab/bn_family_kernels.hpp) ----
 // Their training forwards are BatchNorm's statistics passes with another
@@ -808,19 +814,17 @@ void meanonly_batchnorm_forward_train(T* y, T* mean, const T* x, const T* bias, 
                     T(1));
 }
 
-#define NORMLAB_INSTANTIATE(T)                                                                     \
-  template void batchrenorm_forward_train<T>(T*, T*, T*, T*, T*, T*, const T*, const T*, const T*, \
-                                             const T*, const T*, double, double, int64_t, int64_t, \
-                                             int64_t, T);                                          \
-  template void meanonly_batchnorm_forward_train<T>(T*, T*, const T*, const T*, int64_t, int64_t,  \
-                                                    int64_t);                                      \
-  template void ghost_batchnorm_backward_rows<T>(T*, T*, T*, const T*, const T*, const T*,         \
-                                                 const T*, const T*, int64_t, int64_t, int64_t,    \
-                                                 const char*);                                     \
-  template void ghost_batchnorm_forward_train<T>(T*, T*, T*, T*, const T*, const T*, const T*,     \
-                                                 int64_t, int64_t, int64_t, int64_t, T);
+}  // namespace normlab::NORMLAB_ISA_NAMESPACE
+
+#define NORMLAB_INSTANTIATE(T)                                                                   \
+  NORMLAB_KERNEL(batchrenorm_forward_train, T, T*, T*, T*, T*, T*, T*, const T*, const T*,       \
+                 const T*, const T*, const T*, double, double, int64_t, int64_t, int64_t, T)     \
+  NORMLAB_KERNEL(meanonly_batchnorm_forward_train, T, T*, T*, const T*, const T*, int64_t,       \
+                 int64_t, int64_t)                                                               \
+  NORMLAB_KERNEL(ghost_batchnorm_backward_rows, T, T*, T*, T*, const T*, const T*, const T*,     \
+                 const T*, const T*, int64_t, int64_t, int64_t, const char*)                     \
+  NORMLAB_KERNEL(ghost_batchnorm_forward_train, T, T*, T*, T*, T*, const T*, const T*, const T*, \
+                 int64_t, int64_t, int64_t, int64_t, T)
 NORMLAB_INSTANTIATE(float)
 NORMLAB_INSTANTIATE(double)
 #undef NORMLAB_INSTANTIATE
-
-}  // namespace normlab

@@ -6,11 +6,13 @@
 // Derivations: docs/derivations.md.
 #include <cstring>
 
+#include "kernels/isa.hpp"
 #include "kernels/norm_common.hpp"
 #include "normlab/bn_family_kernels.hpp"
 #include "normlab/kernels.hpp"
 
-namespace normlab {
+// Compiled once per ISA level (kernels/isa.hpp).
+namespace normlab::NORMLAB_ISA_NAMESPACE {
 
 template <typename T>
 void batchrenorm_backward_train(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, const T* mean,
@@ -149,18 +151,17 @@ void ghost_batchnorm_backward_train(T* dx, T* dgamma, T* dbeta, const T* dy, con
   }
 }
 
-#define NORMLAB_INSTANTIATE(T)                                                                     \
-  template void batchrenorm_backward_train<T>(T*, T*, T*, const T*, const T*, const T*, const T*,  \
-                                              const T*, const T*, const T*, int64_t, int64_t,      \
-                                              int64_t);                                            \
-  template void meanonly_batchnorm_forward_eval<T>(T*, const T*, const T*, const T*, int64_t,      \
-                                                   int64_t, int64_t);                              \
-  template void meanonly_batchnorm_backward<T>(bool, T*, T*, const T*, int64_t, int64_t, int64_t); \
-  template void ghost_batchnorm_backward_train<T>(T*, T*, T*, const T*, const T*, const T*,        \
-                                                  const T*, const T*, int64_t, int64_t, int64_t,   \
-                                                  int64_t, const char*);
+}  // namespace normlab::NORMLAB_ISA_NAMESPACE
+
+#define NORMLAB_INSTANTIATE(T)                                                                  \
+  NORMLAB_KERNEL(batchrenorm_backward_train, T, T*, T*, T*, const T*, const T*, const T*,       \
+                 const T*, const T*, const T*, const T*, int64_t, int64_t, int64_t)             \
+  NORMLAB_KERNEL(meanonly_batchnorm_forward_eval, T, T*, const T*, const T*, const T*, int64_t, \
+                 int64_t, int64_t)                                                              \
+  NORMLAB_KERNEL(meanonly_batchnorm_backward, T, bool, T*, T*, const T*, int64_t, int64_t,      \
+                 int64_t)                                                                       \
+  NORMLAB_KERNEL(ghost_batchnorm_backward_train, T, T*, T*, T*, const T*, const T*, const T*,   \
+                 const T*, const T*, int64_t, int64_t, int64_t, int64_t, const char*)
 NORMLAB_INSTANTIATE(float)
 NORMLAB_INSTANTIATE(double)
 #undef NORMLAB_INSTANTIATE
-
-}  // namespace normlab

@@ -15,10 +15,12 @@
 #include <algorithm>
 #include <cmath>
 
+#include "kernels/isa.hpp"
 #include "kernels/norm_common.hpp"
 #include "normlab/groupnorm_kernels.hpp"
 
-namespace normlab {
+// Compiled once per ISA level (kernels/isa.hpp).
+namespace normlab::NORMLAB_ISA_NAMESPACE {
 namespace {
 
 using detail::fold_big;
@@ -311,13 +313,13 @@ void groupnorm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, con
   }
 }
 
-#define NORMLAB_INSTANTIATE(T)                                                              \
-  template void groupnorm_forward<T>(T*, T*, T*, T*, const T*, const T*, const T*, int64_t, \
-                                     int64_t, int64_t, int64_t, T);                         \
-  template void groupnorm_backward<T>(T*, T*, T*, const T*, const T*, const T*, const T*,   \
-                                      const T*, int64_t, int64_t, int64_t, int64_t);
+}  // namespace normlab::NORMLAB_ISA_NAMESPACE
+
+#define NORMLAB_INSTANTIATE(T)                                                                \
+  NORMLAB_KERNEL(groupnorm_forward, T, T*, T*, T*, T*, const T*, const T*, const T*, int64_t, \
+                 int64_t, int64_t, int64_t, T)                                                \
+  NORMLAB_KERNEL(groupnorm_backward, T, T*, T*, T*, const T*, const T*, const T*, const T*,   \
+                 const T*, int64_t, int64_t, int64_t, int64_t)
 NORMLAB_INSTANTIATE(float)
 NORMLAB_INSTANTIATE(double)
 #undef NORMLAB_INSTANTIATE
-
-}  // namespace normlab

@@ -6,10 +6,12 @@
 #include <cmath>
 #include <type_traits>
 
+#include "kernels/isa.hpp"
 #include "kernels/norm_common.hpp"
 #include "normlab/kernels.hpp"
 
-namespace normlab {
+// Compiled once per ISA level (kernels/isa.hpp).
+namespace normlab::NORMLAB_ISA_NAMESPACE {
 
 // A row as ref:: computes it (double), for rows whose float evaluation is not
 // safe (see the checks below).
@@ -229,14 +231,13 @@ void layernorm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, con
   }
 }
 
-template void layernorm_forward<float>(float*, float*, float*, const float*, const float*,
-                                       const float*, int64_t, int64_t, float);
-template void layernorm_forward<double>(double*, double*, double*, const double*, const double*,
-                                        const double*, int64_t, int64_t, double);
-template void layernorm_backward<float>(float*, float*, float*, const float*, const float*,
-                                        const float*, const float*, const float*, int64_t, int64_t);
-template void layernorm_backward<double>(double*, double*, double*, const double*, const double*,
-                                         const double*, const double*, const double*, int64_t,
-                                         int64_t);
+}  // namespace normlab::NORMLAB_ISA_NAMESPACE
 
-}  // namespace normlab
+NORMLAB_KERNEL(layernorm_forward, float, float*, float*, float*, const float*, const float*,
+               const float*, int64_t, int64_t, float)
+NORMLAB_KERNEL(layernorm_forward, double, double*, double*, double*, const double*, const double*,
+               const double*, int64_t, int64_t, double)
+NORMLAB_KERNEL(layernorm_backward, float, float*, float*, float*, const float*, const float*,
+               const float*, const float*, const float*, int64_t, int64_t)
+NORMLAB_KERNEL(layernorm_backward, double, double*, double*, double*, const double*, const double*,
+               const double*, const double*, const double*, int64_t, int64_t)

@@ -4,11 +4,13 @@
 // passes run on data the thread has just produced.
 #include <omp.h>
 
+#include "kernels/isa.hpp"
 #include "kernels/linear_slices.hpp"
 #include "kernels/parallel_slices.hpp"
 #include "normlab/kernels.hpp"
 
-namespace normlab {
+// Compiled once per ISA level (kernels/isa.hpp).
+namespace normlab::NORMLAB_ISA_NAMESPACE {
 
 template <typename T>
 void linear_forward(T* y, const T* x, const T* w, const T* b, int64_t N, int64_t I, int64_t O) {
@@ -32,12 +34,12 @@ void linear_backward(T* dx, T* dw, T* db, const T* dy, const T* x, const T* w, i
   });
 }
 
-#define NORMLAB_INSTANTIATE(T)                                                                  \
-  template void linear_forward<T>(T*, const T*, const T*, const T*, int64_t, int64_t, int64_t); \
-  template void linear_backward<T>(T*, T*, T*, const T*, const T*, const T*, int64_t, int64_t,  \
-                                   int64_t);
+}  // namespace normlab::NORMLAB_ISA_NAMESPACE
+
+#define NORMLAB_INSTANTIATE(T)                                                                   \
+  NORMLAB_KERNEL(linear_forward, T, T*, const T*, const T*, const T*, int64_t, int64_t, int64_t) \
+  NORMLAB_KERNEL(linear_backward, T, T*, T*, T*, const T*, const T*, const T*, int64_t, int64_t, \
+                 int64_t)
 NORMLAB_INSTANTIATE(float)
 NORMLAB_INSTANTIATE(double)
 #undef NORMLAB_INSTANTIATE
-
-}  // namespace normlab

@@ -6,10 +6,13 @@
 // y (N,O), x (N,I), w (O,I), b (O).
 #pragma once
 #include <cstdint>
+#include "kernels/isa.hpp"
 
 #include "normlab/kernels.hpp"
 
+// Per-ISA copies: see kernels/isa.hpp.
 namespace normlab::detail {
+inline namespace NORMLAB_ISA_NAMESPACE {
 
 // y[:, o0:o1] = x w[o0:o1, :]^T + b[o0:o1] (b may be null).
 template <typename T>
@@ -51,4 +54,5 @@ void linear_backward_dw_rows(T* dw, T* db, const T* dy, const T* x, int64_t N, i
     }
 }
 
+}  // namespace NORMLAB_ISA_NAMESPACE
 }  // namespace normlab::detail

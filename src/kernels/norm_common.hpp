@@ -2,6 +2,7 @@
 // batchnorm_fast.cpp). Why the kernels look the way they do: docs/performance.md.
 #pragma once
 #include <omp.h>
+#include "kernels/isa.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -11,7 +12,9 @@
 
 #include "kernels/simd.hpp"
 
+// Per-ISA copies: see kernels/isa.hpp.
 namespace normlab::detail {
+inline namespace NORMLAB_ISA_NAMESPACE {
 
 // Below this many elements a kernel stays on the calling thread: waking the
 // OpenMP pool (a few microseconds) would cost more than the work.
@@ -153,4 +156,5 @@ inline void chan_merge(double& n_a, double& mean_a, double& m2_a, double n_b, do
   n_a = n;
 }
 
+}  // namespace NORMLAB_ISA_NAMESPACE
 }  // namespace normlab::detail

@@ -6,13 +6,16 @@
 // output.
 #pragma once
 #include <omp.h>
+#include "kernels/isa.hpp"
 
 #include <algorithm>
 #include <cstdint>
 #include <exception>
 #include <utility>
 
+// Per-ISA copies: see kernels/isa.hpp.
 namespace normlab::detail {
+inline namespace NORMLAB_ISA_NAMESPACE {
 
 // Products smaller than this run on one thread: waking a second one costs
 // more than it saves (the MLP's 256->10 layer, ~1 MFLOP, is below).
@@ -66,4 +69,5 @@ void run_slices(int threads, int64_t n, int64_t align, const Slice& slice) {
   });
 }
 
+}  // namespace NORMLAB_ISA_NAMESPACE
 }  // namespace normlab::detail

@@ -1,6 +1,8 @@
+#include "kernels/isa.hpp"
 #include "normlab/kernels.hpp"
 
-namespace normlab {
+// Compiled once per ISA level (kernels/isa.hpp).
+namespace normlab::NORMLAB_ISA_NAMESPACE {
 
 // A batch of activations (128 x 512: 0.25 MB in, 0.25 MB out) is worth
 // splitting: one thread moves it well below the caches' speed.
@@ -22,9 +24,9 @@ void relu_backward(T* dx, const T* dy, const T* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) dx[i] = y[i] <= T(0) ? T(0) : dy[i];
 }
 
-template void relu_forward<float>(float*, const float*, int64_t);
-template void relu_forward<double>(double*, const double*, int64_t);
-template void relu_backward<float>(float*, const float*, const float*, int64_t);
-template void relu_backward<double>(double*, const double*, const double*, int64_t);
+}  // namespace normlab::NORMLAB_ISA_NAMESPACE
 
-}  // namespace normlab
+NORMLAB_KERNEL(relu_forward, float, float*, const float*, int64_t)
+NORMLAB_KERNEL(relu_forward, double, double*, const double*, int64_t)
+NORMLAB_KERNEL(relu_backward, float, float*, const float*, const float*, int64_t)
+NORMLAB_KERNEL(relu_backward, double, double*, const double*, const double*, int64_t)

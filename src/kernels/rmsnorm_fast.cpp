@@ -7,10 +7,12 @@
 #include <cmath>
 #include <cstring>
 
+#include "kernels/isa.hpp"
 #include "kernels/norm_common.hpp"
 #include "normlab/rmsnorm.hpp"
 
-namespace normlab {
+// Compiled once per ISA level (kernels/isa.hpp).
+namespace normlab::NORMLAB_ISA_NAMESPACE {
 
 template <typename T>
 void rmsnorm_forward(T* y, T* rstd, const T* x, const T* gamma, int64_t N, int64_t D, T eps) {
@@ -180,13 +182,13 @@ void rmsnorm_backward(T* dx, T* dgamma, const T* dy, const T* x, const T* rstd, 
   }
 }
 
-template void rmsnorm_forward<float>(float*, float*, const float*, const float*, int64_t, int64_t,
-                                     float);
-template void rmsnorm_forward<double>(double*, double*, const double*, const double*, int64_t,
-                                      int64_t, double);
-template void rmsnorm_backward<float>(float*, float*, const float*, const float*, const float*,
-                                      const float*, int64_t, int64_t);
-template void rmsnorm_backward<double>(double*, double*, const double*, const double*,
-                                       const double*, const double*, int64_t, int64_t);
+}  // namespace normlab::NORMLAB_ISA_NAMESPACE
 
-}  // namespace normlab
+NORMLAB_KERNEL(rmsnorm_forward, float, float*, float*, const float*, const float*, int64_t, int64_t,
+               float)
+NORMLAB_KERNEL(rmsnorm_forward, double, double*, double*, const double*, const double*, int64_t,
+               int64_t, double)
+NORMLAB_KERNEL(rmsnorm_backward, float, float*, float*, const float*, const float*, const float*,
+               const float*, int64_t, int64_t)
+NORMLAB_KERNEL(rmsnorm_backward, double, double*, double*, const double*, const double*,
+               const double*, const double*, int64_t, int64_t)

@@ -5,6 +5,7 @@
 // vector extensions, 64/32/16 bytes for AVX-512/AVX/other), so each kernel
 // states its arithmetic once and stays a few lines long.
 #pragma once
+#include "kernels/isa.hpp"
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #endif
@@ -15,7 +16,9 @@
 #include <cstring>
 #include <type_traits>
 
+// Per-ISA copies: see kernels/isa.hpp.
 namespace normlab::detail {
+inline namespace NORMLAB_ISA_NAMESPACE {
 
 #if defined(__AVX512F__)
 inline constexpr size_t kVecBytes = 64;
@@ -195,4 +198,5 @@ T max_abs_row(int64_t n, const T* in) {
   return m;
 }
 
+}  // namespace NORMLAB_ISA_NAMESPACE
 }  // namespace normlab::detail

@@ -21,10 +21,13 @@
 #include <cstdint>
 #include <type_traits>
 #include <vector>
+#include "kernels/isa.hpp"
 
 #include "kernels/simd.hpp"
 
+// Per-ISA copies: see kernels/isa.hpp.
 namespace normlab::detail {
+inline namespace NORMLAB_ISA_NAMESPACE {
 
 // Largest |v| for which double squares and their sums stay far from overflow
 // and underflow (2^+-230: squares within 2^+-460, sums of 2^53 terms fine).
@@ -94,4 +97,5 @@ void column_norms(double* out, double* work, const T* v, int64_t O, int64_t I) {
   for (int64_t i = 0; i < I; ++i) out[i] = amax[i] * std::sqrt(ss[i]);
 }
 
+}  // namespace NORMLAB_ISA_NAMESPACE
 }  // namespace normlab::detail

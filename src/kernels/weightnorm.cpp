@@ -5,11 +5,13 @@
 #include <cmath>
 #include <vector>
 
+#include "kernels/isa.hpp"
 #include "kernels/vector_norm.hpp"
 #include "kernels/weightnorm_rows.hpp"
 #include "normlab/kernels.hpp"
 
-namespace normlab {
+// Compiled once per ISA level (kernels/isa.hpp).
+namespace normlab::NORMLAB_ISA_NAMESPACE {
 
 template <typename T>
 void weightnorm_forward(T* w, T* norm, const T* v, const T* g, int64_t O, int64_t I, bool per_row) {
@@ -133,18 +135,18 @@ void weightnorm_dim1_backward(T* dv, T* dg, const T* dw, const T* v, const T* g,
   }
 }
 
-#define NORMLAB_INSTANTIATE(T)                                                                  \
-  template void weightnorm_forward<T>(T*, T*, const T*, const T*, int64_t, int64_t, bool);      \
-  template void weightnorm_backward<T>(T*, T*, const T*, const T*, const T*, const T*, int64_t, \
-                                       int64_t, bool);                                          \
-  template void weightnorm_columns_forward<T>(T*, T*, const T*, const T*, int64_t, int64_t);    \
-  template void weightnorm_columns_backward<T>(T*, T*, const T*, const T*, const T*, const T*,  \
-                                               int64_t, int64_t);                               \
-  template void weightnorm_dim1_forward<T>(T*, T*, const T*, const T*, int64_t, int64_t);       \
-  template void weightnorm_dim1_backward<T>(T*, T*, const T*, const T*, const T*, const T*,     \
-                                            int64_t, int64_t);
+}  // namespace normlab::NORMLAB_ISA_NAMESPACE
+
+#define NORMLAB_INSTANTIATE(T)                                                                    \
+  NORMLAB_KERNEL(weightnorm_forward, T, T*, T*, const T*, const T*, int64_t, int64_t, bool)       \
+  NORMLAB_KERNEL(weightnorm_backward, T, T*, T*, const T*, const T*, const T*, const T*, int64_t, \
+                 int64_t, bool)                                                                   \
+  NORMLAB_KERNEL(weightnorm_columns_forward, T, T*, T*, const T*, const T*, int64_t, int64_t)     \
+  NORMLAB_KERNEL(weightnorm_columns_backward, T, T*, T*, const T*, const T*, const T*, const T*,  \
+                 int64_t, int64_t)                                                                \
+  NORMLAB_KERNEL(weightnorm_dim1_forward, T, T*, T*, const T*, const T*, int64_t, int64_t)        \
+  NORMLAB_KERNEL(weightnorm_dim1_backward, T, T*, T*, const T*, const T*, const T*, const T*,     \
+                 int64_t, int64_t)
 NORMLAB_INSTANTIATE(float)
 NORMLAB_INSTANTIATE(double)
 #undef NORMLAB_INSTANTIATE
-
-}  // namespace normlab

@@ -9,12 +9,14 @@
 
 #include <cmath>
 
+#include "kernels/isa.hpp"
 #include "kernels/parallel_slices.hpp"
 #include "kernels/vector_norm.hpp"
 #include "normlab/kernels.hpp"
 #include "normlab/profile.hpp"
 
-namespace normlab {
+// Compiled once per ISA level (kernels/isa.hpp).
+namespace normlab::NORMLAB_ISA_NAMESPACE {
 
 template <typename T>
 void weightnorm_linear_forward(T* y, T* z, T* norm, T* scale, const T* x, const T* v, const T* g,
@@ -115,14 +117,14 @@ void weightnorm_linear_backward(T* dx, T* dv, T* dg, T* db, T* dys, T* dot, cons
   });
 }
 
-#define NORMLAB_INSTANTIATE(T)                                                                  \
-  template void weightnorm_linear_forward<T>(T*, T*, T*, T*, const T*, const T*, const T*,      \
-                                             const T*, int64_t, int64_t, int64_t, bool);        \
-  template void weightnorm_linear_backward<T>(T*, T*, T*, T*, T*, T*, const T*, const T*,       \
-                                              const T*, const T*, const T*, const T*, const T*, \
-                                              int64_t, int64_t, int64_t, const T*);
+}  // namespace normlab::NORMLAB_ISA_NAMESPACE
+
+#define NORMLAB_INSTANTIATE(T)                                                                \
+  NORMLAB_KERNEL(weightnorm_linear_forward, T, T*, T*, T*, T*, const T*, const T*, const T*,  \
+                 const T*, int64_t, int64_t, int64_t, bool)                                   \
+  NORMLAB_KERNEL(weightnorm_linear_backward, T, T*, T*, T*, T*, T*, T*, const T*, const T*,   \
+                 const T*, const T*, const T*, const T*, const T*, int64_t, int64_t, int64_t, \
+                 const T*)
 NORMLAB_INSTANTIATE(float)
 NORMLAB_INSTANTIATE(double)
 #undef NORMLAB_INSTANTIATE
-
-}  // namespace normlab

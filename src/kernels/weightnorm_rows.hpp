@@ -4,10 +4,13 @@
 #pragma once
 #include <cmath>
 #include <cstdint>
+#include "kernels/isa.hpp"
 
 #include "kernels/vector_norm.hpp"
 
+// Per-ISA copies: see kernels/isa.hpp.
 namespace normlab::detail {
+inline namespace NORMLAB_ISA_NAMESPACE {
 
 // w[o, :] = g[o] * v[o, :] / ||v[o, :]||, norm[o] = ||v[o, :]|| for o in [o0, o1).
 // g may alias norm (then w = v): norm[o] is written before g[o] is read. The
@@ -48,4 +51,5 @@ void weightnorm_rows_backward(T* dv, T* dg, const T* dw, const T* v, const T* g,
   }
 }
 
+}  // namespace NORMLAB_ISA_NAMESPACE
 }  // namespace normlab::detail
