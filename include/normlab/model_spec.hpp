@@ -38,6 +38,8 @@ enum class LayerKind {
   MeanOnlyBatchNorm,  // BatchNorm variants (normlab/bn_family.hpp)
   BatchRenorm,
   GhostBatchNorm,
+  BatchNorm2d,  // the norms on (N, C, H, W) (normlab/norm2d.hpp); options in bn / inorm
+  InstanceNorm2d,
 };
 
 // One layer of a model with its sizes resolved against an input shape.

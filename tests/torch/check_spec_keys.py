@@ -52,6 +52,10 @@ SPECS = [
     ("linear(8), batchrenorm(rmax=2, dmax=1, schedule=paper), brn(affine=false, momentum=none)", "12"),
     ("linear(8), ghostbatchnorm(virtual_batch_size=4), gbn(affine=false, track_running_stats=false)", "12"),
     ("linear(6), meanonlybn, brn, gbn(virtual_batch_size=2)", "3x5"),
+    # issue 11: the norms on (N, C, H, W)
+    ("unflatten(4, 7, 28), batchnorm2d(4), bn2d(affine=false, momentum=none), instancenorm2d, "
+     "in2d(affine=true, track_running_stats=true), gn(2), layernorm(dims=3), meanonlybn, brn, "
+     "gbn(virtual_batch_size=2), flatten, linear(10)", "784"),
 ]
 
 
