@@ -158,20 +158,23 @@ def normalized_shape(item, opt, shape):
 # GhostBatchNorm1d (include/normlab/bn_family.hpp): written from the papers and
 # from nn.BatchNorm1d's documented running-statistics update, not from normlab's
 # code. They generate normlab's fixtures (tests/fixtures/generate_layers.py).
-# Inputs (N, C) or (N, C, L), statistics per channel over N*L values.
+# Inputs (N, C), (N, C, L) or (N, C, H, W), statistics per channel over N*L (N*H*W) values.
+
+
+# (N, C, H, W) too (issue 11): per channel over N*H*W, as BatchNorm2d.
 
 
 def _channel_dims(x):
-    return (0,) if x.dim() == 2 else (0, 2)
+    return (0,) + tuple(range(2, x.dim()))
 
 
 def _per_channel(t, x):
-    return t.view(1, -1) if x.dim() == 2 else t.view(1, -1, 1)
+    return t.view((1, -1) + (1,) * (x.dim() - 2))
 
 
 def _check_bn_input(name, x, C):
-    if x.dim() not in (2, 3) or x.shape[1] != C:
-        raise ValueError(f"{name}: expected input (N, {C}) or (N, {C}, L), got {tuple(x.shape)}")
+    if x.dim() not in (2, 3, 4) or x.shape[1] != C:
+        raise ValueError(f"{name}: expected input (N, {C}), (N, {C}, L) or (N, {C}, H, W), got {tuple(x.shape)}")
 
 
 def _momentum_factor(momentum, num_batches_tracked):
@@ -440,6 +443,11 @@ LAYERS = {
     "gbn": ("ghostbatchnorm", 0, 1, ("virtual_batch_size", "affine", "momentum", "eps", "track_running_stats")),
     "syncbatchnorm": ("syncbatchnorm", 0, 1, ("affine", "momentum", "eps", "track_running_stats")),
     "syncbn": ("syncbatchnorm", 0, 1, ("affine", "momentum", "eps", "track_running_stats")),
+    # the norms on (N, C, H, W) (issue 11)
+    "batchnorm2d": ("batchnorm2d", 0, 1, ("affine", "momentum", "eps", "track_running_stats")),
+    "bn2d": ("batchnorm2d", 0, 1, ("affine", "momentum", "eps", "track_running_stats")),
+    "instancenorm2d": ("instancenorm2d", 0, 1, ("eps", "momentum", "affine", "track_running_stats")),
+    "in2d": ("instancenorm2d", 0, 1, ("eps", "momentum", "affine", "track_running_stats")),
 }
 
 
@@ -660,6 +668,20 @@ def build_layer(item, shape):
         return nn.SyncBatchNorm(shape[1], eps=eps, momentum=None if momentum.lower() == "none" else float(momentum),
                                 affine=boolean(opt.get("affine", "true")),
                                 track_running_stats=boolean(opt.get("track_running_stats", "true"))), shape
+    if kind in ("batchnorm2d", "instancenorm2d"):
+        if len(shape) != 4:
+            raise SpecError(f"{kind} needs a 4-D (N, C, H, W) input, got shape {shape}")
+        if sizes and sizes[0] != shape[1]:
+            raise SpecError(f"{kind}({sizes[0]}) expects {sizes[0]} channels, got shape {shape}")
+        momentum = opt.get("momentum", "0.1")
+        momentum = None if momentum.lower() == "none" else float(momentum)
+        if kind == "batchnorm2d":
+            return nn.BatchNorm2d(shape[1], eps=eps, momentum=momentum, affine=boolean(opt.get("affine", "true")),
+                                  track_running_stats=boolean(opt.get("track_running_stats", "true"))), shape
+        if shape[2] * shape[3] < 2:
+            raise SpecError(f"instancenorm2d needs H*W > 1, got shape {shape}")
+        return nn.InstanceNorm2d(shape[1], eps=eps, momentum=momentum, affine=boolean(opt.get("affine", "false")),
+                                 track_running_stats=boolean(opt.get("track_running_stats", "false"))), shape
     raise SpecError(f"unhandled layer {kind}")
 
 

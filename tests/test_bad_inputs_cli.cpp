@@ -713,6 +713,16 @@ std::vector<Case> spec_cases() {
        train({{"--model",
                "flatten, linear(8), relu, ghostbatchnorm(virtual_batch_size=3), linear(10)"}}),
        {"GhostBatchNorm1d(8, virtual_batch_size=3)", "16 = 5 x 3 + 1"}},
+      // the norms on (N, C, H, W) (issue 11)
+      {"spec: batchnorm2d on a 2-D input",
+       model("flatten, linear(8), batchnorm2d"),
+       {"batchnorm2d", "4-D (N, C, H, W)", "(2, 8)"}},
+      {"spec: instancenorm2d over one pixel",
+       model("flatten, unflatten(16, 1, 1), instancenorm2d"),
+       {"instancenorm2d", "H*W > 1", "(2, 16, 1, 1)"}},
+      {"spec: batchnorm2d channel count",
+       model("flatten, unflatten(4, 2, 2), bn2d(3)"),
+       {"bn2d(3)", "expects 3 channels", "(2, 4, 2, 2)"}},
   };
 }
 

@@ -79,6 +79,10 @@ const Case kCases[] = {
     {"nc_momentum_none", {5, 3}, true, true, std::nullopt},
     {"nc_no_tracking", {5, 3}, true, false, 0.1},
     {"ncl_no_tracking", {3, 2, 4}, false, false, 0.1},
+    // (N, C, H, W) (issue 11): per channel over N*H*W
+    {"nchw_affine", {5, 2, 2, 3}, true, true, 0.1},
+    {"nchw_no_affine_momentum_none", {5, 2, 3, 2}, false, true, std::nullopt},
+    {"nchw_no_tracking", {5, 2, 2, 2}, true, false, 0.1},
 };
 
 class GradCheckMeanOnly : public ::testing::TestWithParam<Case> {};

@@ -136,6 +136,23 @@ LayerPtr<T> build(const json& spec, Rng& rng) {
     return s;
   }
   if (auto l = test::build_bn_family<T>(kind, c)) return l;  // BatchNorm variants
+  // issue 11: the norms on (N, C, H, W)
+  if (kind == "BatchNorm2d") {
+    BatchNormOptions o;
+    o.eps = c["eps"];
+    o.momentum = c["momentum"].is_null() ? std::nullopt : std::optional<double>(c["momentum"]);
+    o.affine = c["affine"];
+    o.track_running_stats = c["track_running_stats"];
+    return std::make_unique<BatchNorm2d<T>>(c["num_features"], o);
+  }
+  if (kind == "InstanceNorm2d") {
+    InstanceNormOptions o;
+    o.eps = c["eps"];
+    o.momentum = c["momentum"].is_null() ? std::nullopt : std::optional<double>(c["momentum"]);
+    o.affine = c["affine"];
+    o.track_running_stats = c["track_running_stats"];
+    return std::make_unique<InstanceNorm2d<T>>(c["num_features"], o);
+  }
   throw std::runtime_error("unknown layer kind in fixture: " + kind);
 }
 
@@ -310,6 +327,21 @@ TEST(TorchFixtureCoverage, CoversEveryRequiredConfiguration) {
       for (const json& s : fx["steps"])
         if (s["mode"] == "eval" && c["track_running_stats"]) seen.insert("in eval running");
     }
+    // issue 11: the norms on (N, C, H, W)
+    const size_t rank = fx["steps"][0]["input"]["shape"].size();
+    if (kind == "BatchNorm2d") {
+      seen.insert(c["affine"] ? "bn2d affine on" : "bn2d affine off");
+      if (c["momentum"].is_null()) seen.insert("bn2d momentum none");
+      if (!c["track_running_stats"]) seen.insert("bn2d no tracking");
+    }
+    if (kind == "InstanceNorm2d") {
+      seen.insert("in2d rank " + std::to_string(rank));
+      if (c["affine"]) seen.insert("in2d affine on");
+      if (c["track_running_stats"]) seen.insert("in2d tracking");
+    }
+    if (rank == 4 && (kind == "MeanOnlyBatchNorm1d" || kind == "BatchRenorm1d" ||
+                      kind == "GhostBatchNorm1d" || kind == "LayerNorm"))
+      seen.insert(kind + " rank 4");
   };
   for (const std::string& name : fixture_names()) {
     const json fx = load_fixture(name);
@@ -326,7 +358,12 @@ TEST(TorchFixtureCoverage, CoversEveryRequiredConfiguration) {
         "ln 3 dims", "RMSNorm", "rms eps none", "rms eps given", "rms affine on", "rms affine off",
         "rms 1 dims", "rms 2 dims", "rms 3 dims", "gn G=1", "gn G=C", "gn 1<G<C", "gn affine on",
         "gn affine off", "gn rank 2", "gn rank 3", "gn rank 4", "in rank 2", "in rank 3",
-        "in affine on", "in momentum none", "in eval running", "Unflatten"})
+        "in affine on", "in momentum none", "in eval running", "Unflatten",
+        // issue 11
+        "BatchNorm2d", "bn2d affine on", "bn2d affine off", "bn2d momentum none",
+        "bn2d no tracking", "InstanceNorm2d", "in2d rank 3", "in2d rank 4", "in2d affine on",
+        "in2d tracking", "MeanOnlyBatchNorm1d rank 4", "BatchRenorm1d rank 4",
+        "GhostBatchNorm1d rank 4", "LayerNorm rank 4"})
     EXPECT_TRUE(seen.count(want)) << "no fixture covers " << want;
 }
 

@@ -84,12 +84,16 @@ class InstanceNorm1d : public Layer<T> {
   int64_t num_batches_tracked = 0;
 
  protected:
+  // InstanceNorm2d (normlab/norm2d.hpp): the same layer on (N,C,H,W) or
+  // (C,H,W), spatial_dims = 2; statistics over H*W per (sample, channel).
+  InstanceNorm1d(int64_t num_features, InstanceNormOptions opt, int spatial_dims);
   const Tensor<T>& forward_impl(const Tensor<T>& x) override;
 
  private:
   void check_input(const Shape& in) const;
   int64_t C_;
   InstanceNormOptions opt_;
+  int spatial_dims_ = 1;  // 1: (C,L) or (N,C,L); 2: (C,H,W) or (N,C,H,W)
   const Tensor<T>* x_ = nullptr;
   int64_t N_ = 0, Cx_ = 0, L_ = 0;  // the last input as (N, C, L)
   bool used_instance_stats_ = true;

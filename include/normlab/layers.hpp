@@ -58,12 +58,16 @@ class BatchNorm1d : public Layer<T> {
   int64_t num_batches_tracked = 0;
 
  protected:
+  // BatchNorm2d (normlab/norm2d.hpp): the same layer on (N,C,H,W) only,
+  // spatial_dims = 2; statistics over N*H*W per channel.
+  BatchNorm1d(int64_t C, BatchNormOptions opt, int spatial_dims);
   const Tensor<T>& forward_impl(const Tensor<T>& x) override;
 
  private:
   void check_input(const Shape& in) const;  // output_shape's checks, without the copy
   int64_t C_;
   BatchNormOptions opt_;
+  int spatial_dims_ = 1;  // 1: BatchNorm1d's (N,C) or (N,C,L); 2: BatchNorm2d's (N,C,H,W)
   const Tensor<T>* x_ = nullptr;
   bool used_batch_stats_ = true;
   bool exact_ = false;  // the batch statistics overflowed in the fast kernel: ref:: was used
@@ -194,3 +198,4 @@ class Flatten : public Layer<T> {
 #include "normlab/unflatten.hpp"
 #include "normlab/bn_family.hpp"  // BatchNorm variants: mean-only, Batch Renorm, Ghost
 #include "normlab/syncbn.hpp"  // SyncBatchNorm over a Communicator (issue 13)
+#include "normlab/norm2d.hpp"  // BatchNorm2d, InstanceNorm2d (issue 11)

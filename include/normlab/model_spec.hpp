@@ -39,6 +39,8 @@ enum class LayerKind {
   BatchRenorm,
   GhostBatchNorm,
   SyncBatchNorm,  // issue 13 (normlab/syncbn.hpp): BatchNorm over the ranks of world()
+  BatchNorm2d,  // the norms on (N, C, H, W) (normlab/norm2d.hpp); options in bn / inorm
+  InstanceNorm2d,
 };
 
 // One layer of a model with its sizes resolved against an input shape.

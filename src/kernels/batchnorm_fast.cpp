@@ -15,6 +15,7 @@
 // its outputs come out finite (norm_common.hpp: "Folding coefficients").
 // Channels, rows or segments that fail are computed as ref:: does. Derivations:
 // docs/derivations.md; why: docs/performance.md; numerics: docs/numerics.md.
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -331,34 +332,70 @@ void backward_rows(bool train, T* dx, T* dgamma, T* dbeta, const T* dy, const T*
 
 // ---- (N,C,L), L > 1: one thread per channel, segments of L contiguous values ----
 
+// Channels in blocks of up to kSegBlock: a block's N segments of B*L values
+// (about 1 MB: kSegBytes) stay in the core's L2 between the statistics pass
+// and the output pass, and both passes walk memory in runs of B*L contiguous
+// values. One channel at a time read 128 short runs 200 KB apart at (128, 64,
+// 784): each one a new stream for the prefetchers (docs/performance.md). The
+// per-channel sums keep their order (samples in turn), so the results are the
+// one-channel loop's, bit for bit.
+inline constexpr int64_t kSegBlock = 16;
+inline constexpr int64_t kSegBytes = int64_t(2) << 20;
+
+template <typename T>
+int64_t segment_block(int64_t N, int64_t C, int64_t L, int inputs) {
+  const int64_t per_channel =
+      std::max<int64_t>(1, N * L * inputs * static_cast<int64_t>(sizeof(T)));
+  return std::clamp<int64_t>(kSegBytes / per_channel, 1, std::min(C, kSegBlock));
+}
+
 template <typename T, typename Map>
 void forward_train_segments(T* y, T* mean, T* rstd, T* var, const T* x, const Map& map, int64_t N,
                             int64_t C, int64_t L, T eps) {
-#pragma omp parallel for schedule(static) num_threads(detail::kernel_threads(N* C* L))
-  for (int64_t c = 0; c < C; ++c) {
-    const double shift = x[c * L];
-    double n = 0, m = 0, q = 0;
-    for (int64_t i = 0; i < N; ++i) {
-      const auto [sm, sq] = detail::shifted_moments(x + (i * C + c) * L, L, shift);
-      chan_merge(n, m, q, static_cast<double>(L), sm, sq);
-    }
-    m += shift;
-    const double v = q / n, r = 1.0 / std::sqrt(v + eps);
-    mean[c] = static_cast<T>(m);
-    rstd[c] = static_cast<T>(r);
-    if (var) var[c] = static_cast<T>(v);
-    T k, a, b;
-    const bool ok = map.fold(k, a, b, m, q, v, r, c);
-    for (int64_t i = 0; i < N; ++i) {
-      const T* xs = x + (i * C + c) * L;
-      T* ys = y + (i * C + c) * L;
-      if (!ok) {
-        for (int64_t l = 0; l < L; ++l) ys[l] = map.exact(xs[l], m, r, c);
-        continue;
+  const int64_t B = segment_block<T>(N, C, L, 1), nblocks = (C + B - 1) / B;
+  const bool stream = detail::stream_output<T>(N * C * L);
+#pragma omp parallel num_threads(detail::kernel_threads(N* C* L))
+  {
+#pragma omp for schedule(static)
+    for (int64_t blk = 0; blk < nblocks; ++blk) {
+      const int64_t c0 = blk * B, nc = std::min(B, C - c0);
+      double shift[kSegBlock], n[kSegBlock], m[kSegBlock], q[kSegBlock], r[kSegBlock];
+      T k[kSegBlock], a[kSegBlock], b[kSegBlock];
+      bool ok[kSegBlock];
+      for (int64_t j = 0; j < nc; ++j) {
+        shift[j] = x[(c0 + j) * L];
+        n[j] = m[j] = q[j] = 0;
       }
-#pragma omp simd
-      for (int64_t l = 0; l < L; ++l) ys[l] = (xs[l] - k) * a + b;
+      for (int64_t i = 0; i < N; ++i)
+        for (int64_t j = 0; j < nc; ++j) {
+          const auto [sm, sq] = detail::shifted_moments(x + (i * C + c0 + j) * L, L, shift[j]);
+          chan_merge(n[j], m[j], q[j], static_cast<double>(L), sm, sq);
+        }
+      for (int64_t j = 0; j < nc; ++j) {
+        const int64_t c = c0 + j;
+        m[j] += shift[j];
+        const double v = q[j] / n[j];
+        r[j] = 1.0 / std::sqrt(v + eps);
+        mean[c] = static_cast<T>(m[j]);
+        rstd[c] = static_cast<T>(r[j]);
+        if (var) var[c] = static_cast<T>(v);
+        ok[j] = map.fold(k[j], a[j], b[j], m[j], q[j], v, r[j], c);
+      }
+      for (int64_t i = 0; i < N; ++i)
+        for (int64_t j = 0; j < nc; ++j) {
+          const int64_t c = c0 + j;
+          const T* xs = x + (i * C + c) * L;
+          T* ys = y + (i * C + c) * L;
+          if (!ok[j]) {
+            for (int64_t l = 0; l < L; ++l) ys[l] = map.exact(xs[l], m[j], r[j], c);
+            continue;
+          }
+          const T kj = k[j], aj = a[j], bj = b[j];
+          detail::map_row(
+              ys, L, stream, [=](auto v) { return (v - kj) * aj + bj; }, xs);
+        }
     }
+    if (stream) detail::stream_fence();
   }
 }
 
@@ -367,47 +404,54 @@ void backward_segments(bool train, T* dx, T* dgamma, T* dbeta, const T* dy, cons
                        const T* mean, const T* rstd, const T* gamma, int64_t N, int64_t C,
                        int64_t L) {
   const double M = static_cast<double>(N * L);
-#pragma omp parallel for schedule(static) num_threads(detail::kernel_threads(N* C* L))
-  for (int64_t c = 0; c < C; ++c) {
-    const double m = mean[c];
-    double sdy = 0, sdyx = 0, sx = 0;
-    for (int64_t i = 0; i < N; ++i) {
-      const T* xs = x + (i * C + c) * L;
-      const T* dys = dy + (i * C + c) * L;
-      sdy += detail::sum_row_wide<T>(
-          L, [](auto dv) { return dv; }, dys);
-      sdyx += detail::sum_row_wide<T>(
-          L, [=](auto v, auto dv) { return dv * (v - m); }, xs, dys);
-      sx += detail::sum_row_wide<T>(
-          L, [=](auto v) { return v - m; }, xs);
-    }
-    T A, Bc, Cc;
-    ChannelGrad g;
-    const bool ok =
-        fold_backward(train, A, Bc, Cc, g, dgamma, dbeta, sdy, sdyx, sx, mean, rstd, gamma, c, M);
-    if (!dx) continue;
-    const T mc = mean[c];
-    for (int64_t i = 0; i < N; ++i) {
-      const T* xs = x + (i * C + c) * L;
-      const T* dys = dy + (i * C + c) * L;
-      T* dxs = dx + (i * C + c) * L;
-      T chk = 0;  // an overflow in the fold shows as inf or NaN: redo the segment
-      if (ok && train) {
-#pragma omp simd reduction(+ : chk)
-        for (int64_t l = 0; l < L; ++l) {
-          dxs[l] = dys[l] * A + (xs[l] - mc) * Bc + Cc;
-          chk += dxs[l] - dxs[l];
+  const int64_t B = segment_block<T>(N, C, L, 2), nblocks = (C + B - 1) / B;
+  const bool stream = detail::stream_output<T>(N * C * L);
+#pragma omp parallel num_threads(detail::kernel_threads(N* C* L))
+  {
+#pragma omp for schedule(static)
+    for (int64_t blk = 0; blk < nblocks; ++blk) {
+      const int64_t c0 = blk * B, nc = std::min(B, C - c0);
+      double sdy[kSegBlock] = {}, sdyx[kSegBlock] = {}, sx[kSegBlock] = {};
+      for (int64_t i = 0; i < N; ++i)
+        for (int64_t j = 0; j < nc; ++j) {
+          const double m = mean[c0 + j];
+          const T* xs = x + (i * C + c0 + j) * L;
+          const T* dys = dy + (i * C + c0 + j) * L;
+          sdy[j] += detail::sum_row_wide<T>(
+              L, [](auto dv) { return dv; }, dys);
+          sdyx[j] += detail::sum_row_wide<T>(
+              L, [=](auto v, auto dv) { return dv * (v - m); }, xs, dys);
+          sx[j] += detail::sum_row_wide<T>(
+              L, [=](auto v) { return v - m; }, xs);
         }
-      } else if (ok) {
-#pragma omp simd reduction(+ : chk)
-        for (int64_t l = 0; l < L; ++l) {
-          dxs[l] = dys[l] * A;
-          chk += dxs[l] - dxs[l];
+      T A[kSegBlock], Bc[kSegBlock], Cc[kSegBlock];
+      ChannelGrad g[kSegBlock];
+      bool ok[kSegBlock];
+      for (int64_t j = 0; j < nc; ++j)
+        ok[j] = fold_backward(train, A[j], Bc[j], Cc[j], g[j], dgamma, dbeta, sdy[j], sdyx[j],
+                              sx[j], mean, rstd, gamma, c0 + j, M);
+      if (!dx) continue;
+      for (int64_t i = 0; i < N; ++i)
+        for (int64_t j = 0; j < nc; ++j) {
+          const int64_t c = c0 + j;
+          const T* xs = x + (i * C + c) * L;
+          const T* dys = dy + (i * C + c) * L;
+          T* dxs = dx + (i * C + c) * L;
+          const T mc = mean[c], Aj = A[j], Bj = Bc[j], Cj = Cc[j];
+          // An overflow in the fold shows as inf or NaN: redo the segment.
+          bool finite = false;
+          if (ok[j] && train)
+            finite = detail::map_row_finite(
+                dxs, L, stream, [=](auto dv, auto v) { return dv * Aj + (v - mc) * Bj + Cj; }, dys,
+                xs);
+          else if (ok[j])
+            finite = detail::map_row_finite(
+                dxs, L, stream, [=](auto dv) { return dv * Aj; }, dys);
+          if (!finite)
+            for (int64_t l = 0; l < L; ++l) dxs[l] = exact_dx(train, xs[l], dys[l], g[j]);
         }
-      }
-      if (!ok || chk != chk)
-        for (int64_t l = 0; l < L; ++l) dxs[l] = exact_dx(train, xs[l], dys[l], g);
     }
+    if (stream) detail::stream_fence();
   }
 }
 

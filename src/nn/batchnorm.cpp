@@ -9,18 +9,22 @@
 namespace normlab {
 
 template <typename T>
-BatchNorm1d<T>::BatchNorm1d(int64_t C, BatchNormOptions opt) : C_(C), opt_(opt) {
-  check_positive("BatchNorm1d", "num_features", C);
+BatchNorm1d<T>::BatchNorm1d(int64_t C, BatchNormOptions opt) : BatchNorm1d(C, opt, 1) {}
+
+template <typename T>
+BatchNorm1d<T>::BatchNorm1d(int64_t C, BatchNormOptions opt, int spatial_dims)
+    : C_(C), opt_(opt), spatial_dims_(spatial_dims) {
+  const std::string cls = "BatchNorm" + std::to_string(spatial_dims) + "d";
+  check_positive(cls, "num_features", C);
   // PyTorch's constructor takes any eps and momentum. eps = 0 works in eval;
   // training with batch statistics refuses it in forward, as F.batch_norm does.
   // Negative eps fails every PyTorch forward and NaN eps makes every output NaN;
   // a non-finite momentum writes NaN into the running statistics on the first
   // step, unseen until eval: refused here. Momentum outside [0, 1] is PyTorch's
   // formula extrapolating, kept (docs/edge-semantics.md).
-  if (!(opt.eps >= 0))
-    fail("BatchNorm1d(", C, "): eps must be >= 0 (0 only for eval), got ", opt.eps);
+  if (!(opt.eps >= 0)) fail(cls, "(", C, "): eps must be >= 0 (0 only for eval), got ", opt.eps);
   if (opt.momentum && !std::isfinite(*opt.momentum))
-    fail("BatchNorm1d(", C, "): momentum must be a finite number or none, got ", *opt.momentum);
+    fail(cls, "(", C, "): momentum must be a finite number or none, got ", *opt.momentum);
   if (opt.affine) {
     weight = Tensor<T>({C}, T(1));
     bias = Tensor<T>({C}, T(0));
@@ -36,7 +40,7 @@ BatchNorm1d<T>::BatchNorm1d(int64_t C, BatchNormOptions opt) : C_(C), opt_(opt) 
 template <typename T>
 std::string BatchNorm1d<T>::name() const {
   std::ostringstream os;
-  os << "BatchNorm1d(" << C_;
+  os << "BatchNorm" << spatial_dims_ << "d(" << C_;
   if (!opt_.affine) os << ", affine=false";
   if (!opt_.track_running_stats) os << ", track_running_stats=false";
   if (!opt_.momentum)
@@ -55,7 +59,11 @@ Shape BatchNorm1d<T>::output_shape(const Shape& in) const {
 
 template <typename T>
 void BatchNorm1d<T>::check_input(const Shape& in) const {
-  if (in.size() != 2 && in.size() != 3)
+  // PyTorch's BatchNorm2d: "expected 4D input (got 3D input)".
+  if (spatial_dims_ == 2 && in.size() != 4)
+    fail(name(), ": expected a 4D (N,C,H,W) input, got ", in.size(), "D input of shape ",
+         shape_str(in));
+  if (spatial_dims_ == 1 && in.size() != 2 && in.size() != 3)
     fail(name(), ": expected a 2D (N,C) or 3D (N,C,L) input, got shape ", shape_str(in));
   if (in[1] != C_) fail(name(), ": expected ", C_, " channels, got shape ", shape_str(in));
 }
@@ -63,7 +71,7 @@ void BatchNorm1d<T>::check_input(const Shape& in) const {
 template <typename T>
 const Tensor<T>& BatchNorm1d<T>::forward_impl(const Tensor<T>& x) {
   check_input(x.shape());
-  const int64_t N = x.dim(0), L = x.rank() == 3 ? x.dim(2) : 1;
+  const int64_t N = x.dim(0), L = N == 0 ? 0 : x.numel() / (N * C_);  // (N, C, L) or (N,C,H*W)
   const T* gamma = opt_.affine ? weight.data() : nullptr;
   const T* beta = opt_.affine ? bias.data() : nullptr;
   const T eps = static_cast<T>(opt_.eps);
@@ -120,7 +128,7 @@ const Tensor<T>& BatchNorm1d<T>::forward_impl(const Tensor<T>& x) {
 template <typename T>
 const Tensor<T>& BatchNorm1d<T>::backward(const Tensor<T>& dy) {
   check_same_shape(*this, "output gradient", dy.shape(), y_.shape());
-  const int64_t N = x_->dim(0), L = x_->rank() == 3 ? x_->dim(2) : 1;
+  const int64_t N = x_->dim(0), L = N == 0 ? 0 : x_->numel() / (N * C_);
   T* dx = size_dx(dx_, *x_, this->input_grad_) ? dx_.data() : nullptr;
   if (N * L == 0) return dx_;  // an empty batch adds nothing to dweight and dbias
   const T* gamma = opt_.affine ? weight.data() : nullptr;

@@ -24,9 +24,19 @@ void check_eps(const std::string& layer, double eps) {
   if (!(eps >= 0)) fail(layer, ": eps must be >= 0 (0 only for eval), got ", eps);
 }
 
+// L of the (N, C, L) view: 1 for (N,C), L, or H*W.
+int64_t spatial_size(const Shape& in) {
+  int64_t L = 1;
+  for (size_t i = 2; i < in.size(); ++i) L *= in[i];
+  return L;
+}
+
 void check_bn_input(const std::string& name, const Shape& in, int64_t C) {
-  if (in.size() != 2 && in.size() != 3)
-    fail(name, ": expected a 2D (N,C) or 3D (N,C,L) input, got shape ", shape_str(in));
+  // (N,C,H,W) too: the per-channel statistics over N*H*W, as BatchNorm2d's
+  // (the (N,C,H*W) view; docs/model-spec.md).
+  if (in.size() < 2 || in.size() > 4)
+    fail(name, ": expected a 2D (N,C), 3D (N,C,L) or 4D (N,C,H,W) input, got shape ",
+         shape_str(in));
   if (in[1] != C) fail(name, ": expected ", C, " channels, got shape ", shape_str(in));
 }
 
@@ -94,7 +104,7 @@ void MeanOnlyBatchNorm1d<T>::check_input(const Shape& in) const {
 template <typename T>
 const Tensor<T>& MeanOnlyBatchNorm1d<T>::forward_impl(const Tensor<T>& x) {
   check_input(x.shape());
-  const int64_t N = x.dim(0), L = x.rank() == 3 ? x.dim(2) : 1;
+  const int64_t N = x.dim(0), L = spatial_size(x.shape());
   const T* b = opt_.affine ? bias.data() : nullptr;
   x_ = &x;
   y_.resize(x.shape());
@@ -119,7 +129,7 @@ const Tensor<T>& MeanOnlyBatchNorm1d<T>::forward_impl(const Tensor<T>& x) {
 template <typename T>
 const Tensor<T>& MeanOnlyBatchNorm1d<T>::backward(const Tensor<T>& dy) {
   check_same_shape(*this, "output gradient", dy.shape(), y_.shape());
-  const int64_t N = x_->dim(0), L = x_->rank() == 3 ? x_->dim(2) : 1;
+  const int64_t N = x_->dim(0), L = spatial_size(x_->shape());
   T* dx = size_dx(dx_, *x_, this->input_grad_) ? dx_.data() : nullptr;
   if (N * L == 0) return dx_;
   meanonly_batchnorm_backward(used_batch_stats_, dx, opt_.affine ? dbias.data() : nullptr,
@@ -217,7 +227,7 @@ void BatchRenorm1d<T>::check_input(const Shape& in) const {
 template <typename T>
 const Tensor<T>& BatchRenorm1d<T>::forward_impl(const Tensor<T>& x) {
   check_input(x.shape());
-  const int64_t N = x.dim(0), L = x.rank() == 3 ? x.dim(2) : 1;
+  const int64_t N = x.dim(0), L = spatial_size(x.shape());
   const T* gamma = opt_.affine ? weight.data() : nullptr;
   const T* beta = opt_.affine ? bias.data() : nullptr;
   const T eps = static_cast<T>(opt_.eps);
@@ -280,7 +290,7 @@ const Tensor<T>& BatchRenorm1d<T>::forward_impl(const Tensor<T>& x) {
 template <typename T>
 const Tensor<T>& BatchRenorm1d<T>::backward(const Tensor<T>& dy) {
   check_same_shape(*this, "output gradient", dy.shape(), y_.shape());
-  const int64_t N = x_->dim(0), L = x_->rank() == 3 ? x_->dim(2) : 1;
+  const int64_t N = x_->dim(0), L = spatial_size(x_->shape());
   T* dx = size_dx(dx_, *x_, this->input_grad_) ? dx_.data() : nullptr;
   if (N * L == 0) return dx_;
   const T* gamma = opt_.affine ? weight.data() : nullptr;
@@ -356,7 +366,7 @@ void GhostBatchNorm1d<T>::check_input(const Shape& in) const {
 template <typename T>
 const Tensor<T>& GhostBatchNorm1d<T>::forward_impl(const Tensor<T>& x) {
   check_input(x.shape());
-  const int64_t N = x.dim(0), L = x.rank() == 3 ? x.dim(2) : 1;
+  const int64_t N = x.dim(0), L = spatial_size(x.shape());
   const T* gamma = opt_.affine ? weight.data() : nullptr;
   const T* beta = opt_.affine ? bias.data() : nullptr;
   const T eps = static_cast<T>(opt_.eps);
@@ -425,7 +435,7 @@ const Tensor<T>& GhostBatchNorm1d<T>::forward_impl(const Tensor<T>& x) {
 template <typename T>
 const Tensor<T>& GhostBatchNorm1d<T>::backward(const Tensor<T>& dy) {
   check_same_shape(*this, "output gradient", dy.shape(), y_.shape());
-  const int64_t N = x_->dim(0), L = x_->rank() == 3 ? x_->dim(2) : 1;
+  const int64_t N = x_->dim(0), L = spatial_size(x_->shape());
   T* dx = size_dx(dx_, *x_, this->input_grad_) ? dx_.data() : nullptr;
   if (N * L == 0) return dx_;
   const T* gamma = opt_.affine ? weight.data() : nullptr;

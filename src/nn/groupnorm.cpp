@@ -112,11 +112,16 @@ template class GroupNorm<double>;
 
 template <typename T>
 InstanceNorm1d<T>::InstanceNorm1d(int64_t num_features, InstanceNormOptions opt)
-    : C_(num_features), opt_(opt) {
-  check_positive("InstanceNorm1d", "num_features", num_features);
-  if (!(opt.eps >= 0)) fail("InstanceNorm1d(", num_features, "): eps must be >= 0, got ", opt.eps);
+    : InstanceNorm1d(num_features, opt, 1) {}
+
+template <typename T>
+InstanceNorm1d<T>::InstanceNorm1d(int64_t num_features, InstanceNormOptions opt, int spatial_dims)
+    : C_(num_features), opt_(opt), spatial_dims_(spatial_dims) {
+  const std::string cls = "InstanceNorm" + std::to_string(spatial_dims) + "d";
+  check_positive(cls, "num_features", num_features);
+  if (!(opt.eps >= 0)) fail(cls, "(", num_features, "): eps must be >= 0, got ", opt.eps);
   if (opt.momentum && !std::isfinite(*opt.momentum))
-    fail("InstanceNorm1d(", num_features, "): momentum must be a finite number or none, got ",
+    fail(cls, "(", num_features, "): momentum must be a finite number or none, got ",
          *opt.momentum);
   if (opt.affine) {
     weight = Tensor<T>({num_features}, T(1));
@@ -133,7 +138,7 @@ InstanceNorm1d<T>::InstanceNorm1d(int64_t num_features, InstanceNormOptions opt)
 template <typename T>
 std::string InstanceNorm1d<T>::name() const {
   std::ostringstream os;
-  os << "InstanceNorm1d(" << C_;
+  os << "InstanceNorm" << spatial_dims_ << "d(" << C_;
   if (opt_.affine) os << ", affine=true";
   if (opt_.track_running_stats) os << ", track_running_stats=true";
   if (!opt_.momentum)
@@ -146,11 +151,19 @@ std::string InstanceNorm1d<T>::name() const {
 
 template <typename T>
 void InstanceNorm1d<T>::check_input(const Shape& in) const {
-  if (in.size() != 2 && in.size() != 3)
-    fail(name(), ": expected a 2D (C, L) or 3D (N, C, L) input, got shape ", shape_str(in));
-  const int64_t c = in[in.size() - 2];
+  // PyTorch: "expected 2D or 3D input (got 4D input)" (InstanceNorm1d),
+  // "expected 3D or 4D input (got 2D input)" (InstanceNorm2d).
+  const size_t d = static_cast<size_t>(spatial_dims_);
+  if (in.size() != d + 1 && in.size() != d + 2) {
+    if (spatial_dims_ == 1)
+      fail(name(), ": expected a 2D (C, L) or 3D (N, C, L) input, got shape ", shape_str(in));
+    fail(name(), ": expected a 3D (C, H, W) or 4D (N, C, H, W) input, got ", in.size(),
+         "D input of shape ", shape_str(in));
+  }
+  const size_t cdim = in.size() - d - 1;
+  const int64_t c = in[cdim];
   if (c != C_ && (opt_.affine || opt_.track_running_stats))
-    fail(name(), ": expected ", C_, " channels (dim ", in.size() - 2, "), got ", c, " in shape ",
+    fail(name(), ": expected ", C_, " channels (dim ", cdim, "), got ", c, " in shape ",
          shape_str(in));
 }
 
@@ -163,10 +176,11 @@ Shape InstanceNorm1d<T>::output_shape(const Shape& in) const {
 template <typename T>
 const Tensor<T>& InstanceNorm1d<T>::forward_impl(const Tensor<T>& x) {
   check_input(x.shape());
-  const bool batched = x.rank() == 3;
+  const bool batched = x.rank() == spatial_dims_ + 2;
   N_ = batched ? x.dim(0) : 1;
   Cx_ = x.dim(batched ? 1 : 0);
-  L_ = x.dim(batched ? 2 : 1);
+  L_ = 1;  // the spatial size: L, or H*W
+  for (int i = batched ? 2 : 1; i < x.rank(); ++i) L_ *= x.dim(i);
   if (Cx_ != C_ && !warned_) {
     // PyTorch warns here and goes on (num_features is unused without affine
     // and running statistics); so does normlab, once per layer.

@@ -45,6 +45,10 @@ LayerPtr<T> make_layer(const LayerPlan& p, Rng& rng) {
       return std::make_unique<GhostBatchNorm1d<T>>(p.in, p.virtual_batch_size, p.bn);
     case LayerKind::SyncBatchNorm:
       return std::make_unique<SyncBatchNorm<T>>(p.in, p.bn);
+    case LayerKind::BatchNorm2d:
+      return std::make_unique<BatchNorm2d<T>>(p.in, p.bn);
+    case LayerKind::InstanceNorm2d:
+      return std::make_unique<InstanceNorm2d<T>>(p.in, p.inorm);
   }
   fail("build_model: unhandled layer kind in ", p.source);
 }

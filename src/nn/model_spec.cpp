@@ -125,6 +125,21 @@ const std::vector<LayerInfo>& layer_table() {
        {"affine", "momentum", "eps", "track_running_stats"},
        "syncbatchnorm([C][, affine=false][, momentum=none|F][, eps=F][, "
        "track_running_stats=false])"},
+      {"batchnorm2d",
+       "bn2d",
+       LayerKind::BatchNorm2d,
+       0,
+       1,
+       {"affine", "momentum", "eps", "track_running_stats"},
+       "batchnorm2d([C][, affine=false][, momentum=none|F][, eps=F][, track_running_stats=false])"},
+      {"instancenorm2d",
+       "in2d",
+       LayerKind::InstanceNorm2d,
+       0,
+       1,
+       {"eps", "momentum", "affine", "track_running_stats"},
+       "instancenorm2d([C][, eps=F][, momentum=none|F][, affine=true][, "
+       "track_running_stats=true])"},
   };
   return table;
 }
@@ -688,8 +703,17 @@ class Planner {
       case LayerKind::BatchRenorm:
       case LayerKind::GhostBatchNorm:
       case LayerKind::SyncBatchNorm:
-        if (shape_.size() != 2 && shape_.size() != 3)
-          mismatch(n, "needs a 2-D (N, C) or 3-D (N, C, L) input");
+        // The BatchNorm variants take (N, C, H, W) too (per channel over N*H*W);
+        // SyncBatchNorm, like BatchNorm1d, (N, C) and (N, C, L) only.
+        if (shape_.size() != 2 && shape_.size() != 3 &&
+            !(shape_.size() == 4 && p.kind != LayerKind::BatchNorm &&
+              p.kind != LayerKind::SyncBatchNorm))
+          mismatch(n, p.kind == LayerKind::BatchNorm
+                          ? "needs a 2-D (N, C) or 3-D (N, C, L) input (batchnorm2d takes "
+                            "(N, C, H, W))"
+                      : p.kind == LayerKind::SyncBatchNorm
+                          ? "needs a 2-D (N, C) or 3-D (N, C, L) input"
+                          : "needs a 2-D (N, C), 3-D (N, C, L) or 4-D (N, C, H, W) input");
         p.in = p.out = shape_[1];
         if (!o.sizes.empty() && o.sizes[0].first != p.in)
           mismatch(n, "expects " + std::to_string(o.sizes[0].first) + " channels");
@@ -755,6 +779,31 @@ class Planner {
                    "(C, L) sample; give --input CxL, e.g. 28x28, or unflatten(C, L) before it)");
         if (shape_[2] < 2)
           mismatch(n, "needs more than 1 value per channel (L > 1) to normalize in training");
+        p.in = p.out = shape_[1];
+        if (!o.sizes.empty() && o.sizes[0].first != p.in)
+          mismatch(n, "expects " + std::to_string(o.sizes[0].first) + " channels");
+        p.inorm.affine = o.affine_given && o.affine;
+        p.inorm.track_running_stats = o.track_given && o.track;
+        p.inorm.momentum = o.momentum;
+        if (o.eps) p.inorm.eps = *o.eps;
+        break;
+      case LayerKind::BatchNorm2d:
+        // PyTorch's BatchNorm2d: "expected 4D input (got 2D input)".
+        if (shape_.size() != 4)
+          mismatch(n,
+                   "needs a 4-D (N, C, H, W) input (unflatten(C, H, W) makes one; batchnorm "
+                   "takes (N, C) and (N, C, L))");
+        p.in = p.out = shape_[1];
+        if (!o.sizes.empty() && o.sizes[0].first != p.in)
+          mismatch(n, "expects " + std::to_string(o.sizes[0].first) + " channels");
+        break;
+      case LayerKind::InstanceNorm2d:
+        // As instancenorm1d: a model gives a batch (N, C, H, W), never PyTorch's
+        // unbatched (C, H, W).
+        if (shape_.size() != 4)
+          mismatch(n, "needs a 4-D (N, C, H, W) input (unflatten(C, H, W) makes one)");
+        if (shape_[2] * shape_[3] < 2)
+          mismatch(n, "needs more than 1 value per channel (H*W > 1) to normalize in training");
         p.in = p.out = shape_[1];
         if (!o.sizes.empty() && o.sizes[0].first != p.in)
           mismatch(n, "expects " + std::to_string(o.sizes[0].first) + " channels");
