@@ -136,6 +136,22 @@ LayerPtr<T> build(const json& spec, Rng& rng) {
     return s;
   }
   if (auto l = test::build_bn_family<T>(kind, c)) return l;  // BatchNorm variants
+  // Conv2d and pooling (issue 11)
+  auto pair = [&](const char* k) { return Pair(c[k][0].get<int64_t>(), c[k][1].get<int64_t>()); };
+  if (kind == "Conv2d")
+    return std::make_unique<Conv2d<T>>(
+        c["in_channels"], c["out_channels"], pair("kernel_size"),
+        Conv2dOptions{pair("stride"), pair("padding"), pair("dilation"), c["groups"], c["bias"]},
+        rng);
+  if (kind == "MaxPool2d")
+    return std::make_unique<MaxPool2d<T>>(
+        pair("kernel_size"), Pool2dOptions{pair("stride"), pair("padding"), pair("dilation")});
+  if (kind == "AvgPool2d")
+    return std::make_unique<AvgPool2d<T>>(
+        pair("kernel_size"),
+        Pool2dOptions{pair("stride"), pair("padding"), Pair(1), c["count_include_pad"]});
+  if (kind == "AdaptiveAvgPool2d")
+    return std::make_unique<AdaptiveAvgPool2d<T>>(pair("output_size"));
   throw std::runtime_error("unknown layer kind in fixture: " + kind);
 }
 

@@ -193,3 +193,5 @@ class Flatten : public Layer<T> {
 #include "normlab/groupnorm.hpp"
 #include "normlab/unflatten.hpp"
 #include "normlab/bn_family.hpp"  // BatchNorm variants: mean-only, Batch Renorm, Ghost
+#include "normlab/conv.hpp"  // Conv2d and pooling (issue 11)
+#include "normlab/pool.hpp"

@@ -38,6 +38,10 @@ enum class LayerKind {
   MeanOnlyBatchNorm,  // BatchNorm variants (normlab/bn_family.hpp)
   BatchRenorm,
   GhostBatchNorm,
+  Conv2d,  // issue 11: convolution and pooling (normlab/conv.hpp, normlab/pool.hpp)
+  MaxPool2d,
+  AvgPool2d,
+  AdaptiveAvgPool2d,
 };
 
 // One layer of a model with its sizes resolved against an input shape.
@@ -65,6 +69,11 @@ struct LayerPlan {
   MeanOnlyBatchNormOptions mean_only_bn;
   BatchRenormOptions renorm;
   int64_t virtual_batch_size = 32;
+  // Conv2d (in/out: channels) and the pools: kernel_size (AdaptiveAvgPool2d:
+  // output_size) and the other arguments.
+  Pair kernel = 1;
+  Conv2dOptions conv;
+  Pool2dOptions pool;
 
   std::string child_path() const;  // "network.1": the prefix of this layer's state_dict keys
 };
