@@ -319,6 +319,14 @@ TEST(TorchFixtureCoverage, CoversEveryRequiredConfiguration) {
       seen.insert(c["affine"] ? "gn affine on" : "gn affine off");
       seen.insert("gn rank " + std::to_string(fx["steps"][0]["input"]["shape"].size()));
     }
+    if (kind == "Conv2d") {
+      if (c["stride"][0] == 2) seen.insert("conv stride 2");
+      if (c["padding"][0] != 0 || c["padding"][1] != 0) seen.insert("conv padding");
+      if (c["dilation"][0] != 1) seen.insert("conv dilation");
+      if (c["groups"] != 1) seen.insert("conv groups");
+      if (!c["bias"]) seen.insert("conv bias off");
+    }
+    if (kind == "AvgPool2d" && !c["count_include_pad"]) seen.insert("avgpool exclude pad");
     if (kind == "InstanceNorm1d") {
       seen.insert("in rank " + std::to_string(fx["steps"][0]["input"]["shape"].size()));
       if (c["affine"]) seen.insert("in affine on");
@@ -342,7 +350,10 @@ TEST(TorchFixtureCoverage, CoversEveryRequiredConfiguration) {
         "ln 3 dims", "RMSNorm", "rms eps none", "rms eps given", "rms affine on", "rms affine off",
         "rms 1 dims", "rms 2 dims", "rms 3 dims", "gn G=1", "gn G=C", "gn 1<G<C", "gn affine on",
         "gn affine off", "gn rank 2", "gn rank 3", "gn rank 4", "in rank 2", "in rank 3",
-        "in affine on", "in momentum none", "in eval running", "Unflatten"})
+        "in affine on", "in momentum none", "in eval running", "Unflatten",
+        // issue 11
+        "Conv2d", "conv stride 2", "conv padding", "conv dilation", "conv groups", "conv bias off",
+        "MaxPool2d", "AvgPool2d", "avgpool exclude pad", "AdaptiveAvgPool2d"})
     EXPECT_TRUE(seen.count(want)) << "no fixture covers " << want;
 }
 

@@ -52,6 +52,13 @@ SPECS = [
     ("linear(8), batchrenorm(rmax=2, dmax=1, schedule=paper), brn(affine=false, momentum=none)", "12"),
     ("linear(8), ghostbatchnorm(virtual_batch_size=4), gbn(affine=false, track_running_stats=false)", "12"),
     ("linear(6), meanonlybn, brn, gbn(virtual_batch_size=2)", "3x5"),
+    # issue 11: convolution, pooling, the cnn preset
+    ("cnn", "784"),
+    ("cnn:norm=gn", "784"),
+    ("cnn:norm=ln", "784"),
+    ("unflatten(1, 28, 28), conv2d(8, 3x5, stride=2, padding=1x2, dilation=2, bias=false), "
+     "maxpool2d(3, stride=1, padding=1, dilation=2), conv2d(8, 1, groups=4), avgpool2d(2x3, count_include_pad=false), "
+     "adaptiveavgpool2d(2x3), flatten, linear(10)", "784"),
 ]
 
 
