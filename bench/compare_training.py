@@ -119,7 +119,9 @@ def main():
             labels[key + " compile"] = f"{it['label']} torch.compile"
     jobs["normlab"] = [normlab, "train", "--model", args.model, "--epochs", str(args.epochs),
                        "--threads", t, "--data", args.data, "--out", out_dir, "--progress", "never"]
-    jobs["floor"] = [floor_tool, "--model", args.model, "--repeats", "3"]
+    # seed001's floor takes 3 repeats (a second each); a CNN epoch's floor is far longer.
+    floor_repeats = 3 if args.model == "seed001" else args.repeats
+    jobs["floor"] = [floor_tool, "--model", args.model, "--repeats", str(floor_repeats)]
     labels.update({"normlab": "normlab train", "floor": "matrix products alone (floor)"})
     if not args.skip_depth:
         for it in interps:
