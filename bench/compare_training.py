@@ -2,7 +2,10 @@
 """Training and the depth sweep side by side with PyTorch, in one invocation.
 
     bench/compare_training.py [--threads 2] [--epochs 1] [--repeats 3] [--data DIR]
-        [--build build] [--no-compile] [--no-debian] [--skip-depth]
+        [--build build] [--no-compile] [--no-debian] [--skip-depth] [--model seed001]
+
+--model cnn:norm=gn (or any preset/spec) times that model instead of seed001
+(issue 11: the CNN; its floor adds the oneDNN convolution calls alone).
 
 Runs, one after the other and --repeats times interleaved:
   * PyTorch: bench/torch_train.py (the seed-001 MLP from nn.Linear + weight_norm,
@@ -82,6 +85,7 @@ def main():
     ap.add_argument("--skip-depth", action="store_true")
     ap.add_argument("--no-compile", action="store_true", help="leave torch.compile out")
     ap.add_argument("--no-debian", action="store_true", help="leave Debian's PyTorch 1.13 out")
+    ap.add_argument("--model", default="seed001", help="the model trained (a preset or spec; e.g. cnn:norm=gn)")
     args = ap.parse_args()
     if args.threads < 1 or args.epochs < 1 or args.repeats < 1:
         sys.exit("compare_training: --threads, --epochs and --repeats must be at least 1")
@@ -102,7 +106,7 @@ def main():
     env["OMP_NUM_THREADS"] = str(args.threads)
     t = str(args.threads)
     out_dir = tempfile.mkdtemp(prefix="normlab-compare-")
-    train_args = ["--model", "seed001", "--epochs", str(args.epochs), "--threads", t,
+    train_args = ["--model", args.model, "--epochs", str(args.epochs), "--threads", t,
                   "--data", args.data]
     jobs, envs, labels = {}, {}, {}
     for it in interps:
@@ -113,9 +117,11 @@ def main():
             jobs[key + " compile"] = jobs[key] + ["--compile"]
             envs[key + " compile"] = envs[key]
             labels[key + " compile"] = f"{it['label']} torch.compile"
-    jobs["normlab"] = [normlab, "train", "--model", "seed001", "--epochs", str(args.epochs),
+    jobs["normlab"] = [normlab, "train", "--model", args.model, "--epochs", str(args.epochs),
                        "--threads", t, "--data", args.data, "--out", out_dir, "--progress", "never"]
-    jobs["floor"] = [floor_tool, "--model", "seed001", "--repeats", "3"]
+    # seed001's floor takes 3 repeats (a second each); a CNN epoch's floor is far longer.
+    floor_repeats = 3 if args.model == "seed001" else args.repeats
+    jobs["floor"] = [floor_tool, "--model", args.model, "--repeats", str(floor_repeats)]
     labels.update({"normlab": "normlab train", "floor": "matrix products alone (floor)"})
     if not args.skip_depth:
         for it in interps:
@@ -151,7 +157,7 @@ def main():
           f"medians of {args.repeats} runs x {args.epochs} epoch(s)\n")
     base = f"torch {interps[0]['short']}"  # the current PyTorch, eager: the speed-ups' reference
     train_keys = [k for k in jobs if k.startswith("torch")] + ["normlab", "floor"]
-    print(f"{'seed001, one MNIST epoch (batch 128)':44s} {'s/epoch':>9s} "
+    print(f"{args.model + ', one MNIST epoch (batch 128)':44s} {'s/epoch':>9s} "
           f"{'vs ' + interps[0]['short'] + ' eager':>14s} {'vs floor':>9s} {'peak RSS':>9s}")
     for k in train_keys:
         print(f"{labels[k]:44s} {med[k]:9.3f} {med[base] / med[k]:13.1f}x "

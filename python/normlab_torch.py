@@ -374,8 +374,23 @@ FIXED_PRESETS = {
 }
 
 
+# cnn:norm=none|bn|gn|in|ln (src/nn/model_presets.cpp): the norm after each conv and after linear(128).
+CNN_NORMS = {"none": ("", ""), "bn": ("batchnorm2d(C)", "batchnorm(128)"),
+             "gn": ("groupnorm(8)", "groupnorm(8)"), "in": ("instancenorm2d(C)", "layernorm(128)"),
+             "ln": ("layernorm(dims=3)", "layernorm(128)")}
+
+
+def cnn_spec(norm):
+    n2, n1 = CNN_NORMS[norm]
+    def block(c):
+        n = n2.replace("C", str(c))
+        return f"conv2d({c}, 3), " + (f"{n}, " if n else "") + "relu, maxpool2d(2), "
+    return ("unflatten(1, 28, 28), " + block(32) + block(64) + "flatten, linear(128), " +
+            (f"{n1}, " if n1 else "") + "relu, linear(10)")
+
+
 def preset_names():
-    return list(FIXED_PRESETS) + list(SEED000_BLOCKS)
+    return list(FIXED_PRESETS) + list(SEED000_BLOCKS) + ["cnn"]
 
 
 def is_preset(text):
@@ -389,6 +404,14 @@ def preset_spec(text):
         if rest.strip():
             raise SpecError(f"preset {name} takes no parameters, got '{rest.strip()}'")
         return FIXED_PRESETS[name]
+    if name == "cnn":
+        norm = "none"
+        for item in filter(None, (i.strip() for i in rest.split(","))):
+            key, eq, value = (v.strip() for v in item.partition("="))
+            if key != "norm" or value not in CNN_NORMS:
+                raise SpecError(f"preset cnn: norm must be one of {'|'.join(CNN_NORMS)}, got '{item}'")
+            norm = value
+        return cnn_spec(norm)
     if name not in SEED000_BLOCKS:
         raise SpecError(f"unknown preset '{name}'; known presets: {', '.join(preset_names())}")
     values = {k: v[0] for k, v in SEED000_PARAMS.items()}
@@ -448,6 +471,11 @@ LAYERS = {
     "bn2d": ("batchnorm2d", 0, 1, ("affine", "momentum", "eps", "track_running_stats")),
     "instancenorm2d": ("instancenorm2d", 0, 1, ("eps", "momentum", "affine", "track_running_stats")),
     "in2d": ("instancenorm2d", 0, 1, ("eps", "momentum", "affine", "track_running_stats")),
+    # issue 11: convolution and pooling
+    "conv2d": ("conv2d", 2, 2, ("stride", "padding", "dilation", "groups", "bias")),
+    "maxpool2d": ("maxpool2d", 1, 1, ("stride", "padding", "dilation")),
+    "avgpool2d": ("avgpool2d", 1, 1, ("stride", "padding", "count_include_pad")),
+    "adaptiveavgpool2d": ("adaptiveavgpool2d", 1, 1, ()),
 }
 
 
@@ -523,11 +551,27 @@ class Parser:
                     self.take()
                     layer["options"][key] = self.take()[1]
                 else:
-                    layer["sizes"].append(int(self.take()[1]))
+                    layer["sizes"].append(_size_or_pair(self.take()[1]))
                 if self.peek()[0] == ",":
                     self.take()
             self.take()
         return layer
+
+
+def _size_or_pair(text):
+    """A positional size: 3, or 3x5 (conv2d's and the pools' kernel HxW) as a tuple."""
+    if "x" in text.lower():
+        return tuple(int(v) for v in text.lower().split("x"))
+    return int(text)
+
+
+def _pair(v, lo=1):
+    """conv2d's / the pools' stride, padding, dilation: '2' -> (2, 2), '2x1' -> (2, 1)."""
+    p = _size_or_pair(v) if isinstance(v, str) else v
+    p = (p, p) if isinstance(p, int) else tuple(p)
+    if len(p) != 2 or any(x < lo for x in p):
+        raise SpecError(f"expected a whole number >= {lo} or HxW, got '{v}'")
+    return p
 
 
 def boolean(v):
@@ -579,7 +623,8 @@ def build_layer(item, shape):
     for k in opt:
         if k not in keys:
             raise SpecError(f"unknown option '{k}' for {item['layer']}")
-    if not lo <= len(sizes) <= hi or any(not 0 < s <= MAX_FEATURES for s in sizes):
+    flat = [v for s in sizes for v in (s if isinstance(s, tuple) else (s,))]
+    if not lo <= len(sizes) <= hi or any(not 0 < s <= MAX_FEATURES for s in flat):
         raise SpecError(f"bad sizes {sizes} for {item['layer']}")
     bias = boolean(opt.get("bias", "true"))
     eps = float(opt.get("eps", "1e-5")) if kind != "rmsnorm" else (
@@ -682,6 +727,29 @@ def build_layer(item, shape):
             raise SpecError(f"instancenorm2d needs H*W > 1, got shape {shape}")
         return nn.InstanceNorm2d(shape[1], eps=eps, momentum=momentum, affine=boolean(opt.get("affine", "false")),
                                  track_running_stats=boolean(opt.get("track_running_stats", "false"))), shape
+    if kind in ("conv2d", "maxpool2d", "avgpool2d"):
+        if len(shape) != 4:
+            raise SpecError(f"{kind} needs a 4-D (N, C, H, W) input, got shape {shape}")
+        conv = kind == "conv2d"
+        k = _pair(sizes[1] if conv else sizes[0])
+        stride = _pair(opt["stride"]) if "stride" in opt else ((1, 1) if conv else k)
+        padding = _pair(opt.get("padding", "0"), lo=0)
+        dilation = _pair(opt.get("dilation", "1"))
+        if conv:
+            layer = nn.Conv2d(shape[1], sizes[0], k, stride=stride, padding=padding, dilation=dilation,
+                              groups=int(opt.get("groups", "1")), bias=bias)
+        elif kind == "maxpool2d":
+            layer = nn.MaxPool2d(k, stride=stride, padding=padding, dilation=dilation)
+        else:
+            layer = nn.AvgPool2d(k, stride=stride, padding=padding,
+                                 count_include_pad=boolean(opt.get("count_include_pad", "true")))
+        out = [(shape[2 + i] + 2 * padding[i] - dilation[i] * (k[i] - 1) - 1) // stride[i] + 1 for i in (0, 1)]
+        return layer, [shape[0], sizes[0] if conv else shape[1]] + out
+    if kind == "adaptiveavgpool2d":
+        if len(shape) != 4:
+            raise SpecError(f"adaptiveavgpool2d needs a 4-D (N, C, H, W) input, got shape {shape}")
+        o = _pair(sizes[0])
+        return nn.AdaptiveAvgPool2d(o), shape[:2] + list(o)
     raise SpecError(f"unhandled layer {kind}")
 
 

@@ -723,6 +723,23 @@ std::vector<Case> spec_cases() {
       {"spec: batchnorm2d channel count",
        model("flatten, unflatten(4, 2, 2), bn2d(3)"),
        {"bn2d(3)", "expects 3 channels", "(2, 4, 2, 2)"}},
+      // Convolution and pooling (issue 11)
+      {"spec: conv2d channels not divisible by groups",
+       model("flatten, unflatten(1, 4, 4), conv2d(6, 3, groups=4)"),
+       {"conv2d(6, 3, groups=4)", "divisible by groups=4", "1 and 6"}},
+      {"spec: conv2d kernel larger than the padded input",
+       model("flatten, unflatten(1, 4, 4), conv2d(6, 5)"),
+       {"conv2d(6, 5)", "kernel 5x5", "padded input 4x4"}},
+      {"spec: conv2d stride 0",
+       model("flatten, unflatten(1, 4, 4), conv2d(2, 3, stride=0)"),
+       {"stride must be a whole number >= 1", "'0'"}},
+      {"spec: conv2d on a 2-D input",
+       model("flatten, conv2d(2, 3)"),
+       {"conv2d(2, 3)", "needs a 4-D (N, C, H, W) input", "(2, 16)"}},
+      {"spec: maxpool2d padding above half the kernel",
+       model("flatten, unflatten(1, 4, 4), maxpool2d(2, padding=2)"),
+       {"maxpool2d(2, padding=2)", "padding 2x2", "more than half the kernel 2x2"}},
+      {"spec: cnn preset unknown norm", model("cnn:norm=xx"), {"cnn", "norm", "'xx'"}},
   };
 }
 

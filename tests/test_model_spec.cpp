@@ -237,7 +237,7 @@ TEST(ModelSpec, Seed000PresetsFollowTheNotebook) {
 }
 
 TEST(ModelSpec, PresetHelpersAgree) {
-  EXPECT_EQ(preset_names().size(), 7u);
+  EXPECT_EQ(preset_names().size(), 8u);
   EXPECT_TRUE(is_preset("bn-pre:depth=3"));
   EXPECT_FALSE(is_preset("linear(10)"));
   EXPECT_EQ(resolve_spec("linear(10)"), "linear(10)");

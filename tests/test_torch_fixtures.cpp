@@ -153,6 +153,22 @@ LayerPtr<T> build(const json& spec, Rng& rng) {
     o.track_running_stats = c["track_running_stats"];
     return std::make_unique<InstanceNorm2d<T>>(c["num_features"], o);
   }
+  // Conv2d and pooling (issue 11)
+  auto pair = [&](const char* k) { return Pair(c[k][0].get<int64_t>(), c[k][1].get<int64_t>()); };
+  if (kind == "Conv2d")
+    return std::make_unique<Conv2d<T>>(
+        c["in_channels"], c["out_channels"], pair("kernel_size"),
+        Conv2dOptions{pair("stride"), pair("padding"), pair("dilation"), c["groups"], c["bias"]},
+        rng);
+  if (kind == "MaxPool2d")
+    return std::make_unique<MaxPool2d<T>>(
+        pair("kernel_size"), Pool2dOptions{pair("stride"), pair("padding"), pair("dilation")});
+  if (kind == "AvgPool2d")
+    return std::make_unique<AvgPool2d<T>>(
+        pair("kernel_size"),
+        Pool2dOptions{pair("stride"), pair("padding"), Pair(1), c["count_include_pad"]});
+  if (kind == "AdaptiveAvgPool2d")
+    return std::make_unique<AdaptiveAvgPool2d<T>>(pair("output_size"));
   throw std::runtime_error("unknown layer kind in fixture: " + kind);
 }
 
@@ -320,6 +336,14 @@ TEST(TorchFixtureCoverage, CoversEveryRequiredConfiguration) {
       seen.insert(c["affine"] ? "gn affine on" : "gn affine off");
       seen.insert("gn rank " + std::to_string(fx["steps"][0]["input"]["shape"].size()));
     }
+    if (kind == "Conv2d") {
+      if (c["stride"][0] == 2) seen.insert("conv stride 2");
+      if (c["padding"][0] != 0 || c["padding"][1] != 0) seen.insert("conv padding");
+      if (c["dilation"][0] != 1) seen.insert("conv dilation");
+      if (c["groups"] != 1) seen.insert("conv groups");
+      if (!c["bias"]) seen.insert("conv bias off");
+    }
+    if (kind == "AvgPool2d" && !c["count_include_pad"]) seen.insert("avgpool exclude pad");
     if (kind == "InstanceNorm1d") {
       seen.insert("in rank " + std::to_string(fx["steps"][0]["input"]["shape"].size()));
       if (c["affine"]) seen.insert("in affine on");
@@ -363,7 +387,9 @@ TEST(TorchFixtureCoverage, CoversEveryRequiredConfiguration) {
         "BatchNorm2d", "bn2d affine on", "bn2d affine off", "bn2d momentum none",
         "bn2d no tracking", "InstanceNorm2d", "in2d rank 3", "in2d rank 4", "in2d affine on",
         "in2d tracking", "MeanOnlyBatchNorm1d rank 4", "BatchRenorm1d rank 4",
-        "GhostBatchNorm1d rank 4", "LayerNorm rank 4"})
+        "GhostBatchNorm1d rank 4", "LayerNorm rank 4", "Conv2d", "conv stride 2", "conv padding",
+        "conv dilation", "conv groups", "conv bias off", "MaxPool2d", "AvgPool2d",
+        "avgpool exclude pad", "AdaptiveAvgPool2d"})
     EXPECT_TRUE(seen.count(want)) << "no fixture covers " << want;
 }
 

@@ -16,6 +16,12 @@
 // faster median. Prints the seconds of each repeat, the medians, GFLOP and
 // GFLOP/s, a breakdown per call, and a last line `floor_seconds=... gflop=...`
 // for scripts.
+//
+// Conv2d layers (issue 11): their floor is the oneDNN convolution calls alone
+// (forward, backward-data except for the first, backward-weights, and the
+// reorders to and from PyTorch's layout), made through Conv2d<float> layers of
+// the same shapes fed constant buffers, interleaved with the products in
+// layer order. Their FLOP count in the GFLOP figures too.
 #include <omp.h>
 #include <oneapi/dnnl/dnnl.h>
 
@@ -25,9 +31,12 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "normlab/conv.hpp"
 #include "normlab/data.hpp"
 #include "normlab/error.hpp"
 #include "normlab/kernels.hpp"
@@ -98,6 +107,23 @@ int run(int argc, char** argv) {
   collect_linears(*model, layers);
   if (layers.empty()) fail("--model ", model_spec, " has no linear layers: its floor is zero");
   const size_t L = layers.size();
+  // The convolutions, with their input shapes (batch dim replaced per batch).
+  struct ConvJob {
+    std::unique_ptr<Conv2d<float>> layer;
+    Shape in;  // (., C, H, W)
+    Shape out;
+    std::map<int64_t, std::pair<Tensor<float>, Tensor<float>>> xy;  // batch -> (x, dy)
+  };
+  std::vector<ConvJob> convs;
+  for (const LayerPlan& p : plan_model(model_spec, Shape{batch, features}))
+    if (p.kind == LayerKind::Conv2d) {
+      ConvJob j{std::make_unique<Conv2d<float>>(p.in, p.out, p.kernel, p.conv, rng),
+                p.in_shape,
+                p.out_shape,
+                {}};
+      j.layer->set_input_grad(!convs.empty());
+      convs.push_back(std::move(j));
+    }
 
   // The batch sizes of an epoch, as the training run's sampler makes them.
   BatchSampler sampler(samples, batch, false, 0, LastBatch::MergeSingle);
@@ -121,7 +147,19 @@ int run(int argc, char** argv) {
     buf.dw.push_back(std::vector<float>(static_cast<size_t>(layers[l].out * layers[l].in)));
   }
 
+  for (auto& c : convs)
+    for (int64_t B : sizes)
+      if (!c.xy.count(B)) {
+        Shape xs = c.in, ys = c.out;
+        xs[0] = ys[0] = B;
+        c.xy[B] = {Tensor<float>(xs, 0.01f), Tensor<float>(ys, 0.01f)};
+      }
   double flop = 0;
+  for (auto& c : convs) {
+    const double per_sample = 2.0 * static_cast<double>(c.layer->weight.numel()) *
+                              static_cast<double>(c.out[2] * c.out[3]);
+    for (int64_t B : sizes) flop += per_sample * B * (c.layer->input_grad() ? 3 : 2);
+  }
   for (int64_t B : sizes)
     for (size_t l = 0; l < L; ++l) {
       const double mac = static_cast<double>(B) * layers[l].in * layers[l].out;
@@ -146,6 +184,7 @@ int run(int argc, char** argv) {
       calls[l][k] += elapsed(t0);
     };
     for (int64_t B : sizes) {
+      for (auto& c : convs) c.layer->forward(c.xy[B].first);
       for (size_t l = 0; l < L; ++l) {
         const int64_t I = layers[l].in, O = layers[l].out;
         timed(l, 0, [&] {
@@ -166,12 +205,17 @@ int run(int argc, char** argv) {
                       buf.dw[l].data(), I);
         });
       }
+      for (size_t c = convs.size(); c-- > 0;) {
+        auto& j = convs[c];
+        j.layer->backward(j.xy[B].second);  // x and y of this batch's forward above
+      }
     }
   };
 
   std::printf(
-      "model %s: %zu linear layers, %zu batches of up to %lld rows (%lld samples), %d threads\n",
-      model_spec.c_str(), L, sizes.size(), static_cast<long long>(max_b),
+      "model %s: %zu conv + %zu linear layers, %zu batches of up to %lld rows (%lld samples), %d "
+      "threads\n",
+      model_spec.c_str(), convs.size(), L, sizes.size(), static_cast<long long>(max_b),
       static_cast<long long>(samples), omp_get_max_threads());
   epoch(false, false);  // warm-up: oneDNN's JIT kernels, page faults
   epoch(false, true);

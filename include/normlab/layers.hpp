@@ -199,3 +199,5 @@ class Flatten : public Layer<T> {
 #include "normlab/bn_family.hpp"  // BatchNorm variants: mean-only, Batch Renorm, Ghost
 #include "normlab/syncbn.hpp"  // SyncBatchNorm over a Communicator (issue 13)
 #include "normlab/norm2d.hpp"  // BatchNorm2d, InstanceNorm2d (issue 11)
+#include "normlab/conv.hpp"  // Conv2d and pooling (issue 11)
+#include "normlab/pool.hpp"

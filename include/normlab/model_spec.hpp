@@ -39,8 +39,12 @@ enum class LayerKind {
   BatchRenorm,
   GhostBatchNorm,
   SyncBatchNorm,  // issue 13 (normlab/syncbn.hpp): BatchNorm over the ranks of world()
-  BatchNorm2d,  // the norms on (N, C, H, W) (normlab/norm2d.hpp); options in bn / inorm
+  BatchNorm2d,    // the norms on (N, C, H, W) (normlab/norm2d.hpp); options in bn / inorm
   InstanceNorm2d,
+  Conv2d,  // issue 11: convolution and pooling (normlab/conv.hpp, normlab/pool.hpp)
+  MaxPool2d,
+  AvgPool2d,
+  AdaptiveAvgPool2d,
 };
 
 // One layer of a model with its sizes resolved against an input shape.
@@ -68,6 +72,11 @@ struct LayerPlan {
   MeanOnlyBatchNormOptions mean_only_bn;
   BatchRenormOptions renorm;
   int64_t virtual_batch_size = 32;
+  // Conv2d (in/out: channels) and the pools: kernel_size (AdaptiveAvgPool2d:
+  // output_size) and the other arguments.
+  Pair kernel = 1;
+  Conv2dOptions conv;
+  Pool2dOptions pool;
 
   std::string child_path() const;  // "network.1": the prefix of this layer's state_dict keys
 };

@@ -49,6 +49,14 @@ LayerPtr<T> make_layer(const LayerPlan& p, Rng& rng) {
       return std::make_unique<BatchNorm2d<T>>(p.in, p.bn);
     case LayerKind::InstanceNorm2d:
       return std::make_unique<InstanceNorm2d<T>>(p.in, p.inorm);
+    case LayerKind::Conv2d:
+      return std::make_unique<Conv2d<T>>(p.in, p.out, p.kernel, p.conv, rng);
+    case LayerKind::MaxPool2d:
+      return std::make_unique<MaxPool2d<T>>(p.kernel, p.pool);
+    case LayerKind::AvgPool2d:
+      return std::make_unique<AvgPool2d<T>>(p.kernel, p.pool);
+    case LayerKind::AdaptiveAvgPool2d:
+      return std::make_unique<AdaptiveAvgPool2d<T>>(p.kernel);
   }
   fail("build_model: unhandled layer kind in ", p.source);
 }

@@ -15,6 +15,9 @@ namespace {
 struct Param {
   const char* name;
   int64_t fallback, lo, hi;
+  // A parameter with named values (cnn's norm=gn): the value is the index of
+  // its name here, and lo/hi are ignored.
+  std::vector<const char*> choices = {};
 };
 
 struct Preset {
@@ -45,6 +48,37 @@ std::function<std::string(const std::map<std::string, int64_t>&)> seed000_block(
 const std::vector<Param> kSeed000Params = {
     {"depth", 3, 0, 1000}, {"width", 512, 1, kMaxFeatures}, {"out", 10, 1, kMaxFeatures}};
 
+// The cnn preset: the (N, 784) batch becomes (N, 1, 28, 28); norm picks the
+// 2-D norm after each conv and its 1-D counterpart after linear(128):
+// bn: BatchNorm2d / BatchNorm1d, gn: GroupNorm(8) / GroupNorm(8),
+// in: InstanceNorm2d / LayerNorm (one instance = the sample's features),
+// ln: LayerNorm over (C, H, W) / LayerNorm(128).
+std::string cnn_spec(const std::map<std::string, int64_t>& p) {
+  const int64_t k = p.at("norm");
+  auto norm2d = [k](int64_t c) -> std::string {
+    const std::string C = std::to_string(c);
+    switch (k) {
+      case 1:
+        return "batchnorm2d(" + C + "), ";
+      case 2:
+        return "groupnorm(8), ";
+      case 3:
+        return "instancenorm2d(" + C + "), ";
+      case 4:
+        return "layernorm(dims=3), ";
+      default:
+        return "";
+    }
+  };
+  static const char* const norm1d[] = {"", "batchnorm(128), ", "groupnorm(8), ", "layernorm(128), ",
+                                       "layernorm(128), "};
+  auto block = [&](int64_t c) {
+    return "conv2d(" + std::to_string(c) + ", 3), " + norm2d(c) + "relu, maxpool2d(2), ";
+  };
+  return "unflatten(1, 28, 28), " + block(32) + block(64) + "flatten, linear(128), " + norm1d[k] +
+         "relu, linear(10)";
+}
+
 const std::vector<Preset>& presets() {
   static const std::vector<Preset> table = {
       {"seed001",
@@ -74,6 +108,11 @@ const std::vector<Preset>& presets() {
        seed000_block("layernorm(bias=false), linear(W), relu")},
       {"ln-post", kSeed000Params, "seed-000: Linear(bias=False), LayerNorm, ReLU per block",
        seed000_block("linear(W, bias=false), layernorm, relu")},
+      {"cnn",
+       {{"norm", 0, 0, 0, {"none", "bn", "gn", "in", "ln"}}},
+       "a small classic CNN on (N, 784) images: conv(32,3)-norm-relu-pool, "
+       "conv(64,3)-norm-relu-pool, linear(128)-norm-relu, linear(10)",
+       cnn_spec},
   };
   return table;
 }
@@ -96,7 +135,17 @@ std::string param_list(const Preset& p) {
     if (!s.empty()) s += ',';
     s += q.name;
     s += '=';
-    s += std::to_string(q.fallback);
+    if (q.choices.empty()) {
+      s += std::to_string(q.fallback);
+      continue;
+    }
+    s += q.choices[q.fallback];
+    s += " (";
+    for (size_t i = 0; i < q.choices.size(); ++i) {
+      if (i) s += '|';
+      s += q.choices[i];
+    }
+    s += ')';
   }
   return s;
 }
@@ -152,6 +201,16 @@ std::string preset_spec(const std::string& text) {
         fail("preset ", p->name, ": expected key=value with a key among ", param_list(*p),
              ", got '", item, "'");
       const std::string value = trim(item.substr(eq + 1));
+      if (!q->choices.empty()) {
+        const auto c = std::find_if(q->choices.begin(), q->choices.end(),
+                                    [&](const char* x) { return value == x; });
+        if (c == q->choices.end())
+          fail("preset ", p->name, ": ", key, " must be one of ", param_list(*p), ", got '", value,
+               "'");
+        values[key] = c - q->choices.begin();
+        start = comma + 1;
+        continue;
+      }
       const bool digits = !value.empty() && value.size() <= 12 &&
                           std::all_of(value.begin(), value.end(), [](char c) {
                             return std::isdigit(static_cast<unsigned char>(c));

@@ -140,6 +140,34 @@ const std::vector<LayerInfo>& layer_table() {
        {"eps", "momentum", "affine", "track_running_stats"},
        "instancenorm2d([C][, eps=F][, momentum=none|F][, affine=true][, "
        "track_running_stats=true])"},
+      {"conv2d",
+       nullptr,
+       LayerKind::Conv2d,
+       2,
+       2,
+       {"stride", "padding", "dilation", "groups", "bias"},
+       "conv2d(OUT, K | KHxKW[, stride=S][, padding=P][, dilation=D][, groups=G][, bias=false])"},
+      {"maxpool2d",
+       nullptr,
+       LayerKind::MaxPool2d,
+       1,
+       1,
+       {"stride", "padding", "dilation"},
+       "maxpool2d(K | KHxKW[, stride=S][, padding=P][, dilation=D])"},
+      {"avgpool2d",
+       nullptr,
+       LayerKind::AvgPool2d,
+       1,
+       1,
+       {"stride", "padding", "count_include_pad"},
+       "avgpool2d(K | KHxKW[, stride=S][, padding=P][, count_include_pad=false])"},
+      {"adaptiveavgpool2d",
+       nullptr,
+       LayerKind::AdaptiveAvgPool2d,
+       1,
+       1,
+       {},
+       "adaptiveavgpool2d(S | HxW)"},
   };
   return table;
 }
@@ -408,6 +436,12 @@ struct Options {
   std::optional<double> rmax, dmax;
   std::optional<int64_t> warmup, rmax_ramp, dmax_ramp, virtual_batch_size;
   bool paper_schedule = false;
+  // conv2d and the pools: each positional size as a pair (K or KHxKW), and
+  // stride, padding, dilation, groups, count_include_pad
+  std::vector<Pair> size_pairs;
+  std::optional<Pair> stride, padding, dilation;
+  int64_t groups = 1;
+  bool count_include_pad = true;
 };
 
 class OptionReader {
@@ -423,7 +457,14 @@ class OptionReader {
         if (static_cast<int>(o.sizes.size()) >= n_.info->max_sizes)
           bad(a.pos, n_.info->max_sizes == 0 ? std::string(n_.info->name) + " takes no sizes"
                                              : "too many sizes for " + std::string(n_.info->name));
+        if (takes_pairs() && lower(a.value.text).find('x') != std::string::npos) {
+          const Pair pr = pair(a, 1);
+          o.sizes.push_back({pr.h, a.pos});
+          o.size_pairs.push_back(pr);
+          continue;
+        }
         o.sizes.push_back({size(a), a.pos});
+        o.size_pairs.push_back(Pair(o.sizes.back().first));
         continue;
       }
       const auto& keys = n_.info->keys;
@@ -454,6 +495,11 @@ class OptionReader {
       if (a.key == "rmax_ramp") o.rmax_ramp = steps(a);
       if (a.key == "dmax_ramp") o.dmax_ramp = steps(a);
       if (a.key == "virtual_batch_size") o.virtual_batch_size = size(a);
+      if (a.key == "stride") o.stride = pair(a, 1);
+      if (a.key == "padding") o.padding = pair(a, 0);
+      if (a.key == "dilation") o.dilation = pair(a, 1);
+      if (a.key == "groups") o.groups = size(a);
+      if (a.key == "count_include_pad") o.count_include_pad = boolean(a);
     }
     if (o.dims && o.shape) bad(seen["shape"], "give dims= or shape=, not both");
     if (!o.sizes.empty() && (o.dims || o.shape))
@@ -461,6 +507,11 @@ class OptionReader {
     if (static_cast<int>(o.sizes.size()) < n_.info->min_sizes &&
         n_.info->kind == LayerKind::GroupNorm)
       bad(n_.pos, "groupnorm needs its number of groups, e.g. groupnorm(32)");
+    if (static_cast<int>(o.sizes.size()) < n_.info->min_sizes && takes_pairs())
+      bad(n_.pos, std::string(n_.info->name) + " needs " +
+                      (n_.info->kind == LayerKind::Conv2d ? "its output channels and kernel size"
+                       : n_.info->kind == LayerKind::AdaptiveAvgPool2d ? "its output size"
+                                                                       : "its kernel size"));
     if (static_cast<int>(o.sizes.size()) < n_.info->min_sizes)
       bad(n_.pos,
           std::string(n_.info->name) + " needs its output size, e.g. " + n_.info->name + "(512)");
@@ -486,6 +537,31 @@ class OptionReader {
           "size " + t + " is absurdly large (the limit is " + std::to_string(kMaxFeatures) + ")");
     if (v <= 0) bad(a.pos, "size must be positive, got " + t);
     return v;
+  }
+
+  bool takes_pairs() const {
+    const LayerKind k = n_.info->kind;
+    return k == LayerKind::Conv2d || k == LayerKind::MaxPool2d || k == LayerKind::AvgPool2d ||
+           k == LayerKind::AdaptiveAvgPool2d;
+  }
+
+  // PyTorch's int-or-pair arguments: "3" (both) or "3x5" (height x width),
+  // each a whole number >= lo (0 for padding, else 1).
+  Pair pair(const Arg& a, int64_t lo) {
+    const std::string t = lower(a.value.text);
+    const size_t x = t.find('x');
+    auto part = [&](const std::string& s) {
+      const bool whole = !s.empty() && s.size() <= 7 && std::all_of(s.begin(), s.end(), [](char c) {
+        return std::isdigit(static_cast<unsigned char>(c));
+      });
+      const int64_t v = whole ? std::stoll(s) : -1;
+      if (!whole || v < lo || v > kMaxFeatures)
+        bad(a.pos, (a.key.empty() ? std::string("size") : a.key) + " must be a whole number " +
+                       (lo == 0 ? ">= 0" : ">= 1") + " or HxW, got '" + a.value.text + "'");
+      return v;
+    };
+    if (x == std::string::npos) return Pair(part(t));
+    return Pair(part(t.substr(0, x)), part(t.substr(x + 1)));
   }
 
   // "28x28" (or "784"): positive whole sizes separated by 'x'.
@@ -828,11 +904,64 @@ class Planner {
         shape_ = out;
         break;
       }
+      case LayerKind::Conv2d:
+      case LayerKind::MaxPool2d:
+      case LayerKind::AvgPool2d:
+        spatial(n, o, p);
+        break;
+      case LayerKind::AdaptiveAvgPool2d:
+        if (shape_.size() != 4) mismatch(n, "needs a 4-D (N, C, H, W) input");
+        p.kernel = o.size_pairs[0];
+        p.in = p.out = shape_[1];
+        shape_ = {shape_[0], shape_[1], p.kernel.h, p.kernel.w};
+        break;
     }
     p.out_shape = shape_;
     if (p.kind == LayerKind::Flatten || p.kind == LayerKind::Unflatten || p.in_shape != p.out_shape)
       producer_ = n.source + " at column " + std::to_string(p.column);
     return p;
+  }
+
+  // Conv2d, MaxPool2d, AvgPool2d: the options, the checks of nn.Conv2d and
+  // of PyTorch's pooling shape check, and the output shape.
+  void spatial(const Node& n, const Options& o, LayerPlan& p) {
+    if (shape_.size() != 4)
+      mismatch(n, "needs a 4-D (N, C, H, W) input (e.g. unflatten(1, 28, 28) before it)");
+    const bool conv = p.kind == LayerKind::Conv2d;
+    p.kernel = o.size_pairs[conv ? 1 : 0];
+    p.in = shape_[1];
+    const Pair s = o.stride.value_or(conv ? Pair(1) : p.kernel), pad = o.padding.value_or(Pair(0)),
+               d = o.dilation.value_or(Pair(1));
+    const Pair k = p.kernel;
+    if (conv) {
+      p.out = o.sizes[0].first;
+      p.conv = {s, pad, d, o.groups, o.bias};
+      const int64_t G = o.groups;
+      if (p.in % G != 0 || p.out % G != 0)
+        mismatch(n, "needs in_channels and out_channels divisible by groups=" + std::to_string(G) +
+                        " (" + std::to_string(p.in) + " and " + std::to_string(p.out) + ")");
+      const int64_t weights = p.out * (p.in / G) * k.h * k.w;
+      if (weights > kMaxLayerWeights)
+        fail_at(spec_, n.pos,
+                n.source + " would hold " + std::to_string(weights) +
+                    " weights, more than the limit " + std::to_string(kMaxLayerWeights));
+      total_weights_ += weights;
+    } else {
+      p.out = p.in;
+      p.pool = {s, pad, d, o.count_include_pad};
+      if (pad.h > k.h / 2 || pad.w > k.w / 2)
+        fail_at(spec_, n.pos,
+                n.source + ": padding " + std::to_string(pad.h) + "x" + std::to_string(pad.w) +
+                    " is more than half the kernel " + std::to_string(k.h) + "x" +
+                    std::to_string(k.w) + " (PyTorch's rule)");
+    }
+    const int64_t eh = d.h * (k.h - 1) + 1, ew = d.w * (k.w - 1) + 1;
+    const int64_t ph = shape_[2] + 2 * pad.h, pw = shape_[3] + 2 * pad.w;
+    if (ph < eh || pw < ew)
+      mismatch(n, "has a (dilated) kernel " + std::to_string(eh) + "x" + std::to_string(ew) +
+                      " larger than its padded input " + std::to_string(ph) + "x" +
+                      std::to_string(pw));
+    shape_ = {shape_[0], conv ? p.out : p.in, (ph - eh) / s.h + 1, (pw - ew) / s.w + 1};
   }
 
   const std::string& spec_;

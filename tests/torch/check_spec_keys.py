@@ -58,6 +58,15 @@ SPECS = [
     ("unflatten(4, 7, 28), batchnorm2d(4), bn2d(affine=false, momentum=none), instancenorm2d, "
      "in2d(affine=true, track_running_stats=true), gn(2), layernorm(dims=3), meanonlybn, brn, "
      "gbn(virtual_batch_size=2), flatten, linear(10)", "784"),
+    # issue 11: convolution, pooling, the cnn preset
+    ("cnn", "784"),
+    ("cnn:norm=gn", "784"),
+    ("cnn:norm=ln", "784"),
+    ("cnn:norm=bn", "784"),
+    ("cnn:norm=in", "784"),
+    ("unflatten(1, 28, 28), conv2d(8, 3x5, stride=2, padding=1x2, dilation=2, bias=false), "
+     "maxpool2d(3, stride=1, padding=1, dilation=2), conv2d(8, 1, groups=4), avgpool2d(2x3, count_include_pad=false), "
+     "adaptiveavgpool2d(2x3), flatten, linear(10)", "784"),
 ]
 
 
