@@ -438,6 +438,7 @@ LAYERS = {
     "ghostbatchnorm": ("ghostbatchnorm", 0, 1, ("virtual_batch_size", "affine", "momentum", "eps",
                                                 "track_running_stats")),
     "gbn": ("ghostbatchnorm", 0, 1, ("virtual_batch_size", "affine", "momentum", "eps", "track_running_stats")),
+    "sigmoid": ("sigmoid", 0, 0, ()),
 }
 
 
@@ -646,6 +647,8 @@ def build_layer(item, shape):
                  for k, default in (("warmup", 5000), ("rmax_ramp", 35000), ("dmax_ramp", 20000))}
         return BatchRenorm1d(shape[1], eps=eps, momentum=momentum, affine=affine, rmax=float(opt.get("rmax", "3")),
                              dmax=float(opt.get("dmax", "5")), **steps), shape
+    if kind == "sigmoid":
+        return nn.Sigmoid(), shape
     raise SpecError(f"unhandled layer {kind}")
 
 

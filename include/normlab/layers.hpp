@@ -193,3 +193,4 @@ class Flatten : public Layer<T> {
 #include "normlab/groupnorm.hpp"
 #include "normlab/unflatten.hpp"
 #include "normlab/bn_family.hpp"  // BatchNorm variants: mean-only, Batch Renorm, Ghost
+#include "normlab/sigmoid.hpp"  // nn.Sigmoid (the bn-paper study)

@@ -38,6 +38,7 @@ enum class LayerKind {
   MeanOnlyBatchNorm,  // BatchNorm variants (normlab/bn_family.hpp)
   BatchRenorm,
   GhostBatchNorm,
+  Sigmoid,  // nn.Sigmoid (normlab/sigmoid.hpp), for the bn-paper study
 };
 
 // One layer of a model with its sizes resolved against an input shape.

@@ -43,6 +43,8 @@ LayerPtr<T> make_layer(const LayerPlan& p, Rng& rng) {
       return std::make_unique<BatchRenorm1d<T>>(p.in, p.renorm);
     case LayerKind::GhostBatchNorm:
       return std::make_unique<GhostBatchNorm1d<T>>(p.in, p.virtual_batch_size, p.bn);
+    case LayerKind::Sigmoid:
+      return std::make_unique<Sigmoid<T>>();
   }
   fail("build_model: unhandled layer kind in ", p.source);
 }

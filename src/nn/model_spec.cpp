@@ -117,6 +117,7 @@ const std::vector<LayerInfo>& layer_table() {
        {"virtual_batch_size", "affine", "momentum", "eps", "track_running_stats"},
        "ghostbatchnorm([C][, virtual_batch_size=K][, affine=false][, momentum=none|F][, eps=F]"
        "[, track_running_stats=false])"},
+      {"sigmoid", nullptr, LayerKind::Sigmoid, 0, 0, {}, "sigmoid"},
   };
   return table;
 }
@@ -716,6 +717,7 @@ class Planner {
         break;
       }
       case LayerKind::ReLU:
+      case LayerKind::Sigmoid:
         break;
       case LayerKind::NotebookBatchNorm:
       case LayerKind::NotebookLayerNorm:
