@@ -64,8 +64,8 @@ void run(StudyArgs& a) {
   o.data_dir = resolve_data_dir(a.data);
   o.threads = static_cast<int>(a.threads);
   Console console(a.progress == "always" || (a.progress == "auto" && isatty(2)));
-  std::cout << "study " << a.name << (a.quick ? " (--quick)" : "") << ": "
-            << study_summary(a.name) << "\n"
+  std::cout << "study " << a.name << (a.quick ? " (--quick)" : "") << ": " << study_summary(a.name)
+            << "\n"
             << std::flush;
   const StudyReport r = run_study(a.name, o, console);
   console.clear();
@@ -85,8 +85,8 @@ void add_study_command(CLI::App& app) {
   std::string names;
   for (const auto& n : study_names()) names += "\n  " + n + ": " + study_summary(n);
   auto* cmd = app.add_subcommand(
-      "study", "Reproduce a normalization paper's small experiment: runs, figures, report.html" +
-                   names);
+      "study",
+      "Reproduce a normalization paper's small experiment: runs, figures, report.html" + names);
   cmd->add_option("name", a->name, "which study")->required();
   cmd->add_flag("--quick", a->quick, "reduced setting (for tests); default: the paper's");
   cmd->add_option("--seeds", a->seeds, "independent repetitions")->capture_default_str();

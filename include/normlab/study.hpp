@@ -32,8 +32,8 @@ struct StudyUnit {
   std::string optimizer = "sgd";
   OptimizerOptions optim;
   int64_t batch_size = 60;
-  int64_t steps = 1000;      // optimizer steps (epochs wrap over a reshuffled training set)
-  int64_t eval_every = 100;  // record a point every this many steps (and at step 0)
+  int64_t steps = 1000;         // optimizer steps (epochs wrap over a reshuffled training set)
+  int64_t eval_every = 100;     // record a point every this many steps (and at step 0)
   int64_t eval_images = 10000;  // first n test images for the test accuracy (0: all)
   uint64_t seed = 0;
   // > 0: every Linear weight redrawn from N(0, init_std^2) and biases set to 0
@@ -53,7 +53,7 @@ struct StudyUnit {
 struct StudyPoint {
   int64_t step = 0;
   double test_accuracy = 0, test_loss = 0;
-  double train_loss = 0;  // mean over the steps since the previous point (NaN at step 0)
+  double train_loss = 0;             // mean over the steps since the previous point (NaN at step 0)
   double p15 = 0, p50 = 0, p85 = 0;  // with probe_layer, else NaN
 };
 

@@ -22,7 +22,9 @@ std::string fmt(const char* f, double v) {
   std::snprintf(buf, sizeof buf, f, v);
   return buf;
 }
-std::string pct(double acc) { return fmt("%.2f", 100.0 * acc); }
+std::string pct(double acc) {
+  return fmt("%.2f", 100.0 * acc);
+}
 
 struct Built {
   std::vector<StudyUnit> units;
@@ -161,7 +163,8 @@ StudyReport bn_paper(const StudyOptions& o, StudyObserver& obs, ReportPage& page
   const UnitResult &none = rs[0], &bn = rs[1];
   const int64_t early = steps / 10;
   const double a_none = accuracy_at(none, early), a_bn = accuracy_at(bn, early);
-  rep.verdicts.push_back({"With BN, higher test accuracy sooner (at 10% of training)", a_bn > a_none,
+  rep.verdicts.push_back({"With BN, higher test accuracy sooner (at 10% of training)",
+                          a_bn > a_none,
                           "step " + std::to_string(early) + ": " + pct(a_bn) + "% with BN, " +
                               pct(a_none) + "% without"});
   const double f_none = final_accuracy(none), f_bn = final_accuracy(bn);
@@ -200,9 +203,8 @@ StudyReport bn_paper(const StudyOptions& o, StudyObserver& obs, ReportPage& page
   std::string t = "<table><tr><th>run</th><th>test accuracy at step " + std::to_string(early) +
                   "</th><th>final test accuracy</th><th>seconds</th></tr>";
   for (size_t i = 0; i < units.size(); ++i)
-    t += "<tr><td>" + units[i].label + "</td><td>" + pct(accuracy_at(rs[i], early)) +
-         "%</td><td>" + pct(final_accuracy(rs[i])) + "%</td><td>" + fmt("%.1f", rs[i].seconds) +
-         "</td></tr>";
+    t += "<tr><td>" + units[i].label + "</td><td>" + pct(accuracy_at(rs[i], early)) + "%</td><td>" +
+         pct(final_accuracy(rs[i])) + "%</td><td>" + fmt("%.1f", rs[i].seconds) + "</td></tr>";
   t += "</table>";
   page.tables.push_back({"Accuracy", t});
   page.paper =
@@ -230,8 +232,8 @@ std::vector<NormChoice> batch_size_norms() {
 }
 
 StudyReport batch_size(const StudyOptions& o, StudyObserver& obs, ReportPage& page) {
-  const int64_t width = o.quick ? 256 : 1000;
-  const int64_t samples = o.quick ? 8000 : 60000;  // training samples seen per run
+  const int64_t width = o.quick ? 128 : 1000;
+  const int64_t samples = o.quick ? 16000 : 60000;  // training samples seen per run
   const std::vector<int64_t> batches = {128, 4};
   const auto norms = batch_size_norms();
   std::vector<StudyUnit> units;
@@ -310,10 +312,9 @@ StudyReport batch_size(const StudyOptions& o, StudyObserver& obs, ReportPage& pa
   rep.verdicts.push_back({"LayerNorm at batch 4 within 1 point of batch 128 (or better)",
                           ln4 >= ln128 - 0.01,
                           pct(ln4) + "% at batch 4, " + pct(ln128) + "% at batch 128"});
-  rep.verdicts.push_back(
-      {"LayerNorm beats BatchNorm at batch 4", ln4 > bn4,
-       "LayerNorm " + pct(ln4) + "%, BatchNorm " + pct(bn4) + "% (BatchNorm at 128: " +
-           pct(bn128) + "%)"});
+  rep.verdicts.push_back({"LayerNorm beats BatchNorm at batch 4", ln4 > bn4,
+                          "LayerNorm " + pct(ln4) + "%, BatchNorm " + pct(bn4) +
+                              "% (BatchNorm at 128: " + pct(bn128) + "%)"});
   rep.verdicts.push_back({"BatchNorm loses more than LayerNorm going from batch 128 to batch 4",
                           (bn128 - bn4) > (ln128 - ln4),
                           "BatchNorm " + fmt("%+.2f", 100 * (bn4 - bn128)) + " points, LayerNorm " +
@@ -328,8 +329,8 @@ StudyReport batch_size(const StudyOptions& o, StudyObserver& obs, ReportPage& pa
       "sits after each hidden Linear, before the ReLU. Both batch sizes see the same number of "
       "training samples. Test accuracy in eval mode (running statistics).";
   page.settings = {
-      {"model", "linear(W), NORM, relu, linear(W), NORM, relu, linear(10), W = " +
-                    std::to_string(width)},
+      {"model",
+       "linear(W), NORM, relu, linear(W), NORM, relu, linear(10), W = " + std::to_string(width)},
       {"optimizer", "adam, lr 0.001"},
       {"training samples per run", std::to_string(samples) + " (" +
                                        fmt("%.2f", static_cast<double>(samples) / 60000.0) +
@@ -349,7 +350,9 @@ StudyReport batch_size(const StudyOptions& o, StudyObserver& obs, ReportPage& pa
 
 }  // namespace
 
-std::vector<std::string> study_names() { return {"bn-paper", "batch-size"}; }
+std::vector<std::string> study_names() {
+  return {"bn-paper", "batch-size"};
+}
 
 std::string study_summary(const std::string& name) {
   if (name == "bn-paper")

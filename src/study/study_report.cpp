@@ -67,7 +67,8 @@ void write_report_html(const std::string& path, const ReportPage& p) {
          "\" onload=\"imgOk(this)\" onerror=\"imgBad(this)\"><figcaption>" + esc(caption) +
          "</figcaption></figure>\n";
 
-  for (const auto& [heading, table] : p.tables) h += "<h2>" + esc(heading) + "</h2>\n" + table + "\n";
+  for (const auto& [heading, table] : p.tables)
+    h += "<h2>" + esc(heading) + "</h2>\n" + table + "\n";
 
   h += "<h2>What the paper reports</h2>\n<p>" + p.paper + "</p>\n";
 

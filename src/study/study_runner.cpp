@@ -85,7 +85,8 @@ void gaussian_init(Sequential<float>& model, double stddev, uint64_t seed) {
     if (n.size() < 6 || n.compare(n.size() - 6, 6, "weight") != 0) continue;
     rng.fill_normal(e.value->data(), e.value->numel(), 0.0, stddev);
     auto b = by_name.find(n.substr(0, n.size() - 6) + "bias");
-    if (b != by_name.end()) std::fill(b->second->data(), b->second->data() + b->second->numel(), 0.f);
+    if (b != by_name.end())
+      std::fill(b->second->data(), b->second->data() + b->second->numel(), 0.f);
   }
 }
 
@@ -170,7 +171,8 @@ UnitResult run_unit(const StudyUnit& u, const Data& data, std::atomic<int64_t>& 
     const auto idx = sampler.batch(b++);
     data.train.gather(idx, x.data(), y.data());
     try {
-      const StepResult s = trainer.train_step(x.data(), y.data(), static_cast<int64_t>(idx.size()), D);
+      const StepResult s =
+          trainer.train_step(x.data(), y.data(), static_cast<int64_t>(idx.size()), D);
       loss_sum += s.loss;
       ++loss_n;
     } catch (const NonFiniteError& e) {
@@ -204,8 +206,8 @@ std::string StudyUnit::settings_text() const {
        "\nmomentum=" + opt_str(optim.momentum) + "\ndampening=" + opt_str(optim.dampening) +
        "\nnesterov=" + opt_str(optim.nesterov) + "\n";
   s += "batch_size=" + std::to_string(batch_size) + "\nsteps=" + std::to_string(steps) +
-       "\neval_every=" + std::to_string(eval_every) + "\neval_images=" +
-       std::to_string(eval_images) + "\nseed=" + std::to_string(seed) +
+       "\neval_every=" + std::to_string(eval_every) +
+       "\neval_images=" + std::to_string(eval_images) + "\nseed=" + std::to_string(seed) +
        "\ninit_std=" + num(init_std) + "\nprobe_layer=" + std::to_string(probe_layer) +
        "\nprobe_images=" + std::to_string(probe_images) + "\n";
   s += "dataset=mnist\nversion=" + version_tag() + "\n";
@@ -225,7 +227,8 @@ std::string StudyUnit::key() const {
 
 std::string unit_result_csv(const UnitResult& r) {
   std::string s = "# diverged=" + std::to_string(r.diverged ? 1 : 0) +
-                  " diverged_step=" + std::to_string(r.diverged_step) + " seconds=" + num(r.seconds) +
+                  " diverged_step=" + std::to_string(r.diverged_step) +
+                  " seconds=" + num(r.seconds) +
                   "\nstep,test_accuracy,test_loss,train_loss,p15,p50,p85\n";
   for (const auto& p : r.points)
     s += std::to_string(p.step) + "," + num(p.test_accuracy) + "," + num(p.test_loss) + "," +
