@@ -243,5 +243,24 @@ TEST(StudyBatchSize, QuickVerdictsHold) {
     EXPECT_TRUE(fs::is_regular_file(dir.path() + "/bs/" + f)) << f;
 }
 
+TEST(StudyLrSweep, QuickVerdictsHold) {
+  if (!have_mnist()) GTEST_SKIP() << "MNIST not found at " << kMnist;
+  TempDir dir;
+  const auto r =
+      run_normlab({"study", "lr-sweep", "--quick", "--out", dir.path() + "/lr", "--data", kMnist},
+                  dir.path(), dir.path(), 120);
+  ASSERT_EQ(r.code, 0) << r.status() << r.out << r.err;
+  EXPECT_NE(r.out.find("BatchNorm has more usable learning rates than no norm: yes"),
+            std::string::npos)
+      << r.out;
+  EXPECT_NE(r.out.find("LayerNorm has more usable learning rates than no norm: yes"),
+            std::string::npos)
+      << r.out;
+  EXPECT_TRUE(fs::is_regular_file(dir.path() + "/lr/accuracy_vs_lr.png"));
+  // lr 10 diverges without a norm: recorded, not an error.
+  EXPECT_NE(Process::slurp(dir.path() + "/lr/final_accuracy.csv").find("none,10,0,0.0000,1,"),
+            std::string::npos);
+}
+
 }  // namespace
 }  // namespace normlab

@@ -348,10 +348,151 @@ StudyReport batch_size(const StudyOptions& o, StudyObserver& obs, ReportPage& pa
   return rep;
 }
 
+// ------------------------------------------------------------------ lr-sweep
+
+struct Arch {
+  std::string name, spec;
+};
+
+// The seed-001 network (784-512-512-256-10, norms after the ReLUs) with its
+// layers swapped: plain Linear and no norm, BatchNorm or LayerNorm at all three
+// norm positions, or weight-normalized Linear layers and no norm.
+std::vector<Arch> lr_sweep_archs() {
+  auto net = [](const std::string& lin, const std::string& norm) {
+    std::string s;
+    const int64_t w[] = {512, 512, 256};
+    for (int i = 0; i < 3; ++i) {
+      s += lin + "(" + std::to_string(w[i]) + "), relu";
+      if (!norm.empty()) s += ", " + norm;
+      s += ", ";
+    }
+    return s + lin + "(10)";
+  };
+  return {{"none", net("linear", "")},
+          {"BatchNorm", net("linear", "batchnorm")},
+          {"LayerNorm", net("linear", "layernorm")},
+          {"WeightNorm", net("wnlinear", "")}};
+}
+
+StudyReport lr_sweep(const StudyOptions& o, StudyObserver& obs, ReportPage& page) {
+  const std::vector<double> lrs =
+      o.quick ? std::vector<double>{0.01, 0.1, 1, 10}
+              : std::vector<double>{0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1, 3, 10};
+  const int64_t steps = o.quick ? 150 : 469;  // full: one epoch at batch 128
+  const double usable_at = o.quick ? 0.80 : 0.90;
+  const auto archs = lr_sweep_archs();
+  std::vector<StudyUnit> units;
+  for (int64_t seed = 0; seed < o.seeds; ++seed)
+    for (const auto& a : archs)
+      for (double lr : lrs) {
+        StudyUnit u;
+        u.label = a.name + ", lr " + fmt("%g", lr) +
+                  (o.seeds > 1 ? ", seed " + std::to_string(seed) : "");
+        u.model = a.spec;
+        u.optimizer = "sgd";
+        u.optim.lr = lr;
+        u.batch_size = 128;
+        u.steps = steps;
+        u.eval_every = steps;
+        u.eval_images = o.quick ? 2000 : 10000;
+        u.seed = static_cast<uint64_t>(seed);
+        units.push_back(u);
+      }
+  const std::vector<UnitResult> rs = run_units(units, o, obs);
+  StudyReport rep;
+  rep.units = static_cast<int64_t>(units.size());
+  for (const auto& r : rs) {
+    rep.units_cached += r.cached;
+    page.unit_seconds += r.seconds;
+  }
+  write_file_atomic(o.out_dir + "/curves.csv", curves_csv(units, rs));
+  rep.files.push_back("curves.csv");
+
+  std::string csv = "arch,lr,seed,final_accuracy,diverged,diverged_step\n";
+  std::map<std::string, int> usable;
+  std::map<std::pair<std::string, double>, std::vector<double>> acc;
+  std::map<std::pair<std::string, double>, int> diverged;
+  for (size_t i = 0; i < units.size(); ++i) {
+    const std::string arch = units[i].label.substr(0, units[i].label.find(", lr"));
+    const double lr = *units[i].optim.lr;
+    const double a = rs[i].diverged ? 0.0 : rs[i].points.back().test_accuracy;
+    acc[{arch, lr}].push_back(a);
+    diverged[{arch, lr}] += rs[i].diverged;
+    csv += arch + "," + fmt("%g", lr) + "," + std::to_string(units[i].seed) + "," + fmt("%.4f", a) +
+           "," + (rs[i].diverged ? "1" : "0") + "," + std::to_string(rs[i].diverged_step) + "\n";
+  }
+  write_file_atomic(o.out_dir + "/final_accuracy.csv", csv);
+  rep.files.push_back("final_accuracy.csv");
+  std::string t = "<table><tr><th>learning rate</th>";
+  for (const auto& a : archs) t += "<th>" + a.name + "</th>";
+  t += "</tr>";
+  std::vector<Series> ss;
+  for (const auto& a : archs) {
+    Series s;
+    s.label = a.name;
+    for (double lr : lrs) {
+      const auto& v = acc.at({a.name, lr});
+      double m = 0;
+      for (double x : v) m += x;
+      m /= static_cast<double>(v.size());
+      s.x.push_back(std::log10(lr));
+      s.y.push_back(m);
+      if (m >= usable_at) ++usable[a.name];
+    }
+    ss.push_back(s);
+  }
+  for (size_t k = 0; k < lrs.size(); ++k) {
+    t += "<tr><td>" + fmt("%g", lrs[k]) + "</td>";
+    for (size_t a = 0; a < archs.size(); ++a) {
+      const int d = diverged.at({archs[a].name, lrs[k]});
+      t += "<td>" + pct(ss[a].y[k]) + "%" + (d ? " (diverged)" : "") + "</td>";
+    }
+    t += "</tr>";
+  }
+  t += "<tr><th>usable rates (&ge; " + pct(usable_at) + "%)</th>";
+  for (const auto& a : archs) t += "<th>" + std::to_string(usable[a.name]) + "</th>";
+  t += "</tr></table>";
+  PlotSpec spec{"Final test accuracy after " + std::to_string(steps) +
+                    " SGD steps (batch 128) against the learning rate",
+                "log10(learning rate)", "test accuracy"};
+  plot_lines(o.out_dir + "/accuracy_vs_lr.png", spec, ss);
+  rep.files.push_back("accuracy_vs_lr.png");
+
+  const int n_none = usable["none"];
+  for (const char* norm : {"BatchNorm", "LayerNorm"})
+    rep.verdicts.push_back(
+        {std::string(norm) + " has more usable learning rates than no norm", usable[norm] > n_none,
+         std::to_string(usable[norm]) + " vs " + std::to_string(n_none) + " of " +
+             std::to_string(lrs.size()) + " rates reach " + pct(usable_at) + "%"});
+
+  page.intro =
+      "The seed-001 network (784-512-512-256-10, a norm after each hidden ReLU) with its layers "
+      "swapped for none, BatchNorm, LayerNorm or weight-normalized Linear layers, trained with "
+      "plain SGD at learning rates over several decades. A rate is <i>usable</i> when the final "
+      "test accuracy reaches the threshold below; a run <i>diverges</i> when its loss or a "
+      "gradient turns NaN/inf (counted as accuracy 0). The claim (Ioffe &amp; Szegedy 2015, "
+      "sec. 3.3; Ba et al. 2016): normalization widens the range of usable learning rates.";
+  page.settings = {
+      {"models", "none: " + archs[0].spec + "<br>BatchNorm: " + archs[1].spec +
+                     "<br>LayerNorm: " + archs[2].spec + "<br>WeightNorm: " + archs[3].spec},
+      {"optimizer", "sgd (no momentum), batch 128, " + std::to_string(steps) + " steps"},
+      {"usable", "final test accuracy &ge; " + pct(usable_at) + "%"},
+      {"test images", std::to_string(units[0].eval_images)},
+      {"seeds", std::to_string(o.seeds)}};
+  page.figures = {
+      {"accuracy_vs_lr.png", "Final test accuracy against log10 of the learning rate."}};
+  page.tables.push_back({"Final test accuracy", t});
+  page.paper =
+      "Ioffe &amp; Szegedy (2015, sec. 3.3) argue that BatchNorm allows higher learning rates and "
+      "report it for Inception on ImageNet (learning rate raised 5x and 30x); there is no MNIST "
+      "learning-rate sweep in the papers, so no figure of theirs to set beside these numbers.";
+  return rep;
+}
+
 }  // namespace
 
 std::vector<std::string> study_names() {
-  return {"bn-paper", "batch-size"};
+  return {"bn-paper", "batch-size", "lr-sweep"};
 }
 
 std::string study_summary(const std::string& name) {
@@ -359,6 +500,8 @@ std::string study_summary(const std::string& name) {
     return "Ioffe & Szegedy 2015, Figure 1: sigmoid MLP with and without BatchNorm";
   if (name == "batch-size")
     return "Ba, Kiros & Hinton 2016, sec. 6.6: norms at batch 128 and batch 4";
+  if (name == "lr-sweep")
+    return "seed-001 network with none / BN / LN / WN over learning rates: usable range";
   return "";
 }
 
@@ -375,7 +518,9 @@ StudyReport run_study(const std::string& name, const StudyOptions& o, StudyObser
   ReportPage page;
   page.name = name;
   page.quick = o.quick;
-  StudyReport rep = name == "bn-paper" ? bn_paper(o, obs, page) : batch_size(o, obs, page);
+  StudyReport rep = name == "bn-paper"     ? bn_paper(o, obs, page)
+                    : name == "batch-size" ? batch_size(o, obs, page)
+                                           : lr_sweep(o, obs, page);
   rep.name = name;
   rep.title = study_summary(name);
   rep.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
