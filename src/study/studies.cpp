@@ -484,7 +484,8 @@ StudyReport lr_sweep(const StudyOptions& o, StudyObserver& obs, ReportPage& page
   page.tables.push_back({"Final test accuracy", t});
   page.paper =
       "Ioffe &amp; Szegedy (2015, sec. 3.3) argue that BatchNorm allows higher learning rates and "
-      "report it for Inception on ImageNet (learning rate raised 5x and 30x); there is no MNIST "
+      "show it for Inception on ImageNet (sec. 4.2.2: BN-x5 and BN-x30, learning rate raised 5x "
+      "and 30x); there is no MNIST "
       "learning-rate sweep in the papers, so no figure of theirs to set beside these numbers.";
   return rep;
 }
