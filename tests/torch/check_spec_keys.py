@@ -52,6 +52,8 @@ SPECS = [
     ("linear(8), batchrenorm(rmax=2, dmax=1, schedule=paper), brn(affine=false, momentum=none)", "12"),
     ("linear(8), ghostbatchnorm(virtual_batch_size=4), gbn(affine=false, track_running_stats=false)", "12"),
     ("linear(6), meanonlybn, brn, gbn(virtual_batch_size=2)", "3x5"),
+    # Sigmoid (the bn-paper study)
+    ("linear(100), sigmoid, linear(100, bias=false), bn, sigmoid, linear(10)", "784"),
 ]
 
 
