@@ -476,6 +476,7 @@ LAYERS = {
     "maxpool2d": ("maxpool2d", 1, 1, ("stride", "padding", "dilation")),
     "avgpool2d": ("avgpool2d", 1, 1, ("stride", "padding", "count_include_pad")),
     "adaptiveavgpool2d": ("adaptiveavgpool2d", 1, 1, ()),
+    "sigmoid": ("sigmoid", 0, 0, ()),
 }
 
 
@@ -750,6 +751,8 @@ def build_layer(item, shape):
             raise SpecError(f"adaptiveavgpool2d needs a 4-D (N, C, H, W) input, got shape {shape}")
         o = _pair(sizes[0])
         return nn.AdaptiveAvgPool2d(o), shape[:2] + list(o)
+    if kind == "sigmoid":
+        return nn.Sigmoid(), shape
     raise SpecError(f"unhandled layer {kind}")
 
 

@@ -10,5 +10,6 @@ void add_train_command(CLI::App& app);  // train a model on MNIST / Fashion-MNIS
 void add_eval_command(CLI::App& app);   // test accuracy of a checkpoint
 void add_bench_command(CLI::App& app);  // kernel timings beside a plain copy
 void add_model_command(CLI::App& app);  // layers and state_dict keys of a model spec
+void add_study_command(CLI::App& app);  // the papers' small experiments (src/study/)
 
 }  // namespace normlab::cli

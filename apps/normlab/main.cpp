@@ -29,6 +29,7 @@ int main(int argc, char** argv) {
   normlab::cli::add_eval_command(app);
   normlab::cli::add_bench_command(app);
   normlab::cli::add_model_command(app);
+  normlab::cli::add_study_command(app);
   normlab::cli::make_numbers_strict(app);
   // CLI11 answers an unknown subcommand with "A subcommand is required", which
   // does not say what was wrong; name it.

@@ -201,3 +201,4 @@ class Flatten : public Layer<T> {
 #include "normlab/norm2d.hpp"  // BatchNorm2d, InstanceNorm2d (issue 11)
 #include "normlab/conv.hpp"  // Conv2d and pooling (issue 11)
 #include "normlab/pool.hpp"
+#include "normlab/sigmoid.hpp"  // nn.Sigmoid (the bn-paper study)

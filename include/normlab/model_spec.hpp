@@ -45,6 +45,7 @@ enum class LayerKind {
   MaxPool2d,
   AvgPool2d,
   AdaptiveAvgPool2d,
+  Sigmoid,  // nn.Sigmoid (normlab/sigmoid.hpp), for the bn-paper study
 };
 
 // One layer of a model with its sizes resolved against an input shape.

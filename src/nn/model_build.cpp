@@ -57,6 +57,8 @@ LayerPtr<T> make_layer(const LayerPlan& p, Rng& rng) {
       return std::make_unique<AvgPool2d<T>>(p.kernel, p.pool);
     case LayerKind::AdaptiveAvgPool2d:
       return std::make_unique<AdaptiveAvgPool2d<T>>(p.kernel);
+    case LayerKind::Sigmoid:
+      return std::make_unique<Sigmoid<T>>();
   }
   fail("build_model: unhandled layer kind in ", p.source);
 }

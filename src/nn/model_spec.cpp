@@ -168,6 +168,7 @@ const std::vector<LayerInfo>& layer_table() {
        1,
        {},
        "adaptiveavgpool2d(S | HxW)"},
+      {"sigmoid", nullptr, LayerKind::Sigmoid, 0, 0, {}, "sigmoid"},
   };
   return table;
 }
@@ -825,6 +826,7 @@ class Planner {
         break;
       }
       case LayerKind::ReLU:
+      case LayerKind::Sigmoid:
         break;
       case LayerKind::NotebookBatchNorm:
       case LayerKind::NotebookLayerNorm:

@@ -67,6 +67,8 @@ SPECS = [
     ("unflatten(1, 28, 28), conv2d(8, 3x5, stride=2, padding=1x2, dilation=2, bias=false), "
      "maxpool2d(3, stride=1, padding=1, dilation=2), conv2d(8, 1, groups=4), avgpool2d(2x3, count_include_pad=false), "
      "adaptiveavgpool2d(2x3), flatten, linear(10)", "784"),
+    # Sigmoid (the bn-paper study)
+    ("linear(100), sigmoid, linear(100, bias=false), bn, sigmoid, linear(10)", "784"),
 ]
 
 

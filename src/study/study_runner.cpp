@@ -1,0 +1,385 @@
+// The study framework's engine: one unit = one short training run recorded at
+// fixed steps; units are cached under OUT/runs/<key>/ and run side by side in
+// threads (each with its own OpenMP thread count) when the machine has more
+// threads than one unit uses.
+#include <omp.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <sstream>
+#include <thread>
+
+#include "normlab/atomic_file.hpp"
+#include "normlab/build_info.hpp"
+#include "normlab/data.hpp"
+#include "normlab/error.hpp"
+#include "normlab/loss.hpp"
+#include "normlab/model_spec.hpp"
+#include "normlab/study.hpp"
+#include "normlab/train.hpp"
+
+namespace normlab {
+namespace {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+std::string num(double v) {
+  char buf[40];
+  std::snprintf(buf, sizeof buf, "%.17g", v);
+  return buf;
+}
+
+template <typename V>
+std::string opt_str(const std::optional<V>& v) {
+  if (!v) return "default";
+  if constexpr (std::is_same_v<V, bool>)
+    return *v ? "true" : "false";
+  else
+    return num(*v);
+}
+
+std::string read_text(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// "normlab 0.1.0" from the build summary: a new version invalidates every cached unit.
+std::string version_tag() {
+  const std::string s = build_summary();
+  return s.substr(0, s.find(','));
+}
+
+// Percentile q (0..100) of v by linear interpolation (numpy's default).
+double percentile(std::vector<double> v, double q) {
+  if (v.empty()) return std::nan("");
+  std::sort(v.begin(), v.end());
+  const double pos = q / 100.0 * static_cast<double>(v.size() - 1);
+  const size_t lo = static_cast<size_t>(std::floor(pos));
+  const size_t hi = std::min(lo + 1, v.size() - 1);
+  return v[lo] + (pos - static_cast<double>(lo)) * (v[hi] - v[lo]);
+}
+
+// "Small Gaussian initial weights": Linear weights (rank-2 "X.weight") from
+// N(0, std^2), their biases ("X.bias") zero; norm parameters keep theirs.
+void gaussian_init(Sequential<float>& model, double stddev, uint64_t seed) {
+  auto state = model.state();
+  std::map<std::string, Tensor<float>*> by_name;
+  for (auto& e : state)
+    if (e.value) by_name[e.name] = e.value;
+  Rng rng = Rng(seed).fork(0x51u);
+  for (auto& e : state) {
+    if (!e.is_param() || e.value->rank() != 2) continue;
+    const std::string& n = e.name;
+    if (n.size() < 6 || n.compare(n.size() - 6, 6, "weight") != 0) continue;
+    rng.fill_normal(e.value->data(), e.value->numel(), 0.0, stddev);
+    auto b = by_name.find(n.substr(0, n.size() - 6) + "bias");
+    if (b != by_name.end())
+      std::fill(b->second->data(), b->second->data() + b->second->numel(), 0.f);
+  }
+}
+
+struct Data {
+  Dataset train, test;
+};
+
+// Test accuracy/loss over the first n test images, layer by layer (eval mode),
+// with the percentiles of unit 0 of the probed layer's output on the first
+// probe_images images.
+StudyPoint record(Sequential<float>& model, const Dataset& test, const StudyUnit& u, int64_t step) {
+  StudyPoint p;
+  p.step = step;
+  p.p15 = p.p50 = p.p85 = std::nan("");
+  const int64_t n = u.eval_images > 0 ? std::min(u.eval_images, test.size()) : test.size();
+  const int64_t D = test.features(), B = 1000;
+  const bool was_training = model.training();
+  model.set_training(false);
+  Tensor<float> batch;
+  std::vector<int32_t> labels(B);
+  std::vector<int64_t> idx;
+  std::vector<double> probe;
+  double loss_sum = 0;
+  int64_t correct = 0;
+  for (int64_t start = 0; start < n; start += B) {
+    const int64_t b = std::min(B, n - start);
+    idx.resize(static_cast<size_t>(b));
+    for (int64_t i = 0; i < b; ++i) idx[static_cast<size_t>(i)] = start + i;
+    batch.resize({b, D});
+    test.gather(idx, batch.data(), labels.data());
+    const Tensor<float>* t = &batch;
+    for (size_t i = 0; i < model.size(); ++i) {
+      t = &model[i].forward(*t);
+      if (static_cast<int64_t>(i) == u.probe_layer && start < u.probe_images) {
+        const int64_t width = t->numel() / b;
+        for (int64_t r = 0; r < b && start + r < u.probe_images; ++r)
+          probe.push_back((*t)[r * width]);
+      }
+    }
+    loss_sum += cross_entropy(*t, std::span<const int32_t>(labels.data(), static_cast<size_t>(b))) *
+                static_cast<double>(b);
+    correct += count_correct(t->data(), labels.data(), b, t->dim(1));
+  }
+  model.set_training(was_training);
+  p.test_accuracy = static_cast<double>(correct) / static_cast<double>(n);
+  p.test_loss = loss_sum / static_cast<double>(n);
+  if (!probe.empty()) {
+    p.p15 = percentile(probe, 15);
+    p.p50 = percentile(probe, 50);
+    p.p85 = percentile(probe, 85);
+  }
+  return p;
+}
+
+UnitResult run_unit(const StudyUnit& u, const Data& data, std::atomic<int64_t>& step_out) {
+  const auto t0 = Clock::now();
+  const int64_t D = data.train.features();
+  Rng rng(u.seed);
+  auto model = build_model<float>(u.model, Shape{u.batch_size, D}, rng);
+  if (u.init_std > 0) gaussian_init(*model, u.init_std, u.seed);
+  if (u.probe_layer >= static_cast<int64_t>(model->size()))
+    fail("study unit '", u.label, "': probe layer ", u.probe_layer, " but the model has ",
+         model->size(), " layers");
+  auto optimizer = make_optimizer(u.optimizer, u.optim, model->state());
+  Trainer trainer(*model, *optimizer);
+  BatchSampler sampler(data.train.size(), u.batch_size, true, u.seed, LastBatch::Drop);
+  std::vector<float> x(static_cast<size_t>(u.batch_size * D));
+  std::vector<int32_t> y(static_cast<size_t>(u.batch_size));
+
+  UnitResult r;
+  StudyPoint first = record(*model, data.test, u, 0);
+  first.train_loss = std::nan("");
+  r.points.push_back(first);
+  int64_t epoch = 0, b = 0;
+  double loss_sum = 0;
+  int64_t loss_n = 0;
+  for (int64_t step = 1; step <= u.steps; ++step) {
+    if (b == sampler.num_batches()) {
+      sampler.set_epoch(++epoch);
+      b = 0;
+    }
+    const auto idx = sampler.batch(b++);
+    data.train.gather(idx, x.data(), y.data());
+    try {
+      const StepResult s =
+          trainer.train_step(x.data(), y.data(), static_cast<int64_t>(idx.size()), D);
+      loss_sum += s.loss;
+      ++loss_n;
+    } catch (const NonFiniteError& e) {
+      r.diverged = true;
+      r.diverged_step = step;
+      break;
+    }
+    step_out.store(step, std::memory_order_relaxed);
+    if (step % u.eval_every == 0 || step == u.steps) {
+      StudyPoint p = record(*model, data.test, u, step);
+      p.train_loss = loss_n ? loss_sum / static_cast<double>(loss_n) : std::nan("");
+      loss_sum = 0;
+      loss_n = 0;
+      r.points.push_back(p);
+    }
+  }
+  r.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+  return r;
+}
+
+}  // namespace
+
+std::string StudyUnit::settings_text() const {
+  std::string s;
+  s += "label=" + label + "\n";
+  s += "model=" + resolve_spec(model) + "\n";
+  s += "optimizer=" + optimizer + "\n";
+  s += "lr=" + opt_str(optim.lr) + "\nbeta1=" + opt_str(optim.beta1) +
+       "\nbeta2=" + opt_str(optim.beta2) + "\neps=" + opt_str(optim.eps) +
+       "\nweight_decay=" + opt_str(optim.weight_decay) + "\namsgrad=" + opt_str(optim.amsgrad) +
+       "\nmomentum=" + opt_str(optim.momentum) + "\ndampening=" + opt_str(optim.dampening) +
+       "\nnesterov=" + opt_str(optim.nesterov) + "\n";
+  s += "batch_size=" + std::to_string(batch_size) + "\nsteps=" + std::to_string(steps) +
+       "\neval_every=" + std::to_string(eval_every) +
+       "\neval_images=" + std::to_string(eval_images) + "\nseed=" + std::to_string(seed) +
+       "\ninit_std=" + num(init_std) + "\nprobe_layer=" + std::to_string(probe_layer) +
+       "\nprobe_images=" + std::to_string(probe_images) + "\n";
+  s += "dataset=mnist\nversion=" + version_tag() + "\n";
+  return s;
+}
+
+std::string StudyUnit::key() const {
+  uint64_t h = 0xcbf29ce484222325ULL;  // FNV-1a 64
+  for (unsigned char c : settings_text()) {
+    h ^= c;
+    h *= 0x100000001b3ULL;
+  }
+  char buf[20];
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(h));
+  return buf;
+}
+
+std::string unit_result_csv(const UnitResult& r) {
+  std::string s = "# diverged=" + std::to_string(r.diverged ? 1 : 0) +
+                  " diverged_step=" + std::to_string(r.diverged_step) +
+                  " seconds=" + num(r.seconds) +
+                  "\nstep,test_accuracy,test_loss,train_loss,p15,p50,p85\n";
+  for (const auto& p : r.points)
+    s += std::to_string(p.step) + "," + num(p.test_accuracy) + "," + num(p.test_loss) + "," +
+         num(p.train_loss) + "," + num(p.p15) + "," + num(p.p50) + "," + num(p.p85) + "\n";
+  return s;
+}
+
+UnitResult parse_unit_result_csv(const std::string& text, const std::string& path) {
+  UnitResult r;
+  std::istringstream in(text);
+  std::string line;
+  int d = 0;
+  long long ds = 0;
+  double sec = 0;
+  if (!std::getline(in, line) ||
+      std::sscanf(line.c_str(), "# diverged=%d diverged_step=%lld seconds=%lf", &d, &ds, &sec) != 3)
+    fail(path, ": not a study unit result (first line: '", line, "')");
+  r.diverged = d != 0;
+  r.diverged_step = ds;
+  r.seconds = sec;
+  std::getline(in, line);  // header
+  while (std::getline(in, line)) {
+    if (line.empty()) continue;
+    StudyPoint p;
+    std::vector<double> v;
+    std::istringstream ls(line);
+    std::string cell;
+    while (std::getline(ls, cell, ',')) v.push_back(std::strtod(cell.c_str(), nullptr));
+    if (v.size() != 7) fail(path, ": a row with ", v.size(), " values, expected 7: '", line, "'");
+    p.step = static_cast<int64_t>(v[0]);
+    p.test_accuracy = v[1];
+    p.test_loss = v[2];
+    p.train_loss = v[3];
+    p.p15 = v[4];
+    p.p50 = v[5];
+    p.p85 = v[6];
+    r.points.push_back(p);
+  }
+  return r;
+}
+
+std::vector<UnitResult> run_units(const std::vector<StudyUnit>& units, const StudyOptions& options,
+                                  StudyObserver& observer) {
+  const auto t0 = Clock::now();
+  const int64_t total = static_cast<int64_t>(units.size());
+  std::vector<UnitResult> results(units.size());
+  std::vector<size_t> todo;
+  for (size_t i = 0; i < units.size(); ++i) {
+    const std::string dir = options.out_dir + "/runs/" + units[i].key();
+    const std::string file = dir + "/result.csv";
+    if (fs::is_regular_file(file) && read_text(dir + "/settings.txt") == units[i].settings_text()) {
+      results[i] = parse_unit_result_csv(read_text(file), file);
+      results[i].cached = true;
+    } else {
+      todo.push_back(i);
+    }
+  }
+  const int64_t cached = total - static_cast<int64_t>(todo.size());
+  if (cached)
+    observer.on_note(std::to_string(cached) + " of " + std::to_string(total) +
+                     " runs already done (cached in " + options.out_dir + "/runs)");
+  if (todo.empty()) return results;
+
+  const Data data{load_dataset(options.data_dir, Split::Train),
+                  load_dataset(options.data_dir, Split::Test)};
+
+  const int total_threads = options.threads > 0 ? options.threads : omp_get_max_threads();
+  const int workers =
+      static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(total_threads, todo.size())));
+  const int per_unit = std::max(1, total_threads / workers);
+
+  struct Slot {
+    std::atomic<int64_t> step{0};
+    std::atomic<int64_t> unit{-1};
+  };
+  std::vector<Slot> slots(static_cast<size_t>(workers));
+  std::atomic<size_t> next{0};
+  std::atomic<int64_t> done{cached};
+  std::atomic<int> running{workers};
+  std::unique_ptr<std::atomic<bool>[]> finished(new std::atomic<bool>[units.size()]);
+  for (size_t i = 0; i < units.size(); ++i) finished[i].store(false);
+  std::mutex error_mutex;
+  std::string first_error;
+
+  auto worker = [&](int w) {
+    omp_set_num_threads(per_unit);
+    Slot& slot = slots[static_cast<size_t>(w)];
+    for (;;) {
+      const size_t k = next.fetch_add(1);
+      if (k >= todo.size()) break;
+      {
+        std::lock_guard<std::mutex> lock(error_mutex);
+        if (!first_error.empty()) break;
+      }
+      const size_t i = todo[k];
+      slot.step.store(0);
+      slot.unit.store(static_cast<int64_t>(i));
+      try {
+        results[i] = run_unit(units[i], data, slot.step);
+        const std::string dir = options.out_dir + "/runs/" + units[i].key();
+        fs::create_directories(dir);
+        write_file_atomic(dir + "/settings.txt", units[i].settings_text());
+        write_file_atomic(dir + "/result.csv", unit_result_csv(results[i]));
+      } catch (const std::exception& e) {
+        std::lock_guard<std::mutex> lock(error_mutex);
+        if (first_error.empty()) first_error = "study run '" + units[i].label + "': " + e.what();
+      }
+      finished[i].store(true);
+      slot.unit.store(-1);
+      done.fetch_add(1);
+    }
+    running.fetch_sub(1);
+  };
+  std::vector<std::thread> threads;
+  for (int w = 0; w < workers; ++w) threads.emplace_back(worker, w);
+
+  // Progress: runs done, the running ones' steps, and the time left from the
+  // fraction of this invocation's steps done so far.
+  int64_t steps_todo = 0;
+  for (size_t i : todo) steps_todo += units[i].steps;
+  while (running.load() > 0) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(250));
+    StudyProgress p;
+    p.done = done.load();
+    p.total = total;
+    p.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+    double steps_done = 0;
+    for (size_t i : todo)
+      if (finished[i].load()) steps_done += static_cast<double>(units[i].steps);
+    for (auto& s : slots) {
+      const int64_t u = s.unit.load();
+      if (u < 0) continue;
+      const int64_t st = s.step.load();
+      steps_done += static_cast<double>(st);
+      if (p.current.empty()) {
+        p.current = units[static_cast<size_t>(u)].label;
+        p.step = st;
+        p.steps = units[static_cast<size_t>(u)].steps;
+      } else {
+        p.current += " | " + units[static_cast<size_t>(u)].label;
+      }
+    }
+    if (steps_done > 0 && steps_todo > 0) {
+      const double f = std::min(1.0, steps_done / static_cast<double>(steps_todo));
+      p.eta_seconds = p.seconds * (1 - f) / f;
+    }
+    observer.on_progress(p);
+  }
+  for (auto& t : threads) t.join();
+  if (!first_error.empty()) fail(first_error);
+  return results;
+}
+
+}  // namespace normlab

@@ -1,0 +1,266 @@
+// normlab study: the framework (unit keys, the cached result format, resume
+// after a kill), the --quick studies' verdicts, and report.html in a real
+// browser (headless Chromium: every figure loads, a screenshot is drawn, and a
+// missing image is caught).
+#include <gtest/gtest.h>
+#include <signal.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include "cli_process.hpp"
+#include "normlab/error.hpp"
+#include "normlab/study.hpp"
+#include "temp_dir.hpp"
+
+namespace normlab {
+namespace {
+
+namespace fs = std::filesystem;
+using testing::Process;
+using testing::run_normlab;
+using testing::TempDir;
+
+const std::string kMnist = std::string(NORMLAB_SOURCE_DIR) + "/../shared/data/mnist";
+
+bool have_mnist() {
+  return fs::exists(kMnist + "/train-images-idx3-ubyte") ||
+         fs::exists(kMnist + "/train-images-idx3-ubyte.gz");
+}
+
+int count(const std::string& s, const std::string& what) {
+  int n = 0;
+  for (size_t at = s.find(what); at != std::string::npos; at = s.find(what, at + 1)) ++n;
+  return n;
+}
+
+std::string read(const std::string& path) {
+  return Process::slurp(path);
+}
+
+// Output of a shell command (stdout).
+std::string shell(const std::string& cmd) {
+  std::string out;
+  FILE* p = ::popen(cmd.c_str(), "r");
+  if (!p) return out;
+  char buf[4096];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+  ::pclose(p);
+  return out;
+}
+
+TEST(StudyUnit, KeyFollowsEverySetting) {
+  StudyUnit a;
+  a.model = "linear(10)";
+  StudyUnit b = a;
+  EXPECT_EQ(a.key(), b.key());
+  EXPECT_EQ(a.key().size(), 16u);
+  b.seed = 1;
+  EXPECT_NE(a.key(), b.key());
+  b = a;
+  b.optim.lr = 0.1;
+  EXPECT_NE(a.key(), b.key());
+  b = a;
+  b.init_std = 0.01;
+  EXPECT_NE(a.key(), b.key());
+  EXPECT_NE(a.settings_text().find("version=normlab"), std::string::npos);
+}
+
+TEST(StudyUnit, ResultCsvRoundTrip) {
+  UnitResult r;
+  r.diverged = true;
+  r.diverged_step = 17;
+  r.seconds = 1.5;
+  StudyPoint p;
+  p.step = 10;
+  p.test_accuracy = 0.25;
+  p.train_loss = std::nan("");
+  p.p50 = -1.25;
+  r.points = {p, p};
+  const UnitResult s = parse_unit_result_csv(unit_result_csv(r), "x");
+  EXPECT_TRUE(s.diverged);
+  EXPECT_EQ(s.diverged_step, 17);
+  ASSERT_EQ(s.points.size(), 2u);
+  EXPECT_EQ(s.points[1].step, 10);
+  EXPECT_EQ(s.points[1].test_accuracy, 0.25);
+  EXPECT_TRUE(std::isnan(s.points[1].train_loss));
+  EXPECT_EQ(s.points[1].p50, -1.25);
+  EXPECT_THROW(parse_unit_result_csv("garbage\n", "x"), Error);
+}
+
+TEST(StudyCli, UnknownStudyAndBadSeedsExit2) {
+  TempDir dir;
+  auto r =
+      run_normlab({"study", "no-such-study", "--out", dir.path() + "/o"}, dir.path(), dir.path());
+  EXPECT_EQ(r.code, 2) << r.status();
+  EXPECT_NE(r.err.find("unknown study"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("bn-paper"), std::string::npos) << r.err;
+  r = run_normlab({"study", "bn-paper", "--seeds", "0"}, dir.path(), dir.path());
+  EXPECT_EQ(r.code, 2) << r.status();
+  EXPECT_NE(r.err.find("--seeds 0"), std::string::npos) << r.err;
+}
+
+// One --quick bn-paper run shared by the tests below.
+class BnPaperQuick : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    if (!have_mnist()) return;
+    dir_ = new TempDir();
+    out_ = dir_->path() + "/bn";
+    result_ = new testing::ProcessResult(
+        run_normlab({"study", "bn-paper", "--quick", "--out", out_, "--data", kMnist}, dir_->path(),
+                    dir_->path(), 120));
+  }
+  static void TearDownTestSuite() {
+    delete result_;
+    delete dir_;
+    result_ = nullptr;
+    dir_ = nullptr;
+  }
+  void SetUp() override {
+    if (!have_mnist())
+      GTEST_SKIP() << "MNIST not found at " << kMnist << " (CI has it beside the clone)";
+    ASSERT_EQ(result_->code, 0) << result_->status() << "\n" << result_->out << result_->err;
+  }
+  static TempDir* dir_;
+  static std::string out_;
+  static testing::ProcessResult* result_;
+};
+TempDir* BnPaperQuick::dir_ = nullptr;
+std::string BnPaperQuick::out_;
+testing::ProcessResult* BnPaperQuick::result_ = nullptr;
+
+TEST_F(BnPaperQuick, VerdictsHold) {
+  const std::string& o = result_->out;
+  EXPECT_NE(o.find("With BN, higher test accuracy sooner (at 10% of training): yes"),
+            std::string::npos)
+      << o;
+  EXPECT_NE(o.find("With BN, higher final test accuracy: yes"), std::string::npos) << o;
+  EXPECT_NE(o.find("stays more stable with BN than without: yes"), std::string::npos) << o;
+  EXPECT_NE(o.find("total time"), std::string::npos) << o;
+  for (const char* f : {"curves.csv", "accuracy.png", "sigmoid_input_none.png",
+                        "sigmoid_input_bn.png", "report.html"})
+    EXPECT_TRUE(fs::is_regular_file(out_ + "/" + f)) << f;
+  const std::string html = read(out_ + "/report.html");
+  EXPECT_EQ(count(html, "class=\"yes\""), 3) << html;
+  EXPECT_NE(html.find("machine"), std::string::npos);
+}
+
+TEST_F(BnPaperQuick, RerunReusesEveryRun) {
+  const auto r = run_normlab({"study", "bn-paper", "--quick", "--out", out_, "--data", kMnist},
+                             dir_->path(), dir_->path(), 60);
+  ASSERT_EQ(r.code, 0) << r.status() << r.err;
+  EXPECT_NE(r.out.find("2 of 2 runs already done"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("2 runs (2 cached)"), std::string::npos) << r.out;
+  EXPECT_LT(r.seconds, 10.0);
+}
+
+// The page in a real browser: every <img> reports onload (data-loaded), none
+// onerror; a screenshot is drawn; and with one PNG removed the page says so.
+TEST_F(BnPaperQuick, ReportLoadsInHeadlessChromium) {
+  ASSERT_EQ(std::system("command -v chromium >/dev/null 2>&1"), 0)
+      << "chromium is not installed (scripts/setup installs it)";
+  const std::string url = "file://" + fs::absolute(out_ + "/report.html").string();
+  const std::string flags =
+      "timeout 90 chromium --headless --no-sandbox --disable-gpu "
+      "--user-data-dir=" +
+      dir_->path() + "/chromium ";
+  const std::string dom = shell(flags + "--dump-dom '" + url + "' 2>/dev/null");
+  EXPECT_EQ(count(dom, "data-loaded=\"1\""), 3) << dom;
+  EXPECT_EQ(count(dom, "data-broken=\"1\""), 0) << dom;
+  EXPECT_EQ(dom.find("BROKEN IMAGE:"), dom.find("BROKEN IMAGE: '+"))  // only in the script
+      << dom;
+  const std::string shot = dir_->path() + "/shot.png";
+  shell(flags + "--screenshot=" + shot + " --window-size=1100,2600 '" + url + "' >/dev/null 2>&1");
+  ASSERT_TRUE(fs::is_regular_file(shot));
+  EXPECT_GT(fs::file_size(shot), 50000u);  // text only is ~20 KB; the three plots make it larger
+
+  // A copy of the page with one image missing is caught.
+  const std::string broken = dir_->path() + "/broken";
+  fs::create_directories(broken);
+  for (const char* f : {"report.html", "accuracy.png", "sigmoid_input_none.png"})
+    fs::copy_file(out_ + "/" + f, broken + "/" + f, fs::copy_options::overwrite_existing);
+  const std::string dom2 = shell(flags + "--dump-dom 'file://" + fs::absolute(broken).string() +
+                                 "/report.html' 2>/dev/null");
+  EXPECT_EQ(count(dom2, "data-broken=\"1\""), 1) << dom2;
+  EXPECT_NE(dom2.find("BROKEN IMAGE: sigmoid_input_bn.png"), std::string::npos) << dom2;
+}
+
+// Killed after its first run finished, the study reruns only the other one.
+TEST(StudyResume, KilledStudyRedoesOnlyUnfinishedRuns) {
+  if (!have_mnist()) GTEST_SKIP() << "MNIST not found at " << kMnist;
+  TempDir dir;
+  const std::string out = dir.path() + "/bn";
+  {
+    Process p({"study", "bn-paper", "--quick", "--threads", "1", "--out", out, "--data", kMnist},
+              dir.path(), dir.path());
+    bool one_done = false;
+    while (!p.finished() && p.elapsed() < 90) {
+      int n = 0;
+      if (fs::exists(out + "/runs"))
+        for (const auto& e : fs::directory_iterator(out + "/runs"))
+          n += fs::exists(e.path() / "result.csv");
+      if (n >= 1) {
+        one_done = true;
+        p.kill_now();
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    ASSERT_TRUE(one_done) << "no run finished";
+    p.wait(10);
+  }
+  EXPECT_FALSE(fs::exists(out + "/report.html"));
+  const auto r = run_normlab(
+      {"study", "bn-paper", "--quick", "--threads", "1", "--out", out, "--data", kMnist},
+      dir.path(), dir.path(), 120);
+  ASSERT_EQ(r.code, 0) << r.status() << r.err;
+  EXPECT_NE(r.out.find("1 of 2 runs already done"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("2 runs (1 cached)"), std::string::npos) << r.out;
+}
+
+TEST(StudyBatchSize, QuickVerdictsHold) {
+  if (!have_mnist()) GTEST_SKIP() << "MNIST not found at " << kMnist;
+  TempDir dir;
+  const auto r =
+      run_normlab({"study", "batch-size", "--quick", "--out", dir.path() + "/bs", "--data", kMnist},
+                  dir.path(), dir.path(), 120);
+  ASSERT_EQ(r.code, 0) << r.status() << r.out << r.err;
+  EXPECT_NE(r.out.find("LayerNorm at batch 4 within 1 point of batch 128 (or better): yes"),
+            std::string::npos)
+      << r.out;
+  EXPECT_NE(r.out.find("LayerNorm beats BatchNorm at batch 4: yes"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("BatchNorm loses more than LayerNorm going from batch 128 to batch 4: yes"),
+            std::string::npos)
+      << r.out;
+  for (const char* f :
+       {"final_accuracy.csv", "accuracy_batch128.png", "accuracy_batch4.png", "report.html"})
+    EXPECT_TRUE(fs::is_regular_file(dir.path() + "/bs/" + f)) << f;
+}
+
+TEST(StudyLrSweep, QuickVerdictsHold) {
+  if (!have_mnist()) GTEST_SKIP() << "MNIST not found at " << kMnist;
+  TempDir dir;
+  const auto r =
+      run_normlab({"study", "lr-sweep", "--quick", "--out", dir.path() + "/lr", "--data", kMnist},
+                  dir.path(), dir.path(), 120);
+  ASSERT_EQ(r.code, 0) << r.status() << r.out << r.err;
+  EXPECT_NE(r.out.find("BatchNorm has more usable learning rates than no norm: yes"),
+            std::string::npos)
+      << r.out;
+  EXPECT_NE(r.out.find("LayerNorm has more usable learning rates than no norm: yes"),
+            std::string::npos)
+      << r.out;
+  EXPECT_TRUE(fs::is_regular_file(dir.path() + "/lr/accuracy_vs_lr.png"));
+  // lr 10 diverges without a norm: recorded, not an error.
+  EXPECT_NE(Process::slurp(dir.path() + "/lr/final_accuracy.csv").find("none,10,0,0.0000,1,"),
+            std::string::npos);
+}
+
+}  // namespace
+}  // namespace normlab
