@@ -52,6 +52,8 @@ TEST_P(CnnTrain, LearnsMnistFromTheCommandLine) {
   EXPECT_GT(std::stod(e.out.substr(at + 9)), 80.0) << e.out;
 }
 
-INSTANTIATE_TEST_SUITE_P(Cli, CnnTrain, ::testing::Values("cnn", "cnn:norm=gn", "cnn:norm=ln"));
+INSTANTIATE_TEST_SUITE_P(Cli, CnnTrain,
+                         ::testing::Values("cnn", "cnn:norm=bn", "cnn:norm=gn", "cnn:norm=in",
+                                           "cnn:norm=ln"));
 
 }  // namespace
