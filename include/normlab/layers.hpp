@@ -193,12 +193,12 @@ class Flatten : public Layer<T> {
 };
 
 }  // namespace normlab
-#include "normlab/rmsnorm.hpp"  // RMSNorm (issue 10)
-#include "normlab/groupnorm.hpp"
-#include "normlab/unflatten.hpp"
 #include "normlab/bn_family.hpp"  // BatchNorm variants: mean-only, Batch Renorm, Ghost
-#include "normlab/syncbn.hpp"  // SyncBatchNorm over a Communicator (issue 13)
+#include "normlab/conv.hpp"       // Conv2d and pooling (issue 11)
+#include "normlab/groupnorm.hpp"
 #include "normlab/norm2d.hpp"  // BatchNorm2d, InstanceNorm2d (issue 11)
-#include "normlab/conv.hpp"  // Conv2d and pooling (issue 11)
 #include "normlab/pool.hpp"
+#include "normlab/rmsnorm.hpp"  // RMSNorm (issue 10)
 #include "normlab/sigmoid.hpp"  // nn.Sigmoid (the bn-paper study)
+#include "normlab/syncbn.hpp"   // SyncBatchNorm over a Communicator (issue 13)
+#include "normlab/unflatten.hpp"

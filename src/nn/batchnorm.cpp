@@ -1,6 +1,7 @@
 #include <cmath>
 #include <sstream>
 
+#include "nn/norm_state.hpp"
 #include "nn/overflow_fallback.hpp"
 #include "nn/shape_check.hpp"
 #include "normlab/kernels.hpp"
@@ -146,17 +147,7 @@ const Tensor<T>& BatchNorm1d<T>::backward(const Tensor<T>& dy) {
 
 template <typename T>
 std::vector<StateEntry<T>> BatchNorm1d<T>::state() {
-  std::vector<StateEntry<T>> s;
-  if (opt_.affine) {
-    s.push_back({"weight", &weight, &dweight});
-    s.push_back({"bias", &bias, &dbias});
-  }
-  if (opt_.track_running_stats) {
-    s.push_back({"running_mean", &running_mean});
-    s.push_back({"running_var", &running_var});
-    s.push_back({"num_batches_tracked", nullptr, nullptr, &num_batches_tracked});
-  }
-  return s;
+  return norm_state<T>(*this, opt_.affine, opt_.track_running_stats);
 }
 
 template class BatchNorm1d<float>;

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <sstream>
 
+#include "nn/norm_state.hpp"
 #include "nn/overflow_fallback.hpp"
 #include "nn/shape_check.hpp"
 #include "normlab/bn_family.hpp"
@@ -308,15 +309,7 @@ const Tensor<T>& BatchRenorm1d<T>::backward(const Tensor<T>& dy) {
 
 template <typename T>
 std::vector<StateEntry<T>> BatchRenorm1d<T>::state() {
-  std::vector<StateEntry<T>> s;
-  if (opt_.affine) {
-    s.push_back({"weight", &weight, &dweight});
-    s.push_back({"bias", &bias, &dbias});
-  }
-  s.push_back({"running_mean", &running_mean});
-  s.push_back({"running_var", &running_var});
-  s.push_back({"num_batches_tracked", nullptr, nullptr, &num_batches_tracked});
-  return s;
+  return norm_state<T>(*this, opt_.affine, true);  // always tracks
 }
 
 // ---------------------------------------------------------------- GhostBatchNorm1d
@@ -453,17 +446,7 @@ const Tensor<T>& GhostBatchNorm1d<T>::backward(const Tensor<T>& dy) {
 
 template <typename T>
 std::vector<StateEntry<T>> GhostBatchNorm1d<T>::state() {
-  std::vector<StateEntry<T>> s;
-  if (opt_.affine) {
-    s.push_back({"weight", &weight, &dweight});
-    s.push_back({"bias", &bias, &dbias});
-  }
-  if (opt_.track_running_stats) {
-    s.push_back({"running_mean", &running_mean});
-    s.push_back({"running_var", &running_var});
-    s.push_back({"num_batches_tracked", nullptr, nullptr, &num_batches_tracked});
-  }
-  return s;
+  return norm_state<T>(*this, opt_.affine, opt_.track_running_stats);
 }
 
 template class MeanOnlyBatchNorm1d<float>;

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <sstream>
 
+#include "nn/norm_state.hpp"
 #include "nn/shape_check.hpp"
 
 namespace normlab {
@@ -155,17 +156,7 @@ const Tensor<T>& SyncBatchNorm<T>::backward(const Tensor<T>& dy) {
 
 template <typename T>
 std::vector<StateEntry<T>> SyncBatchNorm<T>::state() {
-  std::vector<StateEntry<T>> s;
-  if (opt_.affine) {
-    s.push_back({"weight", &weight, &dweight});
-    s.push_back({"bias", &bias, &dbias});
-  }
-  if (opt_.track_running_stats) {
-    s.push_back({"running_mean", &running_mean});
-    s.push_back({"running_var", &running_var});
-    s.push_back({"num_batches_tracked", nullptr, nullptr, &num_batches_tracked});
-  }
-  return s;
+  return norm_state<T>(*this, opt_.affine, opt_.track_running_stats);
 }
 
 template class SyncBatchNorm<float>;
