@@ -183,16 +183,47 @@ StepResult Trainer::train_step(const Tensor<float>& x, const int32_t* labels) {
     non_finite(os.str());
   }
 
-  {
+  // Data parallel: the sum of the ranks' shares is the global batch's gradient.
+  // The flat gradient block (parameters and the zeros between them) is summed
+  // in buckets started during backward (on_layer_backward_done), or in one
+  // all-reduce after it.
+  auto* seq = dynamic_cast<Sequential<float>*>(&model_);
+  overlap_ = comm_ && bucket_bytes_ > 0 && seq;
+  if (overlap_) {
+    const std::span<float> grads = optimizer_.grads();
+    if (layer_start_.size() != seq->size() + 1) {
+      // Where each child's gradients start in the flat block; then the suffix
+      // minimum, so layer_start_[i] is where the gradients of children >= i start.
+      const float* base = grads.data();
+      const int64_t end = static_cast<int64_t>(grads.size());
+      layer_start_.assign(seq->size() + 1, end);
+      for (size_t i = 0; i < seq->size(); ++i)
+        for (const auto& e : (*seq)[i].state())
+          if (e.grad && e.grad->numel() > 0) {
+            const int64_t at = e.grad->data() - base;
+            if (at >= 0 && at < end) layer_start_[i] = std::min(layer_start_[i], at);
+          }
+      for (size_t i = seq->size(); i-- > 0;)
+        layer_start_[i] = std::min(layer_start_[i], layer_start_[i + 1]);
+    }
+    unsent_end_ = static_cast<int64_t>(grads.size());
+    seq->set_backward_hook([this](size_t child) { on_layer_backward_done(child); });
+  }
+  try {
     const profile::Scope timer("model backward");
     model_.backward(dlogits_);
+  } catch (...) {
+    if (seq) seq->set_backward_hook({});
+    throw;
   }
+  if (seq) seq->set_backward_hook({});
   if (comm_) {
-    // The flat gradient block (parameters and the zeros between them) in one
-    // bucketed all-reduce: the sum of the ranks' shares is the global batch's gradient.
     const profile::Scope timer("gradient allreduce");
     const std::span<float> grads = optimizer_.grads();
-    comm_->allreduce_sum(grads.data(), static_cast<int64_t>(grads.size()));
+    if (!overlap_) unsent_end_ = static_cast<int64_t>(grads.size());
+    if (unsent_end_ > 0) comm_->start_allreduce_sum(grads.data(), unsent_end_);
+    comm_->wait_all();
+    overlap_ = false;
   }
   {
     const profile::Scope timer("gradient check");
@@ -209,6 +240,21 @@ StepResult Trainer::train_step(const Tensor<float>& x, const int32_t* labels) {
   const profile::Scope timer("optimizer");
   optimizer_.step();
   return r;
+}
+
+// A Sequential child's backward is done, so are the ones after it: start the
+// all-reduce of their gradients once they make a bucket, else let the started
+// ones progress (MPI moves data only inside its calls).
+void Trainer::on_layer_backward_done(size_t child) {
+  if (!overlap_) return;
+  const profile::Scope timer("gradient allreduce (overlapped)");
+  const int64_t ready = layer_start_[child];
+  if ((unsent_end_ - ready) * static_cast<int64_t>(sizeof(float)) >= bucket_bytes_) {
+    comm_->start_allreduce_sum(optimizer_.grads().data() + ready, unsent_end_ - ready);
+    unsent_end_ = ready;
+  } else {
+    comm_->progress();
+  }
 }
 
 EvalResult Trainer::evaluate(const float* x, const int32_t* labels, int64_t N, int64_t D,
