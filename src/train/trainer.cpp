@@ -118,26 +118,26 @@ StepResult Trainer::train_step(const Tensor<float>& x, const int32_t* labels) {
     throw NonFiniteError(step, os.str());
   };
 
-  // Data parallel: the global batch's rows and whether any rank's shard holds
-  // a NaN/inf, agreed before any rank starts the forward pass (whose
-  // SyncBatchNorm layers talk to each other).
-  double global[2] = {static_cast<double>(N), 0.0};
+  // The input batch may not hold a NaN/inf. In one process that is checked
+  // before anything runs. Data parallel, this rank's finding travels with the
+  // loss's all-reduce below (one collective a step fewer, one less point
+  // where a rank waits for the other): the forward pass runs first, which
+  // NaN only poisons (SyncBatchNorm's collectives stay in step on every rank),
+  // and every rank then throws for the same step before any update.
+  int64_t bad_input = -1;
   {
     const profile::Scope timer("input check");
-    const int64_t i = first_non_finite(x.data(), x.numel());
-    if (comm_) {
-      global[1] = i >= 0 ? 1.0 : 0.0;
-      comm_->allreduce_sum(global, 2);
-    }
-    if (i >= 0) {
-      const int64_t D = x.numel() / N;
-      std::ostringstream os;
-      os << "the input batch holds " << x[i] << " at row " << i / D << ", column " << i % D;
-      if (comm_) os << " of rank " << comm_->rank() << "'s shard";
-      non_finite(os.str());
-    }
-    if (global[1] > 0) non_finite("the input batch of another rank holds a NaN or infinity");
+    bad_input = first_non_finite(x.data(), x.numel());
   }
+  auto input_error = [&] {
+    const int64_t D = x.numel() / N;
+    std::ostringstream os;
+    os << "the input batch holds " << x[bad_input] << " at row " << bad_input / D << ", column "
+       << bad_input % D;
+    if (comm_) os << " of rank " << comm_->rank() << "'s shard";
+    non_finite(os.str());
+  };
+  if (bad_input >= 0 && !comm_) input_error();
 
   if (!model_.training()) model_.set_training(true);
   {
@@ -160,16 +160,20 @@ StepResult Trainer::train_step(const Tensor<float>& x, const int32_t* labels) {
   }
   const double local_loss = r.loss;
   if (comm_) {
-    const profile::Scope timer("loss allreduce");
-    // This rank's mean becomes its share of the global mean: dlogits too.
-    const double share = static_cast<double>(N) / global[0];
-    const float s = static_cast<float>(share);
+    double sums[4] = {static_cast<double>(N), bad_input >= 0 ? 1.0 : 0.0,
+                      r.loss * static_cast<double>(N), static_cast<double>(r.correct)};
+    {
+      const profile::Scope timer("loss allreduce");
+      comm_->allreduce_sum(sums, 4);
+    }
+    if (bad_input >= 0) input_error();
+    if (sums[1] > 0) non_finite("the input batch of another rank holds a NaN or infinity");
+    // This rank's mean becomes its share of the global mean (sums[0] rows): dlogits too.
+    const float s = static_cast<float>(static_cast<double>(N) / sums[0]);
     float* g = dlogits_.data();
     for (int64_t j = 0; j < dlogits_.numel(); ++j) g[j] *= s;
-    double sums[2] = {r.loss * static_cast<double>(N), static_cast<double>(r.correct)};
-    comm_->allreduce_sum(sums, 2);
-    r.loss = sums[0] / global[0];
-    r.correct = static_cast<int64_t>(std::llround(sums[1]));
+    r.loss = sums[2] / sums[0];
+    r.correct = static_cast<int64_t>(std::llround(sums[3]));
   }
   if (!std::isfinite(r.loss)) {
     std::ostringstream os;
