@@ -281,9 +281,10 @@ std::vector<EpochMetrics> run_training(const TrainConfig& cfg, TrainingObserver&
   std::vector<StateEntry<float>> optim_state = optimizer->state();
   Trainer trainer(*model, *optimizer);
   trainer.set_communicator(&comm);
-  // NORMLAB_ALLREDUCE_BUCKET_BYTES: the overlapped gradient all-reduce's bucket
-  // size (Trainer::set_allreduce_bucket_bytes; 0 = one all-reduce after backward),
-  // for bench/mpi_speed.sh and the tests.
+  // NORMLAB_ALLREDUCE_BUCKET_BYTES: overlap the gradient all-reduce with backward
+  // in buckets of at least this many bytes (Trainer::set_allreduce_bucket_bytes;
+  // 0, the default, = one blocking all-reduce after backward), for
+  // bench/mpi_speed.sh, the tests and machines where it pays.
   if (const char* env = std::getenv("NORMLAB_ALLREDUCE_BUCKET_BYTES")) {
     char* end = nullptr;
     const long long bytes = std::strtoll(env, &end, 10);
