@@ -225,7 +225,9 @@ StepResult Trainer::train_step(const Tensor<float>& x, const int32_t* labels) {
     const profile::Scope timer("gradient allreduce");
     const std::span<float> grads = optimizer_.grads();
     if (!overlap_) unsent_end_ = static_cast<int64_t>(grads.size());
-    if (unsent_end_ > 0) comm_->start_allreduce_sum(grads.data(), unsent_end_);
+    // The rest (all of it without overlap) in MPI's blocking all-reduce, which
+    // is faster than its non-blocking one; then the started buckets end.
+    if (unsent_end_ > 0) comm_->allreduce_sum(grads.data(), unsent_end_);
     comm_->wait_all();
     overlap_ = false;
   }
