@@ -706,8 +706,9 @@ def build_layer(item, shape):
         # torch.nn.SyncBatchNorm: BatchNorm's keys; in one process (no process
         # group) it computes what BatchNorm does, across ranks normlab's
         # SyncBatchNorm matches it (include/normlab/syncbn.hpp).
-        if len(shape) not in (2, 3):
-            raise SpecError(f"syncbatchnorm needs a 2-D (N, C) or 3-D (N, C, L) input, got shape {shape}")
+        if len(shape) not in (2, 3, 4):
+            raise SpecError(f"syncbatchnorm needs a 2-D (N, C), 3-D (N, C, L) or 4-D (N, C, H, W) input, "
+                            f"got shape {shape}")
         if sizes and sizes[0] != shape[1]:
             raise SpecError(f"syncbatchnorm({sizes[0]}) expects {sizes[0]} channels, got shape {shape}")
         momentum = opt.get("momentum", "0.1")

@@ -740,6 +740,14 @@ std::vector<Case> spec_cases() {
        model("flatten, unflatten(1, 4, 4), maxpool2d(2, padding=2)"),
        {"maxpool2d(2, padding=2)", "padding 2x2", "more than half the kernel 2x2"}},
       {"spec: cnn preset unknown norm", model("cnn:norm=xx"), {"cnn", "norm", "'xx'"}},
+      // --sync-bn on the BatchNorm family (issue 13, part 2)
+      {"spec: --sync-bn with ghostbatchnorm",
+       train({{"--model", "flatten, linear(8), relu, gbn(virtual_batch_size=4), linear(10)"},
+              {"--sync-bn", "<flag>"}}),
+       {"--sync-bn", "column 27", "gbn(virtual_batch_size=4)", "Ghost BatchNorm"}},
+      {"spec: --sync-bn with mean_only_batchnorm",
+       train({{"--model", "flatten, linear(8), meanonlybn, linear(10)"}, {"--sync-bn", "<flag>"}}),
+       {"--sync-bn", "column 21", "meanonlybn", "no synchronised version"}},
   };
 }
 

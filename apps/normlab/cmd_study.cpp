@@ -7,6 +7,7 @@
 
 #include "commands.hpp"
 #include "data_flags.hpp"
+#include "normlab/distributed.hpp"
 #include "normlab/error.hpp"
 #include "normlab/study.hpp"
 
@@ -63,6 +64,16 @@ void run(StudyArgs& a) {
   o.out_dir = a.out_dir.empty() ? "studies/" + a.name : a.out_dir;
   o.data_dir = resolve_data_dir(a.data);
   o.threads = static_cast<int>(a.threads);
+  // Under mpirun the runs are spread over the ranks; rank 0 reports and writes
+  // (docs/distributed.md), the others work quietly.
+  if (world().rank() != 0) {
+    StudyObserver quiet;
+    try {
+      run_study(a.name, o, quiet);
+    } catch (const StudyRankDone&) {
+    }
+    return;
+  }
   Console console(a.progress == "always" || (a.progress == "auto" && isatty(2)));
   std::cout << "study " << a.name << (a.quick ? " (--quick)" : "") << ": " << study_summary(a.name)
             << "\n"

@@ -143,8 +143,9 @@ void add_train_command(CLI::App& app) {
                   "wnlinear with dim=0 and a bias only; not redone on --resume)")
       ->capture_default_str();
   cmd->add_flag("--sync-bn", cfg->sync_bn,
-                "Every BatchNorm becomes a SyncBatchNorm: under mpirun -np K, batch statistics "
-                "of the global batch (docs/distributed.md)");
+                "Every batchnorm and batchnorm2d becomes a SyncBatchNorm and every batchrenorm "
+                "a SyncBatchRenorm1d: under mpirun -np K, batch statistics of the global batch "
+                "(ghostbatchnorm and mean_only_batchnorm are refused; docs/distributed.md)");
   cmd->add_option("--progress", *progress, "auto (a bar on a terminal), always or never")
       ->capture_default_str();
 

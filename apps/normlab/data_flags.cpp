@@ -2,6 +2,8 @@
 
 #include <omp.h>
 
+#include <algorithm>
+#include <cstdlib>
 #include <filesystem>
 
 #include "normlab/data.hpp"
@@ -30,9 +32,20 @@ std::string resolve_data_dir(const DataFlags& flags) {
   return flags.dir;
 }
 
+int local_mpi_ranks() {
+  const char* env = std::getenv("OMPI_COMM_WORLD_LOCAL_SIZE");
+  const int n = env ? std::atoi(env) : 1;
+  return n > 1 ? n : 1;
+}
+
 void set_threads(int64_t threads) {
   if (threads < 0 || threads > 1024) fail("--threads must be between 0 and 1024, got ", threads);
-  if (threads > 0) omp_set_num_threads(static_cast<int>(threads));
+  if (threads > 0) {
+    omp_set_num_threads(static_cast<int>(threads));
+  } else if (const int ranks = local_mpi_ranks(); ranks > 1 && !std::getenv("OMP_NUM_THREADS")) {
+    // "All cores" under mpirun: this rank's share of them, not every rank all of them.
+    omp_set_num_threads(std::max(1, omp_get_num_procs() / ranks));
+  }
 }
 
 }  // namespace normlab::cli

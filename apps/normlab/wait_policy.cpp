@@ -1,5 +1,7 @@
 #include "wait_policy.hpp"
 
+#include "data_flags.hpp"
+
 #include <unistd.h>
 
 #include <algorithm>
@@ -51,9 +53,22 @@ void choose_wait_policy(int argc, char** argv) {
   if (std::getenv("OMP_WAIT_POLICY") || std::getenv("GOMP_SPINCOUNT")) return;
   const long cpus = sysconf(_SC_NPROCESSORS_ONLN);
   if (cpus < 2) return;
+  // Under mpirun the other ranks on this machine want their threads too
+  // (set_threads gives each rank its share of the cores by default).
+  const int ranks = local_mpi_ranks();
   int threads = requested_threads(argc, argv);
-  if (threads <= 0 || threads > cpus) threads = static_cast<int>(cpus);
+  if (threads <= 0 || threads > cpus) threads = std::max(1, static_cast<int>(cpus) / ranks);
   if (threads < 2) return;  // one thread never waits at a barrier
+  if (static_cast<long>(threads) * ranks > cpus) {
+    const char* rank = std::getenv("OMPI_COMM_WORLD_RANK");
+    if (!rank || std::strcmp(rank, "0") == 0)  // said once, by rank 0
+      std::fprintf(stderr,
+                   "normlab: %d ranks x %d threads on %ld CPUs: OpenMP threads will sleep rather "
+                   "than spin while they wait (OMP_WAIT_POLICY=passive; set it to choose)\n",
+                   ranks, threads, cpus);
+    setenv("OMP_WAIT_POLICY", "passive", 1);
+    return;
+  }
   // The fewest runnable others over five samples: a short burst elsewhere is
   // no reason to sleep, a program that keeps a CPU busy is.
   int others = 1 << 30;

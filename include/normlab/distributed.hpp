@@ -36,6 +36,16 @@ class Communicator {
   // data (bytes) of rank `root` is copied to every rank.
   virtual void broadcast(void* data, int64_t bytes, int root) = 0;
   virtual void barrier() = 0;
+  // Non-blocking in-place float sum (MPI_Iallreduce): starts it and returns;
+  // data must stay untouched until wait_all(). progress() lets the started ones
+  // advance (MPI_Testall; MPI moves data only inside its calls), wait_all()
+  // ends them all. Every rank starts the same sums in the same order. The
+  // trainer overlaps the gradient all-reduce with the backward pass this way
+  // (docs/distributed.md). Default (single process, simulated ranks): the
+  // blocking allreduce_sum at the start.
+  virtual void start_allreduce_sum(float* data, int64_t n) { allreduce_sum(data, n); }
+  virtual void progress() {}
+  virtual void wait_all() {}
   // Ends every rank of the job (MPI_Abort) with this exit code; a single process exits.
   [[noreturn]] virtual void abort(int code) = 0;
   // "MPI (3 ranks)", "single process", "simulated (2 ranks)".

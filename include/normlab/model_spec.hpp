@@ -46,6 +46,8 @@ enum class LayerKind {
   AvgPool2d,
   AdaptiveAvgPool2d,
   Sigmoid,  // nn.Sigmoid (normlab/sigmoid.hpp), for the bn-paper study
+  // issue 13: what --sync-bn makes of a batchrenorm (normlab/syncbn_family.hpp); no spec name
+  SyncBatchRenorm,
 };
 
 // One layer of a model with its sizes resolved against an input shape.
@@ -114,5 +116,14 @@ std::unique_ptr<Sequential<T>> build_model(const std::vector<LayerPlan>& plan, R
 template <typename T>
 std::unique_ptr<Sequential<T>> build_model(const std::string& spec_or_preset,
                                            const Shape& input_shape, Rng& rng);
+
+// issue 13 (docs/distributed.md): what `normlab train --sync-bn` does to a
+// plan. batchnorm and batchnorm2d become SyncBatchNorm, batchrenorm becomes
+// SyncBatchRenorm1d (normlab/syncbn_family.hpp); the state_dict keys stay. Ghost
+// BatchNorm and mean-only BatchNorm are refused with an Error naming the item
+// and its column (Ghost BN's statistics are per virtual batch by design;
+// mean-only BN has no synchronised twin): `--sync-bn` never leaves
+// a batch norm silently per-rank.
+void sync_batch_norms(std::vector<LayerPlan>& plan);
 
 }  // namespace normlab

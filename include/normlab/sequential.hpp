@@ -2,6 +2,7 @@
 // or a module with named children ("p1", "ln1", ...). State names are
 // "<child>.<name>", PyTorch's state_dict keys.
 #pragma once
+#include <functional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -34,6 +35,11 @@ class Sequential : public Layer<T> {
   // Trainer adds it when the loss is not finite, naming the layer that made it.
   std::string locate_non_finite_output() const;
 
+  // Called after each child's backward with the child's index (the trainer
+  // starts the gradient all-reduce of the layers behind it there,
+  // docs/distributed.md); an empty function: none.
+  void set_backward_hook(std::function<void(size_t)> hook) { backward_hook_ = std::move(hook); }
+
   size_t size() const { return layers_.size(); }
   Layer<T>& operator[](size_t i) { return *layers_[i].second; }
   const std::string& child_name(size_t i) const { return layers_[i].first; }
@@ -46,6 +52,7 @@ class Sequential : public Layer<T> {
 
   std::vector<std::pair<std::string, LayerPtr<T>>> layers_;
   std::vector<const Tensor<T>*> outputs_;  // each child's output of the last forward
+  std::function<void(size_t)> backward_hook_;
 };
 
 }  // namespace normlab

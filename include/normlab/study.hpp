@@ -126,4 +126,10 @@ std::vector<UnitResult> run_units(const std::vector<StudyUnit>& units, const Stu
 std::string unit_result_csv(const UnitResult& r);
 UnitResult parse_unit_result_csv(const std::string& text, const std::string& path);
 
+// Under mpirun -np K (docs/distributed.md) run_units spreads a study's runs
+// over the ranks; rank 0 gathers the results and alone writes the cache and the
+// report, and the other ranks leave run_study / run_units by throwing this (not
+// an Error: `normlab study` ends them quietly with exit 0).
+struct StudyRankDone {};
+
 }  // namespace normlab

@@ -72,6 +72,14 @@ class Trainer {
   // NonFiniteError step), so --on-nonfinite skip stays in step. Every rank
   // must call train_step the same number of times. nullptr or one rank: as before.
   void set_communicator(Communicator* comm) { comm_ = comm && comm->size() > 1 ? comm : nullptr; }
+  // Overlap of that all-reduce with the backward pass (off by default; a
+  // Sequential model): the flat block is cut into buckets of at least
+  // `bucket_bytes` behind layer boundaries, and each bucket's non-blocking
+  // all-reduce starts as soon as backward has finished the layers it holds
+  // (in reverse layer order, progressed between layers, all waited for before
+  // the finiteness check). 0 (the default): one blocking all-reduce after
+  // backward, which measured faster on one machine (docs/distributed.md).
+  void set_allreduce_bucket_bytes(int64_t bytes) { bucket_bytes_ = bytes; }
 
   Layer<float>& model() { return model_; }
   Optimizer& optimizer() { return optimizer_; }
@@ -86,6 +94,15 @@ class Trainer {
   Tensor<float> dlogits_;              // (N, K)
   std::atomic<int64_t> first_bad_{0};  // the parallel scan's smallest hit so far
   Communicator* comm_ = nullptr;       // set: data-parallel steps
+  // The overlapped all-reduce (set_allreduce_bucket_bytes): the flat-block
+  // offset where each Sequential child's gradients start (the block's end for
+  // a child without parameters, so that "children >= i done" is the suffix
+  // from layer_start_[i]); the part of the block not yet started.
+  void on_layer_backward_done(size_t child);
+  int64_t bucket_bytes_ = 0;
+  std::vector<int64_t> layer_start_;
+  int64_t unsent_end_ = 0;
+  bool overlap_ = false;
 };
 
 // Loss and accuracy of `model` over N rows in batches of batch_size, in eval

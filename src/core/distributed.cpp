@@ -162,6 +162,30 @@ class Mpi final : public Communicator {
           "MPI_Bcast");
   }
   void barrier() override { check(MPI_Barrier(MPI_COMM_WORLD), "MPI_Barrier"); }
+  void start_allreduce_sum(float* data, int64_t n) override {
+    for (int64_t at = 0; at < n; at += kBucket) {
+      MPI_Request r;
+      check(MPI_Iallreduce(MPI_IN_PLACE, data + at, static_cast<int>(std::min(kBucket, n - at)),
+                           MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD, &r),
+            "MPI_Iallreduce");
+      requests_.push_back(r);
+    }
+  }
+  void progress() override {
+    if (requests_.empty()) return;
+    int done = 0;
+    check(MPI_Testall(static_cast<int>(requests_.size()), requests_.data(), &done,
+                      MPI_STATUSES_IGNORE),
+          "MPI_Testall");
+    if (done) requests_.clear();
+  }
+  void wait_all() override {
+    if (requests_.empty()) return;
+    const int rc =
+        MPI_Waitall(static_cast<int>(requests_.size()), requests_.data(), MPI_STATUSES_IGNORE);
+    requests_.clear();
+    check(rc, "MPI_Waitall");
+  }
   [[noreturn]] void abort(int code) override {
     MPI_Abort(MPI_COMM_WORLD, code);
     std::_Exit(code);
@@ -177,6 +201,7 @@ class Mpi final : public Communicator {
             "MPI_Allreduce");
   }
   int rank_ = 0, size_ = 1;
+  std::vector<MPI_Request> requests_;  // started by start_allreduce_sum, not yet waited for
 };
 
 bool started_by_mpirun() {

@@ -2,17 +2,19 @@
 // moments in double, their exact merge across ranks, the normalization and the
 // backward from global sums. OpenMP over blocks of channels (each thread owns
 // whole channels, so the sums are the same for any thread count); the inner
-// loops are unit-stride and vectorised (-march). Plain twins: syncbn_ref.cpp.
-// Derivation: docs/derivations.md ("SyncBatchNorm").
+// loops are unit-stride and vectorised, compiled once per ISA level (kernels/isa.hpp). Plain twins:
+// syncbn_ref.cpp. Derivation: docs/derivations.md ("SyncBatchNorm").
 #include <omp.h>
 
 #include <algorithm>
 #include <cmath>
 
+#include "kernels/isa.hpp"
 #include "kernels/norm_common.hpp"
 #include "normlab/syncbn.hpp"
 
-namespace normlab {
+// Compiled once per ISA level (kernels/isa.hpp).
+namespace normlab::NORMLAB_ISA_NAMESPACE {
 namespace {
 
 constexpr int64_t kChannelBlock = 32;
@@ -84,26 +86,6 @@ void syncbn_moments(double* moments, const T* x, int64_t N, int64_t C, int64_t L
       moments[3 * c + 2] = q[c - cb];
     }
   });
-}
-
-void syncbn_merge(double* out, const double* all, int ranks, int64_t C) {
-  for (int64_t c = 0; c < C; ++c) {
-    double n = 0, mean = 0, m2 = 0;
-    for (int r = 0; r < ranks; ++r) {
-      const double* b = all + (static_cast<int64_t>(r) * C + c) * 3;
-      const double nb = b[0];
-      if (nb == 0) continue;
-      if (n == 0) {
-        n = nb, mean = b[1], m2 = b[2];
-        continue;
-      }
-      const double total = n + nb, delta = b[1] - mean;
-      mean += delta * (nb / total);
-      m2 += b[2] + delta * delta * (n * nb / total);
-      n = total;
-    }
-    out[3 * c] = n, out[3 * c + 1] = mean, out[3 * c + 2] = m2;
-  }
 }
 
 template <typename T>
@@ -211,16 +193,16 @@ void syncbn_dx(T* dx, const T* dy, const T* x, const double* mean, const double*
   });
 }
 
-#define NORMLAB_SYNCBN(T)                                                                         \
-  template void syncbn_moments<T>(double*, const T*, int64_t, int64_t, int64_t);                  \
-  template void syncbn_normalize<T>(T*, const T*, const double*, const double*, const T*,         \
-                                    const T*, int64_t, int64_t, int64_t);                         \
-  template void syncbn_grad_sums<T>(double*, const T*, const T*, const double*, int64_t, int64_t, \
-                                    int64_t);                                                     \
-  template void syncbn_dx<T>(T*, const T*, const T*, const double*, const double*, const T*,      \
-                             const double*, double, int64_t, int64_t, int64_t);
+}  // namespace normlab::NORMLAB_ISA_NAMESPACE
+
+#define NORMLAB_SYNCBN(T)                                                                      \
+  NORMLAB_KERNEL(syncbn_moments, T, double*, const T*, int64_t, int64_t, int64_t)              \
+  NORMLAB_KERNEL(syncbn_normalize, T, T*, const T*, const double*, const double*, const T*,    \
+                 const T*, int64_t, int64_t, int64_t)                                          \
+  NORMLAB_KERNEL(syncbn_grad_sums, T, double*, const T*, const T*, const double*, int64_t,     \
+                 int64_t, int64_t)                                                             \
+  NORMLAB_KERNEL(syncbn_dx, T, T*, const T*, const T*, const double*, const double*, const T*, \
+                 const double*, double, int64_t, int64_t, int64_t)
 NORMLAB_SYNCBN(float)
 NORMLAB_SYNCBN(double)
 #undef NORMLAB_SYNCBN
-
-}  // namespace normlab

@@ -47,3 +47,29 @@ template void syncbn_dx<double>(double*, const double*, const double*, const dou
                                 const double*, const double*, double, int64_t, int64_t, int64_t);
 
 }  // namespace normlab::ref
+
+namespace normlab {
+
+// The exact merge of the ranks' moments (not a SIMD kernel: C x ranks scalar
+// steps; here, outside the per-ISA sources, so it is compiled once).
+void syncbn_merge(double* out, const double* all, int ranks, int64_t C) {
+  for (int64_t c = 0; c < C; ++c) {
+    double n = 0, mean = 0, m2 = 0;
+    for (int r = 0; r < ranks; ++r) {
+      const double* b = all + (static_cast<int64_t>(r) * C + c) * 3;
+      const double nb = b[0];
+      if (nb == 0) continue;
+      if (n == 0) {
+        n = nb, mean = b[1], m2 = b[2];
+        continue;
+      }
+      const double total = n + nb, delta = b[1] - mean;
+      mean += delta * (nb / total);
+      m2 += b[2] + delta * delta * (n * nb / total);
+      n = total;
+    }
+    out[3 * c] = n, out[3 * c + 1] = mean, out[3 * c + 2] = m2;
+  }
+}
+
+}  // namespace normlab

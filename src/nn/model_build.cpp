@@ -3,6 +3,7 @@
 #include "normlab/error.hpp"
 #include "normlab/model_spec.hpp"
 #include "normlab/notebook_layers.hpp"
+#include "normlab/syncbn_family.hpp"
 
 namespace normlab {
 namespace {
@@ -59,6 +60,8 @@ LayerPtr<T> make_layer(const LayerPlan& p, Rng& rng) {
       return std::make_unique<AdaptiveAvgPool2d<T>>(p.kernel);
     case LayerKind::Sigmoid:
       return std::make_unique<Sigmoid<T>>();
+    case LayerKind::SyncBatchRenorm:
+      return std::make_unique<SyncBatchRenorm1d<T>>(p.in, p.renorm);
   }
   fail("build_model: unhandled layer kind in ", p.source);
 }

@@ -781,15 +781,13 @@ class Planner {
       case LayerKind::GhostBatchNorm:
       case LayerKind::SyncBatchNorm:
         // The BatchNorm variants take (N, C, H, W) too (per channel over N*H*W);
-        // SyncBatchNorm, like BatchNorm1d, (N, C) and (N, C, L) only.
+        // SyncBatchNorm too, as PyTorch's, which takes any (N, C, *): it is
+        // what --sync-bn makes of a batchnorm2d.
         if (shape_.size() != 2 && shape_.size() != 3 &&
-            !(shape_.size() == 4 && p.kind != LayerKind::BatchNorm &&
-              p.kind != LayerKind::SyncBatchNorm))
+            !(shape_.size() == 4 && p.kind != LayerKind::BatchNorm))
           mismatch(n, p.kind == LayerKind::BatchNorm
                           ? "needs a 2-D (N, C) or 3-D (N, C, L) input (batchnorm2d takes "
                             "(N, C, H, W))"
-                      : p.kind == LayerKind::SyncBatchNorm
-                          ? "needs a 2-D (N, C) or 3-D (N, C, L) input"
                           : "needs a 2-D (N, C), 3-D (N, C, L) or 4-D (N, C, H, W) input");
         p.in = p.out = shape_[1];
         if (!o.sizes.empty() && o.sizes[0].first != p.in)

@@ -64,6 +64,7 @@ const Tensor<T>& Sequential<T>::backward(const Tensor<T>& dy) {
       return "layer " + it->first + " " + it->second->name() + " backward";
     });
     g = &it->second->backward(*g);
+    if (backward_hook_) backward_hook_(static_cast<size_t>(layers_.rend() - it - 1));
     if (!it->second->input_grad()) break;  // nothing below needs gradients
   }
   return *g;

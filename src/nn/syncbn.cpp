@@ -1,12 +1,15 @@
 // SyncBatchNorm (include/normlab/syncbn.hpp): BatchNorm over the global batch
 // of the ranks of a communicator.
 #include "normlab/syncbn.hpp"
+#include "normlab/syncbn_family.hpp"
 
 #include <cmath>
 #include <sstream>
 
 #include "nn/norm_state.hpp"
 #include "nn/shape_check.hpp"
+#include "normlab/bn_family_kernels.hpp"
+#include "normlab/model_spec.hpp"
 
 namespace normlab {
 
@@ -161,5 +164,144 @@ std::vector<StateEntry<T>> SyncBatchNorm<T>::state() {
 
 template class SyncBatchNorm<float>;
 template class SyncBatchNorm<double>;
+
+// ---------------------------------------------------------------- SyncBatchRenorm1d
+
+template <typename T>
+SyncBatchRenorm1d<T>::SyncBatchRenorm1d(int64_t C, BatchRenormOptions opt, Communicator* comm)
+    : BatchRenorm1d<T>(C, opt), C_(C), opt_(opt), comm_(comm) {}
+
+template <typename T>
+std::string SyncBatchRenorm1d<T>::name() const {
+  return "Sync" + BatchRenorm1d<T>::name();
+}
+
+template <typename T>
+const Tensor<T>& SyncBatchRenorm1d<T>::forward_impl(const Tensor<T>& x) {
+  Communicator* comm = this->training_ ? (comm_ ? comm_ : &world()) : nullptr;
+  synced_ = comm && comm->size() > 1;
+  if (!synced_) return BatchRenorm1d<T>::forward_impl(x);
+  (void)this->output_shape(x.shape());  // BatchRenorm1d's shape check and words
+  if (!(opt_.eps > 0))
+    fail(name(), ": eps must be positive when normalizing with batch statistics, got ", opt_.eps);
+  const int64_t N = x.dim(0), L = N > 0 ? x.numel() / (N * C_) : 1;
+  x_ = &x;
+  y_.resize(x.shape());
+  // Every rank takes part in the exchange, an empty shard too (count 0).
+  moments_.resize(static_cast<size_t>(3 * C_));
+  syncbn_moments(moments_.data(), x.data(), N, C_, L);
+  all_.resize(moments_.size() * static_cast<size_t>(comm->size()));
+  comm->allgather(moments_.data(), static_cast<int64_t>(moments_.size() * sizeof(double)),
+                  all_.data());
+  syncbn_merge(moments_.data(), all_.data(), comm->size(), C_);
+  count_ = moments_[0];
+  if (count_ == 1)
+    fail(name(), ": expected more than 1 value per channel when training, got input shape ",
+         shape_str(x.shape()), " over all ranks");
+  if (count_ == 0) {
+    ++this->num_batches_tracked;
+    return y_;
+  }
+  const int64_t steps = this->num_batches_tracked;
+  const double rmax = this->rmax_at(steps), dmax = this->dmax_at(steps);
+  const size_t C = static_cast<size_t>(C_);
+  mean_.resize(C), rstd_.resize(C), scale_.resize(C), r_.resize(C), d_.resize(C);
+  shift_.resize({C_});
+  const T* gamma = opt_.affine ? this->weight.data() : nullptr;
+  const T* beta = opt_.affine ? this->bias.data() : nullptr;
+  for (int64_t c = 0; c < C_; ++c) {
+    const double m = moments_[3 * c + 1], v = moments_[3 * c + 2] / count_;
+    mean_[c] = m;
+    rstd_[c] = 1.0 / std::sqrt(v + opt_.eps);
+    if (frozen_r_.numel() != 0) {  // gradient checks
+      r_[c] = static_cast<double>(frozen_r_[c]), d_[c] = static_cast<double>(frozen_d_[c]);
+    } else {
+      batchrenorm_correction(r_[c], d_[c], m, v, static_cast<double>(this->running_mean[c]),
+                             static_cast<double>(this->running_var[c]), rmax, dmax, opt_.eps);
+    }
+    scale_[c] = rstd_[c] * r_[c];
+    const double g = gamma ? static_cast<double>(gamma[c]) : 1.0;
+    shift_[c] = static_cast<T>(g * d_[c] + (beta ? static_cast<double>(beta[c]) : 0.0));
+  }
+  // The running statistics after r and d used them: BatchRenorm1d's order.
+  ++this->num_batches_tracked;
+  const double f =
+      opt_.momentum ? *opt_.momentum : 1.0 / static_cast<double>(this->num_batches_tracked);
+  for (int64_t c = 0; c < C_; ++c) {
+    const double unbiased = moments_[3 * c + 2] / (count_ - 1);
+    this->running_mean[c] = static_cast<T>((1 - f) * this->running_mean[c] + f * mean_[c]);
+    this->running_var[c] = static_cast<T>((1 - f) * this->running_var[c] + f * unbiased);
+  }
+  if (N * L == 0) return y_;
+  // y = (x - mean) * (gamma * rstd * r) + (gamma * d + beta)
+  syncbn_normalize(y_.data(), x.data(), mean_.data(), scale_.data(), gamma, shift_.data(), N, C_,
+                   L);
+  return y_;
+}
+
+template <typename T>
+const Tensor<T>& SyncBatchRenorm1d<T>::backward(const Tensor<T>& dy) {
+  if (!synced_) return BatchRenorm1d<T>::backward(dy);
+  check_same_shape(*this, "output gradient", dy.shape(), y_.shape());
+  const int64_t N = x_->dim(0);
+  const int64_t L = N > 0 ? x_->numel() / (N * C_) : 1;
+  T* dx = size_dx(dx_, *x_, this->input_grad_) ? dx_.data() : nullptr;
+  const bool live = N * L > 0 && count_ > 0;
+  sums_.assign(static_cast<size_t>(2 * C_), 0.0);
+  if (live) syncbn_grad_sums(sums_.data(), dy.data(), x_->data(), mean_.data(), N, C_, L);
+  // y = gamma (xhat r + d) + beta: this rank's sums are its parameter gradients.
+  if (live && opt_.affine)
+    for (int64_t c = 0; c < C_; ++c) {
+      this->dweight[c] +=
+          static_cast<T>(r_[c] * rstd_[c] * sums_[2 * c + 1] + d_[c] * sums_[2 * c]);
+      this->dbias[c] += static_cast<T>(sums_[2 * c]);
+    }
+  if (!this->input_grad_) return dx_;
+  Communicator* comm = comm_ ? comm_ : &world();
+  comm->allreduce_sum(sums_.data(), static_cast<int64_t>(sums_.size()));
+  if (!live) return dx_;
+  // dx = gamma r rstd (dy - mean dy - xhat mean(dy xhat)): SyncBatchNorm's with gamma r.
+  gr_.resize({C_});
+  for (int64_t c = 0; c < C_; ++c)
+    gr_[c] = static_cast<T>((opt_.affine ? static_cast<double>(this->weight[c]) : 1.0) * r_[c]);
+  syncbn_dx(dx, dy.data(), x_->data(), mean_.data(), rstd_.data(), gr_.data(), sums_.data(), count_,
+            N, C_, L);
+  return dx_;
+}
+
+template class SyncBatchRenorm1d<float>;
+template class SyncBatchRenorm1d<double>;
+
+// ---------------------------------------------------------------- --sync-bn
+
+void sync_batch_norms(std::vector<LayerPlan>& plan) {
+  for (auto& p : plan) {
+    auto refuse = [&](const std::string& why) {
+      fail("--sync-bn: model spec, column ", p.column, ": ", p.source, ": ", why);
+    };
+    switch (p.kind) {
+      case LayerKind::BatchNorm:
+      case LayerKind::BatchNorm2d:
+        p.kind = LayerKind::SyncBatchNorm;  // the same options (p.bn) and keys
+        break;
+      case LayerKind::BatchRenorm:
+        p.kind = LayerKind::SyncBatchRenorm;
+        break;
+      case LayerKind::GhostBatchNorm:
+        refuse(
+            "Ghost BatchNorm's statistics are those of each virtual batch by design (Hoffer et "
+            "al. 2017), and each rank cuts its own shard into virtual batches: there are no "
+            "global batch statistics to share; run without --sync-bn (docs/distributed.md)");
+        break;
+      case LayerKind::MeanOnlyBatchNorm:
+        refuse(
+            "mean-only BatchNorm has no synchronised version; without --sync-bn it normalizes "
+            "each rank's shard (docs/distributed.md)");
+        break;
+      default:
+        break;
+    }
+  }
+}
 
 }  // namespace normlab

@@ -21,6 +21,7 @@
 #include "normlab/atomic_file.hpp"
 #include "normlab/build_info.hpp"
 #include "normlab/data.hpp"
+#include "normlab/distributed.hpp"
 #include "normlab/error.hpp"
 #include "normlab/loss.hpp"
 #include "normlab/model_spec.hpp"
@@ -270,9 +271,12 @@ UnitResult parse_unit_result_csv(const std::string& text, const std::string& pat
   return r;
 }
 
+static void run_units_here(const std::vector<StudyUnit>& units, const std::vector<size_t>& todo,
+                           const StudyOptions& options, StudyObserver& observer,
+                           std::vector<UnitResult>& results, int64_t cached, bool write_cache);
+
 std::vector<UnitResult> run_units(const std::vector<StudyUnit>& units, const StudyOptions& options,
                                   StudyObserver& observer) {
-  const auto t0 = Clock::now();
   const int64_t total = static_cast<int64_t>(units.size());
   std::vector<UnitResult> results(units.size());
   std::vector<size_t> todo;
@@ -286,12 +290,68 @@ std::vector<UnitResult> run_units(const std::vector<StudyUnit>& units, const Stu
       todo.push_back(i);
     }
   }
+  // Under mpirun (docs/distributed.md): rank 0's cache decides what runs; rank
+  // r of K runs the units todo[r], todo[r + K], ... (each single-process, side
+  // by side in threads as below), and rank 0 gathers every result and alone
+  // writes the cache and the report (the other ranks leave run_study with
+  // StudyRankDone).
+  Communicator& comm = world();
+  const int rank = comm.rank(), ranks = comm.size();
+  if (ranks > 1) {
+    int64_t n = static_cast<int64_t>(todo.size());
+    comm.broadcast(&n, sizeof n, 0);
+    std::vector<int64_t> t(todo.begin(), todo.end());
+    t.resize(static_cast<size_t>(n));
+    comm.broadcast(t.data(), n * static_cast<int64_t>(sizeof(int64_t)), 0);
+    todo.assign(t.begin(), t.end());
+  }
   const int64_t cached = total - static_cast<int64_t>(todo.size());
   if (cached)
     observer.on_note(std::to_string(cached) + " of " + std::to_string(total) +
                      " runs already done (cached in " + options.out_dir + "/runs)");
-  if (todo.empty()) return results;
+  if (todo.empty()) {
+    if (ranks > 1 && rank != 0) throw StudyRankDone{};
+    return results;
+  }
+  if (ranks > 1) {
+    observer.on_note(std::to_string(todo.size()) + " runs over " + std::to_string(ranks) +
+                     " ranks (the progress line shows rank 0's)");
+    const std::vector<size_t> all = todo;
+    std::vector<size_t> mine;
+    for (size_t k = static_cast<size_t>(rank); k < all.size(); k += static_cast<size_t>(ranks))
+      mine.push_back(all[k]);
+    // A failing run on any rank: every rank reports it (no rank waits for one that left).
+    agree_on_errors(
+        comm, [&] { run_units_here(units, mine, options, observer, results, cached, false); });
+    for (size_t k = 0; k < all.size(); ++k) {
+      const size_t i = all[k];
+      const int owner = static_cast<int>(k % static_cast<size_t>(ranks));
+      std::string text = owner == rank ? unit_result_csv(results[i]) : std::string();
+      int64_t bytes = static_cast<int64_t>(text.size());
+      comm.broadcast(&bytes, sizeof bytes, owner);
+      text.resize(static_cast<size_t>(bytes));
+      comm.broadcast(text.data(), bytes, owner);
+      if (rank != 0) continue;
+      if (owner != 0) results[i] = parse_unit_result_csv(text, "rank " + std::to_string(owner));
+      const std::string dir = options.out_dir + "/runs/" + units[i].key();
+      fs::create_directories(dir);
+      write_file_atomic(dir + "/settings.txt", units[i].settings_text());
+      write_file_atomic(dir + "/result.csv", text);
+    }
+    if (rank != 0) throw StudyRankDone{};
+    return results;
+  }
+  run_units_here(units, todo, options, observer, results, cached, true);
+  return results;
+}
 
+// Runs units[todo...] side by side in threads, into results; with write_cache
+// each result also goes to OUT/runs/<key>/ as it finishes.
+static void run_units_here(const std::vector<StudyUnit>& units, const std::vector<size_t>& todo,
+                           const StudyOptions& options, StudyObserver& observer,
+                           std::vector<UnitResult>& results, int64_t cached, bool write_cache) {
+  const auto t0 = Clock::now();
+  const int64_t total = static_cast<int64_t>(units.size());
   const Data data{load_dataset(options.data_dir, Split::Train),
                   load_dataset(options.data_dir, Split::Test)};
 
@@ -328,10 +388,12 @@ std::vector<UnitResult> run_units(const std::vector<StudyUnit>& units, const Stu
       slot.unit.store(static_cast<int64_t>(i));
       try {
         results[i] = run_unit(units[i], data, slot.step);
-        const std::string dir = options.out_dir + "/runs/" + units[i].key();
-        fs::create_directories(dir);
-        write_file_atomic(dir + "/settings.txt", units[i].settings_text());
-        write_file_atomic(dir + "/result.csv", unit_result_csv(results[i]));
+        if (write_cache) {
+          const std::string dir = options.out_dir + "/runs/" + units[i].key();
+          fs::create_directories(dir);
+          write_file_atomic(dir + "/settings.txt", units[i].settings_text());
+          write_file_atomic(dir + "/result.csv", unit_result_csv(results[i]));
+        }
       } catch (const std::exception& e) {
         std::lock_guard<std::mutex> lock(error_mutex);
         if (first_error.empty()) first_error = "study run '" + units[i].label + "': " + e.what();
@@ -379,7 +441,6 @@ std::vector<UnitResult> run_units(const std::vector<StudyUnit>& units, const Stu
   }
   for (auto& t : threads) t.join();
   if (!first_error.empty()) fail(first_error);
-  return results;
 }
 
 }  // namespace normlab

@@ -265,9 +265,11 @@ std::vector<EpochMetrics> run_training(const TrainConfig& cfg, TrainingObserver&
 
   Rng rng(cfg.seed);
   std::vector<LayerPlan> plan = plan_model(cfg.model, Shape{cfg.batch_size, D});
-  if (cfg.sync_bn)
-    for (auto& p : plan)
-      if (p.kind == LayerKind::BatchNorm) p.kind = LayerKind::SyncBatchNorm;
+  if (cfg.sync_bn) try {
+      sync_batch_norms(plan);
+    } catch (const Error& e) {
+      throw AgreedError(e.what());  // every rank refuses the same spec: nobody aborts the job
+    }
   auto model = build_model<float>(plan, rng);
   const Shape out_shape = model->output_shape({cfg.batch_size, D});
   if (out_shape.size() != 2 || out_shape[1] != train_set.num_classes())
@@ -279,6 +281,17 @@ std::vector<EpochMetrics> run_training(const TrainConfig& cfg, TrainingObserver&
   std::vector<StateEntry<float>> optim_state = optimizer->state();
   Trainer trainer(*model, *optimizer);
   trainer.set_communicator(&comm);
+  // NORMLAB_ALLREDUCE_BUCKET_BYTES: overlap the gradient all-reduce with backward
+  // in buckets of at least this many bytes (Trainer::set_allreduce_bucket_bytes;
+  // 0, the default, = one blocking all-reduce after backward), for
+  // bench/mpi_speed.sh, the tests and machines where it pays.
+  if (const char* env = std::getenv("NORMLAB_ALLREDUCE_BUCKET_BYTES")) {
+    char* end = nullptr;
+    const long long bytes = std::strtoll(env, &end, 10);
+    if (!*env || *end || bytes < 0)
+      fail("NORMLAB_ALLREDUCE_BUCKET_BYTES='", env, "': expected a number of bytes >= 0");
+    trainer.set_allreduce_bucket_bytes(bytes);
+  }
 
   const json train_config = {{"model", cfg.model},
                              {"model_spec", resolve_spec(cfg.model)},
@@ -428,17 +441,41 @@ std::vector<EpochMetrics> run_training(const TrainConfig& cfg, TrainingObserver&
   const int64_t eval_rows = std::min(cfg.eval_batch_size, n_test);
   std::vector<float> eval_x(static_cast<size_t>(eval_rows * D));
   std::vector<int32_t> eval_y(static_cast<size_t>(eval_rows));
+  // Under mpirun each rank evaluates its contiguous slice of the test set with
+  // rank 0's buffers (the running statistics the files hold; its own are put
+  // back after) and the sums are all-reduced: rank 0's whole-set figures, in
+  // 1 / K of the time.
+  std::vector<std::pair<Tensor<float>*, Tensor<float>>> own_buffers;
+  if (ranks > 1)
+    for (auto& e : model_state)
+      if (e.value && !e.grad) own_buffers.push_back({e.value, *e.value});
   auto evaluate_test_set = [&] {
+    if (ranks > 1)
+      for (auto& [t, copy] : own_buffers) {
+        std::copy(t->data(), t->data() + t->numel(), copy.data());
+        comm.broadcast(t->data(), t->numel() * static_cast<int64_t>(sizeof(float)), 0);
+      }
+    const int64_t lo = n_test * rank / ranks, hi = n_test * (rank + 1) / ranks;
     EvalResult total;
     double loss_sum = 0;
-    for (int64_t start = 0; start < n_test; start += eval_rows) {
-      const int64_t b = std::min(eval_rows, n_test - start);
+    for (int64_t start = lo; start < hi; start += eval_rows) {
+      const int64_t b = std::min(eval_rows, hi - start);
       test_set.gather(std::span<const int64_t>(test_index.data() + start, static_cast<size_t>(b)),
                       eval_x.data(), eval_y.data());
       const EvalResult r = trainer.evaluate(eval_x.data(), eval_y.data(), b, D, b);
       loss_sum += r.loss * static_cast<double>(r.count);
       total.correct += r.correct;
       total.count += r.count;
+    }
+    if (ranks > 1) {
+      double sums[3] = {loss_sum, static_cast<double>(total.correct),
+                        static_cast<double>(total.count)};
+      comm.allreduce_sum(sums, 3);
+      loss_sum = sums[0];
+      total.correct = static_cast<int64_t>(std::llround(sums[1]));
+      total.count = static_cast<int64_t>(std::llround(sums[2]));
+      for (auto& [t, copy] : own_buffers)
+        std::copy(copy.data(), copy.data() + copy.numel(), t->data());
     }
     total.loss = loss_sum / static_cast<double>(total.count);
     return total;
@@ -557,8 +594,7 @@ std::vector<EpochMetrics> run_training(const TrainConfig& cfg, TrainingObserver&
     const double train_seconds = seconds_since(t0);
     profile::set_enabled(false);
     const auto t1 = Clock::now();
-    // Rank 0 evaluates (its running statistics are the saved ones).
-    const EvalResult ev = lead ? evaluate_test_set() : EvalResult{};
+    const EvalResult ev = evaluate_test_set();
     EpochMetrics m;
     m.epoch = epoch + 1;
     m.steps = optimizer->steps();
@@ -571,6 +607,11 @@ std::vector<EpochMetrics> run_training(const TrainConfig& cfg, TrainingObserver&
     m.skipped_steps = pos.skipped;
     m.loss_curve = pos.curve;
     if (cfg.profile) m.profile = profile::report(train_seconds, batches - first_batch);
+    // Under mpirun every rank's breakdown (rank 0's goes with the epoch's report):
+    // where one rank waits for another shows as its all-reduce time.
+    if (cfg.profile && !lead)
+      std::fprintf(stderr, "profile of rank %d of %d, epoch %lld:\n%s", rank, ranks,
+                   static_cast<long long>(epoch + 1), m.profile.c_str());
     history.push_back(m);
     pos = Position{};
     pos.epoch = epoch + 1;

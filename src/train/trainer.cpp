@@ -118,26 +118,26 @@ StepResult Trainer::train_step(const Tensor<float>& x, const int32_t* labels) {
     throw NonFiniteError(step, os.str());
   };
 
-  // Data parallel: the global batch's rows and whether any rank's shard holds
-  // a NaN/inf, agreed before any rank starts the forward pass (whose
-  // SyncBatchNorm layers talk to each other).
-  double global[2] = {static_cast<double>(N), 0.0};
+  // The input batch may not hold a NaN/inf. In one process that is checked
+  // before anything runs. Data parallel, this rank's finding travels with the
+  // loss's all-reduce below (one collective a step fewer, one less point
+  // where a rank waits for the other): the forward pass runs first, which
+  // NaN only poisons (SyncBatchNorm's collectives stay in step on every rank),
+  // and every rank then throws for the same step before any update.
+  int64_t bad_input = -1;
   {
     const profile::Scope timer("input check");
-    const int64_t i = first_non_finite(x.data(), x.numel());
-    if (comm_) {
-      global[1] = i >= 0 ? 1.0 : 0.0;
-      comm_->allreduce_sum(global, 2);
-    }
-    if (i >= 0) {
-      const int64_t D = x.numel() / N;
-      std::ostringstream os;
-      os << "the input batch holds " << x[i] << " at row " << i / D << ", column " << i % D;
-      if (comm_) os << " of rank " << comm_->rank() << "'s shard";
-      non_finite(os.str());
-    }
-    if (global[1] > 0) non_finite("the input batch of another rank holds a NaN or infinity");
+    bad_input = first_non_finite(x.data(), x.numel());
   }
+  auto input_error = [&] {
+    const int64_t D = x.numel() / N;
+    std::ostringstream os;
+    os << "the input batch holds " << x[bad_input] << " at row " << bad_input / D << ", column "
+       << bad_input % D;
+    if (comm_) os << " of rank " << comm_->rank() << "'s shard";
+    non_finite(os.str());
+  };
+  if (bad_input >= 0 && !comm_) input_error();
 
   if (!model_.training()) model_.set_training(true);
   {
@@ -160,16 +160,20 @@ StepResult Trainer::train_step(const Tensor<float>& x, const int32_t* labels) {
   }
   const double local_loss = r.loss;
   if (comm_) {
-    const profile::Scope timer("loss allreduce");
-    // This rank's mean becomes its share of the global mean: dlogits too.
-    const double share = static_cast<double>(N) / global[0];
-    const float s = static_cast<float>(share);
+    double sums[4] = {static_cast<double>(N), bad_input >= 0 ? 1.0 : 0.0,
+                      r.loss * static_cast<double>(N), static_cast<double>(r.correct)};
+    {
+      const profile::Scope timer("loss allreduce");
+      comm_->allreduce_sum(sums, 4);
+    }
+    if (bad_input >= 0) input_error();
+    if (sums[1] > 0) non_finite("the input batch of another rank holds a NaN or infinity");
+    // This rank's mean becomes its share of the global mean (sums[0] rows): dlogits too.
+    const float s = static_cast<float>(static_cast<double>(N) / sums[0]);
     float* g = dlogits_.data();
     for (int64_t j = 0; j < dlogits_.numel(); ++j) g[j] *= s;
-    double sums[2] = {r.loss * static_cast<double>(N), static_cast<double>(r.correct)};
-    comm_->allreduce_sum(sums, 2);
-    r.loss = sums[0] / global[0];
-    r.correct = static_cast<int64_t>(std::llround(sums[1]));
+    r.loss = sums[2] / sums[0];
+    r.correct = static_cast<int64_t>(std::llround(sums[3]));
   }
   if (!std::isfinite(r.loss)) {
     std::ostringstream os;
@@ -183,16 +187,49 @@ StepResult Trainer::train_step(const Tensor<float>& x, const int32_t* labels) {
     non_finite(os.str());
   }
 
-  {
+  // Data parallel: the sum of the ranks' shares is the global batch's gradient.
+  // The flat gradient block (parameters and the zeros between them) is summed
+  // in buckets started during backward (on_layer_backward_done), or in one
+  // all-reduce after it.
+  auto* seq = dynamic_cast<Sequential<float>*>(&model_);
+  overlap_ = comm_ && bucket_bytes_ > 0 && seq;
+  if (overlap_) {
+    const std::span<float> grads = optimizer_.grads();
+    if (layer_start_.size() != seq->size() + 1) {
+      // Where each child's gradients start in the flat block; then the suffix
+      // minimum, so layer_start_[i] is where the gradients of children >= i start.
+      const float* base = grads.data();
+      const int64_t end = static_cast<int64_t>(grads.size());
+      layer_start_.assign(seq->size() + 1, end);
+      for (size_t i = 0; i < seq->size(); ++i)
+        for (const auto& e : (*seq)[i].state())
+          if (e.grad && e.grad->numel() > 0) {
+            const int64_t at = e.grad->data() - base;
+            if (at >= 0 && at < end) layer_start_[i] = std::min(layer_start_[i], at);
+          }
+      for (size_t i = seq->size(); i-- > 0;)
+        layer_start_[i] = std::min(layer_start_[i], layer_start_[i + 1]);
+    }
+    unsent_end_ = static_cast<int64_t>(grads.size());
+    seq->set_backward_hook([this](size_t child) { on_layer_backward_done(child); });
+  }
+  try {
     const profile::Scope timer("model backward");
     model_.backward(dlogits_);
+  } catch (...) {
+    if (seq) seq->set_backward_hook({});
+    throw;
   }
+  if (seq) seq->set_backward_hook({});
   if (comm_) {
-    // The flat gradient block (parameters and the zeros between them) in one
-    // bucketed all-reduce: the sum of the ranks' shares is the global batch's gradient.
     const profile::Scope timer("gradient allreduce");
     const std::span<float> grads = optimizer_.grads();
-    comm_->allreduce_sum(grads.data(), static_cast<int64_t>(grads.size()));
+    if (!overlap_) unsent_end_ = static_cast<int64_t>(grads.size());
+    // The rest (all of it without overlap) in MPI's blocking all-reduce, which
+    // is faster than its non-blocking one; then the started buckets end.
+    if (unsent_end_ > 0) comm_->allreduce_sum(grads.data(), unsent_end_);
+    comm_->wait_all();
+    overlap_ = false;
   }
   {
     const profile::Scope timer("gradient check");
@@ -209,6 +246,21 @@ StepResult Trainer::train_step(const Tensor<float>& x, const int32_t* labels) {
   const profile::Scope timer("optimizer");
   optimizer_.step();
   return r;
+}
+
+// A Sequential child's backward is done, so are the ones after it: start the
+// all-reduce of their gradients once they make a bucket, else let the started
+// ones progress (MPI moves data only inside its calls).
+void Trainer::on_layer_backward_done(size_t child) {
+  if (!overlap_) return;
+  const profile::Scope timer("gradient allreduce (overlapped)");
+  const int64_t ready = layer_start_[child];
+  if ((unsent_end_ - ready) * static_cast<int64_t>(sizeof(float)) >= bucket_bytes_) {
+    comm_->start_allreduce_sum(optimizer_.grads().data() + ready, unsent_end_ - ready);
+    unsent_end_ = ready;
+  } else {
+    comm_->progress();
+  }
 }
 
 EvalResult Trainer::evaluate(const float* x, const int32_t* labels, int64_t N, int64_t D,

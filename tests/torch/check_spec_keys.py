@@ -54,6 +54,8 @@ SPECS = [
     ("linear(6), meanonlybn, brn, gbn(virtual_batch_size=2)", "3x5"),
     # SyncBatchNorm (issue 13): torch.nn.SyncBatchNorm's keys
     ("flatten, linear(8), syncbn, relu, syncbatchnorm(affine=false, momentum=none), syncbn(8, track_running_stats=false)", "12"),
+    # issue 13, part 2: SyncBatchNorm on (N, C, H, W), as PyTorch's takes (N, C, *)
+    ("unflatten(2, 2, 3), syncbn, syncbatchnorm(2, affine=false), flatten, linear(4)", "12"),
     # issue 11: the norms on (N, C, H, W)
     ("unflatten(4, 7, 28), batchnorm2d(4), bn2d(affine=false, momentum=none), instancenorm2d, "
      "in2d(affine=true, track_running_stats=true), gn(2), layernorm(dims=3), meanonlybn, brn, "
