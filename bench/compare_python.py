@@ -10,7 +10,11 @@ The per-call overhead of normlab.torch is its fwd+bwd time minus the bare
 kernels' time, measured in the same process: the extension's raw forward and
 backward calls (the ones normlab.torch makes, python/src/raw_ext.cpp) on buffers
 allocated once. The "(identity Function)" row is the yardstick of what any
-torch.autograd.Function costs: clone forward, pass-through backward.
+torch.autograd.Function costs: clone forward, pass-through backward. For
+LayerNorm and the BatchNorms, "aten kernels" is PyTorch's own kernels called
+without autograd (torch.native_layer_norm / native_batch_norm and their
+backward) and "torch.nn overhead" torch.nn's fwd+bwd minus that: the same
+per-call overhead measured for PyTorch's own modules.
 `normlab bench`'s fwd+bwd (its own build, possibly other SIMD flags) is shown
 beside the NxC rows when --normlab is given.
 
@@ -104,6 +108,31 @@ def bare(name, x, g, w, b):
     return f
 
 
+def torch_bare(name, x, g, w, b):
+    """PyTorch's own kernels for the same work, without autograd: aten's
+    native_layer_norm / native_batch_norm and their backward (under no_grad;
+    torch.ops.aten adds a few us of Python dispatch to the backward call)."""
+    aten = torch.ops.aten
+    if name == "LayerNorm":
+        C = x.shape[-1]
+
+        def f():
+            with torch.no_grad():
+                _, m, r = torch.native_layer_norm(x, (C,), w, b, 1e-5)
+                aten.native_layer_norm_backward(g, x, (C,), m, r, w, b, [True, True, True])
+    elif name in ("BatchNorm1d", "BatchNorm2d"):
+        rm, rv = x.new_zeros(x.shape[1]), x.new_ones(x.shape[1])
+
+        def f():
+            with torch.no_grad():
+                _, m, r = torch.native_batch_norm(x, w, b, rm, rv, True, 0.1, 1e-5)
+                aten.native_batch_norm_backward(g, x, w, rm, rv, m, r, True, 1e-5,
+                                                [True, True, True])
+    else:
+        return None
+    return f
+
+
 class _Identity(torch.autograd.Function):
     """The yardstick: the cheapest autograd.Function (clone forward, pass-through backward)."""
 
@@ -145,7 +174,8 @@ def main():
         if args.normlab and os.path.exists(args.normlab) else {}
     print(f"torch {torch.__version__} ({torch.get_num_threads()} threads); {normlab.build_summary()}")
     print(f"{'module':14} {'shape':>14} {'torch.nn us':>12} {'normlab.torch us':>17} "
-          f"{'speedup':>8} {'bare kernels us':>16} {'overhead us':>12} {'normlab bench us':>17}")
+          f"{'speedup':>8} {'bare kernels us':>16} {'overhead us':>12} {'normlab bench us':>17} "
+          f"{'aten kernels us':>16} {'torch.nn overhead us':>21}")
     torch.manual_seed(0)
     for shape in shapes:
         x0 = torch.randn(shape) * 2 + 1
@@ -177,10 +207,13 @@ def main():
             b = m.bias.detach() if getattr(m, "bias", None) is not None else torch.zeros_like(w)
             kernel = timeit(bare(name, x0, g, w, b), args.repeats, args.min_time)
             c = cli.get((KERNEL.get(name), shape[0], shape[1])) if len(shape) == 2 else None
+            tb = torch_bare(name, x0, g, w, b)
+            aten = timeit(tb, args.repeats, args.min_time) if tb else float("nan")
             print(f"{name:14} {label:>14} {times['theirs'] * 1e6:12.1f} "
                   f"{times['ours'] * 1e6:17.1f} {times['theirs'] / times['ours']:8.2f} "
                   f"{kernel * 1e6:16.1f} {(times['ours'] - kernel) * 1e6:12.1f} "
-                  f"{(c * 1e6 if c else float('nan')):17.1f}")
+                  f"{(c * 1e6 if c else float('nan')):17.1f} {aten * 1e6:16.1f} "
+                  f"{(times['theirs'] - aten) * 1e6:21.1f}")
 
 
 if __name__ == "__main__":
