@@ -74,7 +74,8 @@ def bare(name, x, g, w, b):
     N, C = x.shape[0], x.shape[1]
     S = x.numel() // max(N * C, 1)
     dbl, P = x.dtype == torch.float64, (lambda t: t.data_ptr())
-    y, dx, dw, db = torch.empty_like(x), torch.empty_like(x), torch.zeros_like(w), torch.zeros_like(b)
+    y, dx = torch.empty_like(x), torch.empty_like(x)
+    dw, db = torch.zeros_like(w), torch.zeros_like(b)
     if name == "LayerNorm":
         st = x.new_empty(2 * N)  # referenced by f below: kept alive with it
 
