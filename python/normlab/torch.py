@@ -13,6 +13,10 @@
   normlab.torch.GroupNorm(num_groups, num_channels, eps=1e-5, affine=True, ...)
   normlab.torch.InstanceNorm1d(num_features, eps=1e-5, momentum=0.1, affine=False,
                                track_running_stats=False, ...)
+  normlab.torch.BatchNorm2d(num_features, eps=1e-5, momentum=0.1, affine=True,
+                            track_running_stats=True, ...)     (N, C, H, W)
+  normlab.torch.InstanceNorm2d(num_features, eps=1e-5, momentum=0.1, affine=False,
+                               track_running_stats=False, ...)  (N, C, H, W) or (C, H, W)
 PyTorch lacks these; arguments and state as normlab's spec and checkpoints
 (docs/model-spec.md) and the PyTorch twins in python/normlab_torch.py:
   normlab.torch.BatchRenorm1d(num_features, eps=1e-5, momentum=0.1, affine=True, rmax=3.0,
@@ -24,14 +28,20 @@ PyTorch lacks these; arguments and state as normlab's spec and checkpoints
 
 The functions are torch.nn.functional's, differentiable through
 torch.autograd.Function (first derivatives; double backward is not supported).
-The modules subclass torch.nn's (LayerNorm, BatchNorm1d, RMSNorm when torch
-has it (>= 2.4; before, a module with the same arguments and state), GroupNorm,
-InstanceNorm1d) and replace only forward(), so constructor arguments, parameters, buffers, state_dict keys,
-repr and load_state_dict are PyTorch's own. CPU tensors of float32 or float64;
-non-contiguous inputs are made contiguous (one copy) first.
+The modules subclass torch.nn's (LayerNorm, BatchNorm1d, BatchNorm2d, RMSNorm
+when torch has it (>= 2.4; before, a module with the same arguments and state),
+GroupNorm, InstanceNorm1d, InstanceNorm2d) and replace only forward(), so
+constructor arguments, parameters, buffers, state_dict keys, repr and
+load_state_dict are PyTorch's own. CPU tensors of float32 or float64;
+non-contiguous inputs are made contiguous (one copy) first. Wrong dtype, device
+or layout: TypeError; wrong shape: ValueError; each names the argument and the
+numbers. LayerNorm, BatchNorm*, RMSNorm, GroupNorm and InstanceNorm* make one
+extension call per forward and one per backward (python/src/raw_ext.cpp).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -40,29 +50,110 @@ import normlab as _nl
 
 __all__ = ["layer_norm", "batch_norm", "LayerNorm", "BatchNorm1d", "rms_norm", "group_norm",
            "weight_norm", "RMSNorm", "GroupNorm", "InstanceNorm1d", "BatchRenorm1d",
-           "GhostBatchNorm1d", "MeanOnlyBatchNorm1d"]
+           "GhostBatchNorm1d", "MeanOnlyBatchNorm1d", "BatchNorm2d", "InstanceNorm2d"]
 
 
 def _c(t):
     return None if t is None else t.contiguous()
 
 
+# ---- The per-call path of LayerNorm, BatchNorm, RMSNorm and GroupNorm ----
+# One extension call per forward and one per backward (normlab._normlab.raw_*,
+# python/src/raw_ext.cpp): the tensors' addresses and sizes as integers, the
+# outputs allocated by torch and written in place by the kernels. What the
+# addresses need (dtype, CPU, dense, C-contiguous, shapes) is checked here,
+# once per call, with attribute reads only; a failed check raises TypeError
+# (dtype, device, layout) or ValueError (shape) naming the argument and numbers.
+
+_F32, _F64 = torch.float32, torch.float64
+_STRIDED = torch.strided
+_FINFO_EPS = {_F32: torch.finfo(_F32).eps, _F64: torch.finfo(_F64).eps}
+_raw = _nl._normlab
+
+
+def _dtype_name(dt):
+    return str(dt).replace("torch.", "")
+
+
+def _input(fn, x):
+    """x as the kernels read it (float32/float64, dense, CPU, C-contiguous: one copy if not)."""
+    dt = x.dtype
+    if dt is not _F32 and dt is not _F64:
+        raise TypeError(f"{fn}: input has dtype {_dtype_name(dt)}; normlab computes in float32 "
+                        "or float64")
+    if not x.is_cpu:
+        raise TypeError(f"{fn}: input is on {x.device}; normlab's kernels run on the CPU")
+    if x.layout is not _STRIDED:
+        raise TypeError(f"{fn}: input has layout {x.layout}; normlab needs dense (strided) tensors")
+    return x if x.is_contiguous() else x.contiguous()
+
+
+def _param(fn, name, t, dt, shape, write=False):
+    """A weight/bias/running statistic of input's dtype and the given shape, on the
+    CPU; made contiguous (a copy) unless written in place (write=True: then an error)."""
+    if t is None:
+        return None
+    if t.dtype is not dt:
+        raise TypeError(f"{fn}: {name} has dtype {_dtype_name(t.dtype)}, expected "
+                        f"{_dtype_name(dt)} (the dtype of input)")
+    if t.shape != shape:
+        raise ValueError(f"{fn}: {name} has shape {tuple(t.shape)}, expected {tuple(shape)}")
+    if not t.is_cpu or t.layout is not _STRIDED:
+        raise TypeError(f"{fn}: {name} is on {t.device} ({t.layout}); normlab's kernels run on "
+                        "dense CPU tensors")
+    if t.is_contiguous():
+        return t
+    if write:
+        raise ValueError(f"{fn}: {name} of shape {tuple(t.shape)} is not contiguous (strides "
+                         f"{t.stride()}); it is updated in place, so it must be")
+    return t.contiguous()
+
+
+def _zeros_or_none(want, t):
+    return torch.zeros_like(t) if want and t is not None else None
+
+
 class _LayerNormFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, input, weight, bias, normalized_shape, eps):
-        x, w, b = input.contiguous(), _c(weight), _c(bias)
-        out, mean, rstd = _nl.native_layer_norm(x, normalized_shape, w, b, eps)
-        ctx.save_for_backward(x, w, b, mean, rstd)
-        ctx.normalized_shape = normalized_shape
+        fn = "layer_norm"
+        x = _input(fn, input)
+        dt, shape, k = x.dtype, x.shape, len(normalized_shape)
+        if not k or shape[len(shape) - k:] != normalized_shape:
+            raise ValueError(f"{fn}: input of shape {tuple(shape)} does not end in "
+                             f"normalized_shape {tuple(normalized_shape)}" +
+                             ("" if k else " (normalized_shape must not be empty)"))
+        D = x.numel() if k == len(shape) else math.prod(normalized_shape)
+        if D == 0:
+            raise ValueError(f"{fn}: normalized_shape {tuple(normalized_shape)} must have "
+                             "positive dims")
+        w = _param(fn, "weight", weight, dt, normalized_shape)
+        b = _param(fn, "bias", bias, dt, normalized_shape)
+        N = x.numel() // D
+        out = torch.empty_like(x)
+        stats = x.new_empty(2 * N)  # mean, then rstd
+        s = stats.data_ptr()
+        _raw.raw_layer_norm(dt is _F64, out.data_ptr(), s, s + N * stats.element_size(),
+                            x.data_ptr(), 0 if w is None else w.data_ptr(),
+                            0 if b is None else b.data_ptr(), N, D, eps)
+        ctx.save_for_backward(x, w, stats)
+        ctx.sizes = (N, D, normalized_shape, b is not None)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        x, w, b, mean, rstd = ctx.saved_tensors
+        x, w, stats = ctx.saved_tensors
+        N, D, ns, has_bias = ctx.sizes
         need = ctx.needs_input_grad
-        dx, dw, db = _nl.native_layer_norm_backward(
-            grad_out.contiguous(), x, ctx.normalized_shape, mean, rstd, w, b,
-            (need[0], need[1] and w is not None, need[2] and b is not None))
+        dy = grad_out if grad_out.is_contiguous() else grad_out.contiguous()
+        dx = torch.empty_like(x) if need[0] else None
+        dw = _zeros_or_none(need[1], w)
+        db = x.new_zeros(ns) if need[2] and has_bias else None
+        s = stats.data_ptr()
+        _raw.raw_layer_norm_backward(
+            x.dtype is _F64, 0 if dx is None else dx.data_ptr(), 0 if dw is None else dw.data_ptr(),
+            0 if db is None else db.data_ptr(), dy.data_ptr(), x.data_ptr(), s,
+            s + N * stats.element_size(), 0 if w is None else w.data_ptr(), N, D)
         return dx, dw, db, None, None
 
 
@@ -73,41 +164,70 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
     return _LayerNormFunction.apply(input, weight, bias, tuple(normalized_shape), eps)
 
 
+def _bn_sizes(fn, x):
+    shape = x.shape
+    if len(shape) < 2:
+        raise ValueError(f"{fn}: input must be (N, C) or (N, C, *), got shape {tuple(shape)}")
+    return shape[0], shape[1], (1 if len(shape) == 2 else math.prod(shape[2:]))
+
+
 class _BatchNormFunction(torch.autograd.Function):
     # running = (running_mean, running_var) or None, passed as one non-tensor
-    # argument: the forward updates them in place, outside autograd, as PyTorch does.
+    # argument: the forward updates them in place, outside autograd, as PyTorch
+    # does. The backward reads stats (2, C): the mean and 1/sqrt(var + eps) used.
     @staticmethod
     def forward(ctx, input, weight, bias, running, training, momentum, eps):
-        x, w, b = input.contiguous(), _c(weight), _c(bias)
-        rm, rv = running if running is not None else (None, None)
-        out, save_mean, save_invstd = _nl.native_batch_norm(x, w, b, rm, rv, training, momentum,
-                                                            eps)
+        fn = "batch_norm"
+        x = _input(fn, input)
+        dt = x.dtype
+        N, C, L = _bn_sizes(fn, x)
+        cs = (C,)
+        w = _param(fn, "weight", weight, dt, cs)
+        b = _param(fn, "bias", bias, dt, cs)
+        if running is None:
+            rm = rv = None
+        else:
+            rm = _param(fn, "running_mean", running[0], dt, cs, True)
+            rv = _param(fn, "running_var", running[1], dt, cs, True)
+            if (rm is None) != (rv is None):
+                raise ValueError(f"{fn}: running_mean and running_var must both be given or "
+                                 "both be None")
+        out = torch.empty_like(x)
+        stats = x.new_empty(2 * C)
+        args = (dt is _F64, out.data_ptr(), stats.data_ptr(), x.data_ptr(),
+                0 if w is None else w.data_ptr(), 0 if b is None else b.data_ptr(),
+                0 if rm is None else rm.data_ptr(), 0 if rv is None else rv.data_ptr(), N, C, L)
         if training:
-            ctx.save_for_backward(x, w, save_mean, save_invstd)
-        else:  # the statistics are constants: the running ones, as they are now
-            ctx.save_for_backward(x, w, rm.clone(), rv.clone())
-        ctx.training, ctx.eps = training, eps
+            _raw.raw_batch_norm_train(*args, momentum, eps)
+        elif rm is None:
+            raise ValueError(f"{fn}: training=False needs running_mean and running_var "
+                             "(or use training=True)")
+        else:
+            _raw.raw_batch_norm_eval(*args, eps)
+        ctx.save_for_backward(x, w, stats)
+        ctx.sizes = (N, C, L, training)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        x, w, s1, s2 = ctx.saved_tensors
+        x, w, stats = ctx.saved_tensors
+        N, C, L, training = ctx.sizes
         need = ctx.needs_input_grad
-        if ctx.training:
-            rm = rv = None
-            save_mean, save_invstd = s1, s2
-        else:
-            rm, rv = s1, s2
-            save_mean = save_invstd = None
-        dx, dw, db = _nl.native_batch_norm_backward(
-            grad_out.contiguous(), x, w, rm, rv, save_mean, save_invstd, ctx.training, ctx.eps,
-            (need[0], need[1] and w is not None, need[2]))
-        return dx, dw, (db if need[2] else None), None, None, None, None
+        dy = grad_out if grad_out.is_contiguous() else grad_out.contiguous()
+        dx = torch.empty_like(x) if need[0] else None
+        dw = _zeros_or_none(need[1], w)
+        db = x.new_zeros(C) if need[2] else None
+        _raw.raw_batch_norm_backward(
+            x.dtype is _F64, training, 0 if dx is None else dx.data_ptr(),
+            0 if dw is None else dw.data_ptr(), 0 if db is None else db.data_ptr(), dy.data_ptr(),
+            x.data_ptr(), stats.data_ptr(), 0 if w is None else w.data_ptr(), N, C, L)
+        return dx, dw, db, None, None, None, None
 
 
 def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False,
                momentum=0.1, eps=1e-5):
-    """torch.nn.functional.batch_norm on normlab's kernels (running stats updated in place)."""
+    """torch.nn.functional.batch_norm on normlab's kernels (running stats updated in place):
+    input (N, C) or (N, C, *) (BatchNorm2d's (N, C, H, W) is read as (N, C, H*W))."""
     if training:
         size = input.size()
         values = size[0]
@@ -124,13 +244,12 @@ class LayerNorm(nn.LayerNorm):
     """torch.nn.LayerNorm (same arguments, parameters, state_dict) on normlab's kernels."""
 
     def forward(self, input):
-        return layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps)
+        return _LayerNormFunction.apply(input, self.weight, self.bias, self.normalized_shape,
+                                        self.eps)
 
 
-class BatchNorm1d(nn.BatchNorm1d):
-    """torch.nn.BatchNorm1d (same arguments, parameters, buffers, state_dict) on normlab's kernels.
-
-    forward() is torch's _BatchNorm.forward with normlab's batch_norm."""
+class _BatchNormForward:
+    """torch's _BatchNorm.forward with normlab's batch_norm."""
 
     def forward(self, input):
         self._check_input_dim(input)
@@ -146,21 +265,56 @@ class BatchNorm1d(nn.BatchNorm1d):
                           bn_training, exponential_average_factor, self.eps)
 
 
+class BatchNorm1d(_BatchNormForward, nn.BatchNorm1d):
+    """torch.nn.BatchNorm1d (same arguments, parameters, buffers, state_dict) on normlab's
+    kernels; input (N, C) or (N, C, L)."""
+
+
+class BatchNorm2d(_BatchNormForward, nn.BatchNorm2d):
+    """torch.nn.BatchNorm2d (same arguments, parameters, buffers, state_dict) on normlab's
+    kernels: input (N, C, H, W), normalized per channel over N*H*W values on the
+    (N, C, H*W) view (no copy for a contiguous NCHW input; a channels_last input is
+    copied to NCHW first and the output is NCHW). Errors: ValueError for another
+    rank ("expected 4D input") or a channel count other than num_features."""
+
+
 class _RMSNormFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, input, weight, normalized_shape, eps):
-        x, w = input.contiguous(), _c(weight)
-        out, rstd = _nl.native_rms_norm(x, normalized_shape, w, eps)
+        fn = "rms_norm"
+        x = _input(fn, input)
+        dt, shape, k = x.dtype, x.shape, len(normalized_shape)
+        if not k or shape[len(shape) - k:] != normalized_shape:
+            raise ValueError(f"{fn}: input of shape {tuple(shape)} does not end in "
+                             f"normalized_shape {tuple(normalized_shape)}" +
+                             ("" if k else " (normalized_shape must not be empty)"))
+        D = x.numel() if k == len(shape) else math.prod(normalized_shape)
+        if D == 0:
+            raise ValueError(f"{fn}: normalized_shape {tuple(normalized_shape)} must have "
+                             "positive dims")
+        w = _param(fn, "weight", weight, dt, normalized_shape)
+        N = x.numel() // D
+        out = torch.empty_like(x)
+        rstd = x.new_empty(N)
+        _raw.raw_rms_norm(dt is _F64, out.data_ptr(), rstd.data_ptr(), x.data_ptr(),
+                          0 if w is None else w.data_ptr(), N, D,
+                          _FINFO_EPS[dt] if eps is None else eps)
         ctx.save_for_backward(x, w, rstd)
-        ctx.normalized_shape = normalized_shape
+        ctx.sizes = (N, D)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
         x, w, rstd = ctx.saved_tensors
+        N, D = ctx.sizes
         need = ctx.needs_input_grad
-        dx, dw = _nl.native_rms_norm_backward(grad_out.contiguous(), x, ctx.normalized_shape, rstd,
-                                              w, (need[0], need[1] and w is not None))
+        dy = grad_out if grad_out.is_contiguous() else grad_out.contiguous()
+        dx = torch.empty_like(x) if need[0] else None
+        dw = _zeros_or_none(need[1], w)
+        _raw.raw_rms_norm_backward(x.dtype is _F64, 0 if dx is None else dx.data_ptr(),
+                                   0 if dw is None else dw.data_ptr(), dy.data_ptr(),
+                                   x.data_ptr(), rstd.data_ptr(),
+                                   0 if w is None else w.data_ptr(), N, D)
         return dx, dw, None, None
 
 
@@ -174,21 +328,41 @@ def rms_norm(input, normalized_shape, weight=None, eps=None):
 class _GroupNormFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, input, weight, bias, num_groups, eps):
-        x, w, b = input.contiguous(), _c(weight), _c(bias)
-        N, C, HxW = _nl._nchw("group_norm", x)
-        out, mean, rstd = _nl.native_group_norm(x, w, b, N, C, HxW, num_groups, eps)
-        ctx.save_for_backward(x, w, mean, rstd)
-        ctx.sizes = (N, C, HxW, num_groups)
-        ctx.has_bias = b is not None
+        fn = "group_norm"
+        x = _input(fn, input)
+        dt = x.dtype
+        shape = x.shape
+        if len(shape) < 2:
+            raise ValueError(f"{fn}: input must be (N, C, *), got shape {tuple(shape)}")
+        N, C = shape[0], shape[1]
+        S = 1 if len(shape) == 2 else math.prod(shape[2:])
+        w = _param(fn, "weight", weight, dt, (C,))
+        b = _param(fn, "bias", bias, dt, (C,))
+        out = torch.empty_like(x)
+        G = num_groups
+        stats = x.new_empty(2 * N * G) if G > 0 else x.new_empty(0)  # mean (N, G), then rstd
+        s = stats.data_ptr()
+        _raw.raw_group_norm(dt is _F64, out.data_ptr(), s, s + N * G * stats.element_size(),
+                            x.data_ptr(), 0 if w is None else w.data_ptr(),
+                            0 if b is None else b.data_ptr(), N, C, S, G, eps)
+        ctx.save_for_backward(x, w, stats)
+        ctx.sizes = (N, C, S, G, b is not None)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        x, w, mean, rstd = ctx.saved_tensors
+        x, w, stats = ctx.saved_tensors
+        N, C, S, G, has_bias = ctx.sizes
         need = ctx.needs_input_grad
-        dx, dw, db = _nl.native_group_norm_backward(
-            grad_out.contiguous(), x, mean, rstd, w, *ctx.sizes,
-            (need[0], need[1] and w is not None, need[2] and ctx.has_bias))
+        dy = grad_out if grad_out.is_contiguous() else grad_out.contiguous()
+        dx = torch.empty_like(x) if need[0] else None
+        dw = _zeros_or_none(need[1], w)
+        db = x.new_zeros(C) if need[2] and has_bias else None
+        s = stats.data_ptr()
+        _raw.raw_group_norm_backward(
+            x.dtype is _F64, 0 if dx is None else dx.data_ptr(), 0 if dw is None else dw.data_ptr(),
+            0 if db is None else db.data_ptr(), dy.data_ptr(), x.data_ptr(), s,
+            s + N * G * stats.element_size(), 0 if w is None else w.data_ptr(), N, C, S, G)
         return dx, dw, db, None, None
 
 
@@ -255,18 +429,19 @@ class GroupNorm(nn.GroupNorm):
         return group_norm(input, self.num_groups, self.weight, self.bias, self.eps)
 
 
-class InstanceNorm1d(nn.InstanceNorm1d):
-    """torch.nn.InstanceNorm1d (same arguments, buffers, state_dict) on normlab's
-    kernels: GroupNorm with one group per channel; with track_running_stats the
-    running statistics move as F.instance_norm's (the instances' means and
-    unbiased variances averaged over the batch) and eval uses them."""
+class _InstanceNormForward:
+    """F.instance_norm on normlab's kernels: GroupNorm with one group per channel;
+    with track_running_stats the running statistics move as F.instance_norm's
+    (the instances' means and unbiased variances averaged over the batch) and
+    eval uses them."""
 
     def forward(self, input):
         self._check_input_dim(input)
-        if input.dim() == 2:  # unbatched (C, L)
+        if input.dim() == self._unbatched_dim:  # unbatched (C, *)
             return self.forward(input.unsqueeze(0)).squeeze(0)
+        name = type(self).__name__
         if input.size(1) != self.num_features:
-            raise ValueError(f"InstanceNorm1d: expected {self.num_features} channels, "
+            raise ValueError(f"{name}: expected {self.num_features} channels, "
                              f"got input of shape {tuple(input.shape)}")
         if self.running_mean is not None and not self.training:
             return batch_norm(input, self.running_mean, self.running_var, self.weight, self.bias,
@@ -274,10 +449,25 @@ class InstanceNorm1d(nn.InstanceNorm1d):
         if self.training and self.track_running_stats and input.numel() > 0:
             m = self.momentum if self.momentum is not None else 0.0
             with torch.no_grad():
-                x = input.detach()
+                x = input.detach().flatten(2)
                 self.running_mean.mul_(1 - m).add_(m * x.mean(2).mean(0))
                 self.running_var.mul_(1 - m).add_(m * x.var(2, unbiased=True).mean(0))
         return group_norm(input, self.num_features, self.weight, self.bias, self.eps)
+
+
+class InstanceNorm1d(_InstanceNormForward, nn.InstanceNorm1d):
+    """torch.nn.InstanceNorm1d (same arguments, buffers, state_dict) on normlab's
+    kernels; input (N, C, L) or unbatched (C, L)."""
+
+    _unbatched_dim = 2
+
+
+class InstanceNorm2d(_InstanceNormForward, nn.InstanceNorm2d):
+    """torch.nn.InstanceNorm2d (same arguments, buffers, state_dict) on normlab's
+    kernels; input (N, C, H, W) or unbatched (C, H, W), normalized per (sample,
+    channel) over H*W values (GroupNorm's kernels with num_groups = C)."""
+
+    _unbatched_dim = 3
 
 
 def _check_bn_input(name, x, C):

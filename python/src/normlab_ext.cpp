@@ -909,11 +909,13 @@ nb::tuple mean_only_backward(const In& grad_out, bool train, bool with_bias,
 }  // namespace
 
 void add_training(nb::module_& m);  // train_ext.cpp
+void add_raw(nb::module_& m);       // raw_ext.cpp: normlab.torch's one-call-per-pass entry points
 
 NB_MODULE(_normlab, m) {
   m.doc() = "normlab's normalization kernels (use the wrappers in normlab)";
   m.def("build_summary", &normlab::build_summary);
   add_training(m);
+  add_raw(m);
   m.def("kernel_isa", &normlab::kernel_isa);
   m.def("layer_norm_forward", &layer_norm_forward, "input"_a, "normalized_shape"_a,
         "weight"_a.none(), "bias"_a.none(), "eps"_a);
