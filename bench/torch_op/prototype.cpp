@@ -11,11 +11,11 @@
 //   TD=$(python -c 'import torch, os; print(os.path.dirname(torch.__file__))')
 //   B=build-python/cp311-cp311-linux_x86_64; MPI=/usr/lib/x86_64-linux-gnu/openmpi/lib
 //   g++ -std=c++20 -O2 -fPIC -shared -D_GLIBCXX_USE_CXX11_ABI=1 -I$TD/include \
-//     -I$TD/include/torch/csrc/api/include -Iinclude bench/torch_op_prototype.cpp \
+//     -I$TD/include/torch/csrc/api/include -Iinclude bench/torch_op/prototype.cpp \
 //     -o /tmp/libnormlab_proto.so -L$TD/lib -ltorch -ltorch_cpu -lc10 -Wl,-rpath,$TD/lib \
-//     -Wl,-rpath,$MPI $B/libnormlab.a -fopenmp -lz -l:libdnnl.so.2.6 $MPI/libmpi_cxx.so
+//     -Wl,-rpath,$MPI $B/libnormlab.a -fopenmp -lz -l:libdnnl.so.2.6 $MPI/libmpi_cxx.so \
 //     $MPI/libmpi.so
-//   python bench/torch_op_prototype.py /tmp/libnormlab_proto.so
+//   python bench/torch_op/prototype.py /tmp/libnormlab_proto.so
 //
 // (38 s to compile on the shared 2-core machine.)
 #include <ATen/ATen.h>

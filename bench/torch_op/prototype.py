@@ -1,9 +1,9 @@
 """fwd+bwd at 4x32 and 128x512 of: the bare kernels (normlab's raw extension
 calls on buffers allocated once), an identity autograd.Function, the C++ custom
-op of bench/torch_op_prototype.cpp (its first comment: how to build it),
+op of bench/torch_op/prototype.cpp (its first comment: how to build it),
 normlab.torch.LayerNorm, torch.nn.LayerNorm and F.layer_norm; min of 7 x 1000.
 
-    cd python/tests && python ../../bench/torch_op_prototype.py /tmp/libnormlab_proto.so
+    cd python/tests && python ../../bench/torch_op/prototype.py /tmp/libnormlab_proto.so
 """
 import sys
 import timeit
