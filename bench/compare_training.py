@@ -122,7 +122,10 @@ def main():
     # seed001's floor takes 3 repeats (a second each); a CNN epoch's floor is far longer.
     floor_repeats = 3 if args.model == "seed001" else args.repeats
     jobs["floor"] = [floor_tool, "--model", args.model, "--repeats", str(floor_repeats)]
-    labels.update({"normlab": "normlab train", "floor": "matrix products alone (floor)"})
+    # A model with convolutions (the cnn preset, conv2d in a spec) has them in its floor too.
+    has_conv = args.model.split(":")[0] == "cnn" or "conv2d" in args.model
+    floor_label = "conv + matrix products alone (floor)" if has_conv else "matrix products alone (floor)"
+    labels.update({"normlab": "normlab train", "floor": floor_label})
     if not args.skip_depth:
         for it in interps:
             key = f"depth {it['short']}"

@@ -1,8 +1,9 @@
 // 2-D pooling with PyTorch's arguments, defaults and semantics: MaxPool2d,
-// AvgPool2d, AdaptiveAvgPool2d. Input (N, C, H, W); no state. The kernels are
-// plain loops, parallel over the N*C planes (src/kernels/pool2d.cpp), the same
-// code for float and double; they are a small share of a CNN's time next to
-// the convolutions.
+// AvgPool2d, AdaptiveAvgPool2d. Input (N, C, H, W); no state. The kernels
+// run parallel over the N*C planes, the same code for float and double:
+// MaxPool2d's 2x2 / stride 2 / no padding (the CNNs') through fast vectorized
+// kernels, every other window through plain loops (include/normlab/pool_kernels.hpp);
+// AvgPool2d and AdaptiveAvgPool2d plain loops (src/nn/pool2d.cpp).
 #pragma once
 #include "normlab/conv.hpp"
 

@@ -399,6 +399,47 @@ void forward_train_segments(T* y, T* mean, T* rstd, T* var, const T* x, const Ma
   }
 }
 
+// The backward's three channel sums over one segment, in one sweep over x and
+// dy: sdy += sum dy, sdyx += sum dy (x - m), sx += sum (x - m), each in double
+// with four vector accumulators over the same chunks and in the same order as
+// three detail::sum_row_wide calls (so the same sums), but every value of x
+// and dy is loaded and converted once instead of twice (the sweeps that
+// re-read the segment from L1 were a third of the backward's sum pass).
+template <typename T>
+void backward_sums(int64_t n, const T* x, const T* dy, double m, double& sdy, double& sdyx,
+                   double& sx) {
+  using detail::load_wide;
+  using V = detail::Vec<double>;
+  constexpr int64_t W = detail::kWideLanes;
+  V d0{}, d1{}, d2{}, d3{}, p0{}, p1{}, p2{}, p3{}, c0{}, c1{}, c2{}, c3{};
+  const auto step = [&](int64_t at, V& d, V& p, V& c) {
+    const V v = load_wide(x + at) - m, g = load_wide(dy + at);
+    d += g;
+    p += g * v;
+    c += v;
+  };
+  int64_t i = 0;
+  for (; i + 4 * W <= n; i += 4 * W) {
+    step(i, d0, p0, c0);
+    step(i + W, d1, p1, c1);
+    step(i + 2 * W, d2, p2, c2);
+    step(i + 3 * W, d3, p3, c3);
+  }
+  for (; i + W <= n; i += W) step(i, d0, p0, c0);
+  double a = detail::hsum<double>((d0 + d1) + (d2 + d3)),
+         b = detail::hsum<double>((p0 + p1) + (p2 + p3)),
+         c = detail::hsum<double>((c0 + c1) + (c2 + c3));
+  for (; i < n; ++i) {
+    const double v = static_cast<double>(x[i]) - m, g = static_cast<double>(dy[i]);
+    a += g;
+    b += g * v;
+    c += v;
+  }
+  sdy += a;
+  sdyx += b;
+  sx += c;
+}
+
 template <typename T>
 void backward_segments(bool train, T* dx, T* dgamma, T* dbeta, const T* dy, const T* x,
                        const T* mean, const T* rstd, const T* gamma, int64_t N, int64_t C,
@@ -414,15 +455,9 @@ void backward_segments(bool train, T* dx, T* dgamma, T* dbeta, const T* dy, cons
       double sdy[kSegBlock] = {}, sdyx[kSegBlock] = {}, sx[kSegBlock] = {};
       for (int64_t i = 0; i < N; ++i)
         for (int64_t j = 0; j < nc; ++j) {
-          const double m = mean[c0 + j];
           const T* xs = x + (i * C + c0 + j) * L;
           const T* dys = dy + (i * C + c0 + j) * L;
-          sdy[j] += detail::sum_row_wide<T>(
-              L, [](auto dv) { return dv; }, dys);
-          sdyx[j] += detail::sum_row_wide<T>(
-              L, [=](auto v, auto dv) { return dv * (v - m); }, xs, dys);
-          sx[j] += detail::sum_row_wide<T>(
-              L, [=](auto v) { return v - m; }, xs);
+          backward_sums<T>(L, xs, dys, static_cast<double>(mean[c0 + j]), sdy[j], sdyx[j], sx[j]);
         }
       T A[kSegBlock], Bc[kSegBlock], Cc[kSegBlock];
       ChannelGrad g[kSegBlock];

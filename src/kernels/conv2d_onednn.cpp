@@ -3,7 +3,9 @@
 // once with format_tag::any, so oneDNN picks the layout it is fastest in
 // (blocked nChw16c / OIhw16i16o on AVX-512); the reorders between that and
 // PyTorch's NCHW / OIHW are primitives made once too and run only where the
-// layouts differ (profile scopes "conv2d.reorder" count them). Scratchpads are
+// layouts differ (profile scopes "conv2d.reorder" count them), and
+// backward-weights reuses the forward's reordered x and backward-data's
+// reordered dy instead of reordering them again. Scratchpads are
 // the layer's own (scratchpad_mode::user), so a training step allocates
 // nothing in oneDNN beyond its execution argument maps.
 #include <map>
@@ -75,6 +77,12 @@ struct Prims {
   memory db;                   // backward weights' bias gradient (scratch, then added)
   memory pad_f, pad_d, pad_w;  // scratchpads
   AlignedVector<float> dw_acc, db_acc;
+  // Reorders shared between the passes: backward-weights reads x in the
+  // layout the forward reordered it to, and dy in the layout backward-data
+  // reordered it to, when those agree (they do for oneDNN's blocked
+  // kernels): the copies are reused instead of made again.
+  bool x_shared = false, dy_shared = false;
+  const void* x_fwd = nullptr;  // the input the forward reordered into x.own
 };
 
 }  // namespace
@@ -150,6 +158,8 @@ Prims& prims_for(ConvCache& c, const ConvGeom& g, bool has_bias) {
     p->db = memory(b_md, eng, p->db_acc.data());
   }
   p->pad_w = memory(wpd.scratchpad_desc(), eng);
+  p->x_shared = !p->x.same && !p->x_w.same && fpd.src_desc() == wpd.src_desc();
+  p->dy_shared = !p->dy_d.same && !p->dy_w.same && dpd.diff_dst_desc() == wpd.diff_dst_desc();
   slot = std::move(p);
   return *slot;
 }
@@ -171,6 +181,7 @@ void conv2d_forward<float>(ConvCache* c, const ConvGeom& g, const float* x, cons
   const profile::Scope t("conv2d.forward");
   Prims& p = prims_for(*c, g, b != nullptr);
   auto& s = c->stream;
+  p.x_fwd = x;
   std::unordered_map<int, memory> args{{DNNL_ARG_SRC, p.x.in(s, x)},
                                        {DNNL_ARG_WEIGHTS, p.w.in(s, w)},
                                        {DNNL_ARG_DST, p.y.out(y)},
@@ -197,8 +208,12 @@ void conv2d_backward<float>(ConvCache* c, const ConvGeom& g, const float* dy, co
   }
   {
     const profile::Scope t("conv2d.backward_weights");
-    std::unordered_map<int, memory> args{{DNNL_ARG_SRC, p.x_w.in(s, x)},
-                                         {DNNL_ARG_DIFF_DST, p.dy_w.in(s, dy)},
+    // x as the forward reordered it (the Layer contract keeps the input
+    // unchanged until backward), dy as backward-data did.
+    memory& xm = p.x_shared && p.x_fwd == x ? p.x.own : p.x_w.in(s, x);
+    memory& dym = p.dy_shared && dx ? p.dy_d.own : p.dy_w.in(s, dy);
+    std::unordered_map<int, memory> args{{DNNL_ARG_SRC, xm},
+                                         {DNNL_ARG_DIFF_DST, dym},
                                          {DNNL_ARG_DIFF_WEIGHTS, p.dw.out(p.dw_acc.data())},
                                          {DNNL_ARG_SCRATCHPAD, p.pad_w}};
     if (db) args.emplace(DNNL_ARG_DIFF_BIAS, p.db);

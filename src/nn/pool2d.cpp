@@ -1,4 +1,5 @@
-// MaxPool2d, AvgPool2d, AdaptiveAvgPool2d: PyTorch's CPU loops written out
+// MaxPool2d (kernels: src/kernels/pool2d_{fast,ref}.cpp), AvgPool2d,
+// AdaptiveAvgPool2d: PyTorch's CPU loops written out
 // (aten/src/ATen/native/cpu/{MaxPoolKernel,AvgPoolKernel,AdaptiveAvgPoolKernel}.cpp),
 // parallel over the N*C planes.
 #include <cmath>
@@ -7,6 +8,7 @@
 
 #include "nn/shape_check.hpp"
 #include "normlab/pool.hpp"
+#include "normlab/pool_kernels.hpp"
 
 namespace normlab {
 
@@ -68,44 +70,28 @@ Shape MaxPool2d<T>::output_shape(const Shape& in) const {
   return pooled(*this, in, k_, opt_);
 }
 
+namespace {
+// The 2x2 / stride 2 / no padding window of the CNNs, which the fast kernels serve.
+bool is_2x2(Pair k, const Pool2dOptions& o) {
+  return k == Pair(2) && o.stride == Pair(2) && o.padding == Pair(0) && o.dilation == Pair(1);
+}
+MaxPoolGeom max_geom(const Shape& in, const Shape& out, Pair k, const Pool2dOptions& o) {
+  return {in[2],      in[3],      out[2],      out[3],      k.h,          k.w,
+          o.stride.h, o.stride.w, o.padding.h, o.padding.w, o.dilation.h, o.dilation.w};
+}
+}  // namespace
+
 template <typename T>
 const Tensor<T>& MaxPool2d<T>::forward_impl(const Tensor<T>& x) {
   y_.resize(output_shape(x.shape()));
   in_shape_ = x.shape();
-  const int64_t P = y_.dim(0) * y_.dim(1), H = x.dim(2), W = x.dim(3), OH = y_.dim(2),
-                OW = y_.dim(3);
   argmax_.resize(static_cast<size_t>(y_.numel()));
-  const Pool2dOptions& o = opt_;
-  const T* xs = x.data();
-  T* ys = y_.data();
-  int32_t* am = argmax_.data();
-#pragma omp parallel for schedule(static) if (y_.numel() > 16384)
-  for (int64_t pl = 0; pl < P; ++pl) {
-    const T* xp = xs + pl * H * W;
-    for (int64_t oh = 0; oh < OH; ++oh) {
-      int64_t h0 = oh * o.stride.h - o.padding.h;
-      const int64_t h1 = std::min(h0 + (k_.h - 1) * o.dilation.h + 1, H);
-      while (h0 < 0) h0 += o.dilation.h;
-      for (int64_t ow = 0; ow < OW; ++ow) {
-        int64_t w0 = ow * o.stride.w - o.padding.w;
-        const int64_t w1 = std::min(w0 + (k_.w - 1) * o.dilation.w + 1, W);
-        while (w0 < 0) w0 += o.dilation.w;
-        int64_t best = h0 * W + w0;
-        T m = -std::numeric_limits<T>::infinity();
-        for (int64_t h = h0; h < h1; h += o.dilation.h)
-          for (int64_t w = w0; w < w1; w += o.dilation.w) {
-            const T v = xp[h * W + w];
-            if (v > m || std::isnan(v)) {
-              m = v;
-              best = h * W + w;
-            }
-          }
-        const int64_t i = (pl * OH + oh) * OW + ow;
-        ys[i] = m;
-        am[i] = static_cast<int32_t>(best);
-      }
-    }
-  }
+  const int64_t P = y_.dim(0) * y_.dim(1);
+  if (is_2x2(k_, opt_))
+    maxpool2x2_forward<T>(y_.data(), argmax_.data(), x.data(), P, x.dim(2), x.dim(3));
+  else
+    ref::maxpool2d_forward<T>(y_.data(), argmax_.data(), x.data(), P,
+                              max_geom(x.shape(), y_.shape(), k_, opt_));
   return y_;
 }
 
@@ -117,15 +103,12 @@ const Tensor<T>& MaxPool2d<T>::backward(const Tensor<T>& dy) {
     return dx_;
   }
   dx_.resize(in_shape_);
-  dx_.fill(T(0));
-  const int64_t P = y_.dim(0) * y_.dim(1), HW = in_shape_[2] * in_shape_[3],
-                OHW = y_.dim(2) * y_.dim(3);
-  const T* d = dy.data();
-  T* dx = dx_.data();
-  const int32_t* am = argmax_.data();
-#pragma omp parallel for schedule(static) if (y_.numel() > 16384)
-  for (int64_t pl = 0; pl < P; ++pl)
-    for (int64_t i = 0; i < OHW; ++i) dx[pl * HW + am[pl * OHW + i]] += d[pl * OHW + i];
+  const int64_t P = y_.dim(0) * y_.dim(1);
+  if (is_2x2(k_, opt_))
+    maxpool2x2_backward<T>(dx_.data(), dy.data(), argmax_.data(), P, in_shape_[2], in_shape_[3]);
+  else
+    ref::maxpool2d_backward<T>(dx_.data(), dy.data(), argmax_.data(), P,
+                               max_geom(in_shape_, y_.shape(), k_, opt_));
   return dx_;
 }
 
