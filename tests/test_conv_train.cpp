@@ -9,47 +9,32 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
-#include "cli_process.hpp"
+#include "cli_train.hpp"
 #include "temp_dir.hpp"
 
 namespace {
 
-using normlab::testing::ProcessResult;
-using normlab::testing::run_normlab;
+using normlab::testing::CliTraining;
+using normlab::testing::mnist_dir;
 using normlab::testing::TempDir;
-
-const std::string kMnist = std::string(NORMLAB_SOURCE_DIR) + "/../shared/data/mnist";
+using normlab::testing::train_and_eval;
 
 class CnnTrain : public ::testing::TestWithParam<const char*> {};
 
 TEST_P(CnnTrain, LearnsMnistFromTheCommandLine) {
-  if (!std::filesystem::exists(kMnist + "/train-images-idx3-ubyte.gz") &&
-      !std::filesystem::exists(kMnist + "/train-images-idx3-ubyte"))
-    GTEST_SKIP() << "MNIST not found at " << kMnist << " (CI has it beside the clone)";
+  std::string why;
+  const std::string mnist = mnist_dir(&why);
+  if (mnist.empty()) GTEST_SKIP() << why;
   TempDir dir;
-  const ProcessResult r =
-      run_normlab({"train", "--data", kMnist, "--model", GetParam(), "--epochs", "1",
-                   "--batch-size", "64", "--limit-train", "6400", "--limit-test", "1000", "--seed",
-                   "1", "--out", dir.file("run"), "--progress", "never"},
-                  dir.path(), dir.path(), 120);
-  ASSERT_TRUE(r.exited && r.code == 0) << r.status() << "\n" << r.err;
-  std::ifstream in(dir.file("run/metrics.jsonl"));
-  std::string line, last;
-  while (std::getline(in, line))
-    if (!line.empty()) last = line;
-  ASSERT_FALSE(last.empty()) << "no metrics";
-  const auto j = nlohmann::json::parse(last);
-  EXPECT_EQ(j.at("steps").get<int>(), 100);
-  const double acc = j.at("test_accuracy").get<double>();
-  EXPECT_GT(acc, 0.85) << GetParam();
-  std::printf("%s: %.2f s, test accuracy %.4f after 100 steps\n", GetParam(), r.seconds, acc);
+  const CliTraining r = train_and_eval(dir, "run", mnist, GetParam(),
+                                       {"--batch-size", "64", "--seed", "1"}, "6400", "1000", 120);
+  ASSERT_FALSE(r.last_epoch.is_null());
+  EXPECT_EQ(r.last_epoch.at("steps").get<int>(), 100);
+  EXPECT_GT(r.test_accuracy(), 0.85) << GetParam();
+  std::printf("%s: %.2f s, test accuracy %.4f after 100 steps\n", GetParam(), r.train.seconds,
+              r.test_accuracy());
   // The saved model loads back and scores alike on all 10000 test images.
-  const ProcessResult e = run_normlab({"eval", dir.file("run/model.safetensors"), "--data", kMnist},
-                                      dir.path(), dir.path(), 60);
-  ASSERT_TRUE(e.exited && e.code == 0) << e.status() << "\n" << e.err;
-  const size_t at = e.out.find("accuracy ");
-  ASSERT_NE(at, std::string::npos) << e.out;
-  EXPECT_GT(std::stod(e.out.substr(at + 9)), 80.0) << e.out;
+  EXPECT_GT(r.eval_accuracy, 80.0) << r.eval.out;
 }
 
 INSTANTIATE_TEST_SUITE_P(Cli, CnnTrain,

@@ -9,7 +9,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
-#include "cli_process.hpp"
+#include "cli_train.hpp"
 #include "normlab/data.hpp"
 #include "normlab/error.hpp"
 #include "normlab/layers.hpp"
@@ -115,34 +115,15 @@ TEST(GroupNormSpec, ErrorsNameTheItemAndTheNumbers) {
 class GroupNormTraining : public ::testing::Test {
  protected:
   void SetUp() override {
-    try {
-      data_ = default_data_dir("mnist", NORMLAB_SOURCE_DIR);
-    } catch (const Error& e) {
-      GTEST_SKIP() << "no MNIST here (scripts/fetch-data gets it): " << e.what();
-    }
+    std::string why;
+    data_ = testing::mnist_dir(&why);
+    if (data_.empty()) GTEST_SKIP() << why;
   }
 
   double train(const std::string& spec) {
-    const std::string out = dir_.file("run" + std::to_string(runs_)),
-                      logs = dir_.file("log" + std::to_string(runs_++));
-    std::filesystem::create_directories(logs);
-    const testing::ProcessResult r = testing::run_normlab(
-        {"train", "--data", data_, "--threads", "2", "--progress", "never", "--out", out, "--model",
-         spec, "--limit-train", "6400", "--limit-test", "1000", "--epochs", "1"},
-        dir_.path(), logs, 60);
-    EXPECT_EQ(r.code, 0) << r.out << r.err;
-    std::ifstream in(out + "/metrics.jsonl");
-    std::string line, last;
-    while (std::getline(in, line))
-      if (!line.empty()) last = line;
-    if (last.empty()) return 0;
-    // The checkpoint loads back (eval rebuilds the model from its spec and state).
-    const testing::ProcessResult ev = testing::run_normlab(
-        {"eval", out + "/model.safetensors", "--data", data_, "--threads", "2"}, dir_.path(), logs,
-        60);
-    EXPECT_EQ(ev.code, 0) << ev.out << ev.err;
-    EXPECT_NE(ev.out.find("accuracy"), std::string::npos) << ev.out;
-    return nlohmann::json::parse(last).at("test_accuracy").get<double>();
+    return testing::train_and_eval(dir_, "run" + std::to_string(runs_++), data_, spec,
+                                   {"--threads", "2"})
+        .test_accuracy();
   }
 
   std::string data_;

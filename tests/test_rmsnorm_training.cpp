@@ -13,7 +13,7 @@
 #include <string>
 #include <vector>
 
-#include "cli_process.hpp"
+#include "cli_train.hpp"
 #include "normlab/data.hpp"
 #include "normlab/model_spec.hpp"
 #include "normlab/optim.hpp"
@@ -36,24 +36,12 @@ class RMSNormTraining : public ::testing::Test {
 
 TEST_F(RMSNormTraining, CliTrainsAnRmsNormModelOnMnist) {
   testing::TempDir dir;
-  const std::string out = dir.file("run");
-  const testing::ProcessResult r = testing::run_normlab(
-      {"train", "--data", kMnist, "--model", "flatten, linear(128), rmsnorm, relu, linear(10)",
-       "--epochs", "1", "--limit-train", "12800", "--limit-test", "2000", "--batch-size", "64",
-       "--threads", "2", "--progress", "never", "--out", out},
-      dir.path(), dir.path(), 60);
-  ASSERT_TRUE(r.exited && r.code == 0) << r.status() << "\n" << r.out << r.err;
-  std::ifstream metrics(out + "/metrics.jsonl");
-  std::string line, last;
-  while (std::getline(metrics, line))
-    if (!line.empty()) last = line;
-  ASSERT_FALSE(last.empty());
-  const double acc = nlohmann::json::parse(last).at("test_accuracy").get<double>();
-  EXPECT_GT(acc, 0.85) << last;  // chance is 0.1
-  // The checkpoint holds the RMSNorm's weight and evaluates to the same accuracy.
-  const testing::ProcessResult e = testing::run_normlab(
-      {"eval", out + "/model.safetensors", "--data", kMnist}, dir.path(), dir.path(), 60);
-  ASSERT_TRUE(e.exited && e.code == 0) << e.status() << "\n" << e.out << e.err;
+  const testing::CliTraining r =
+      testing::train_and_eval(dir, "run", kMnist, "flatten, linear(128), rmsnorm, relu, linear(10)",
+                              {"--batch-size", "64", "--threads", "2"}, "12800", "2000");
+  EXPECT_GT(r.test_accuracy(), 0.85) << r.last_epoch;  // chance is 0.1
+  // The checkpoint holds the RMSNorm's weight and evaluates alike.
+  EXPECT_GT(r.eval_accuracy, 80.0) << r.eval.out;
 }
 
 TEST_F(RMSNormTraining, MultiDimNormsBeforeFlattenTrainThroughTheApi) {
