@@ -347,6 +347,15 @@ TEST(StudyDepthTrain, QuickVerdictsHold) {
   const std::string csv = Process::slurp(dir.path() + "/dt/layers.csv");
   EXPECT_NE(csv.find("none,0,0,gradient,7,"), std::string::npos);
   EXPECT_NE(csv.find("bn-post,0,150,activation,6,"), std::string::npos);
+  // The page with the most figures in a real browser: all eleven load.
+  ASSERT_EQ(std::system("command -v chromium >/dev/null 2>&1"), 0)
+      << "chromium is not installed (scripts/setup installs it)";
+  const std::string dom = shell(
+      "timeout 90 chromium --headless --no-sandbox --disable-gpu --user-data-dir=" + dir.path() +
+      "/chromium --dump-dom 'file://" + fs::absolute(dir.path() + "/dt/report.html").string() +
+      "' 2>/dev/null");
+  EXPECT_EQ(count(dom, "data-loaded=\"1\""), 11) << dom;
+  EXPECT_EQ(count(dom, "data-broken=\"1\""), 0) << dom;
 }
 
 TEST(StudyCompare, QuickVerdictsHold) {
