@@ -495,6 +495,15 @@ StudyReport lr_sweep(const StudyOptions& o, StudyObserver& obs, ReportPage& page
 
 // ------------------------------------------------------------------ shared helpers
 
+// The figures of small-batch, depth-train and compare: 800 x 500 (small PNGs).
+PlotSpec small_plot(const std::string& title, const std::string& xlabel, const std::string& ylabel,
+                    bool log_y = false) {
+  PlotSpec p{title, xlabel, ylabel, log_y};
+  p.width = 800;
+  p.height = 500;
+  return p;
+}
+
 double mean_of(const std::vector<double>& v) {
   double s = 0;
   for (double x : v) s += x;
@@ -620,11 +629,12 @@ StudyReport small_batch(const StudyOptions& o, StudyObserver& obs, ReportPage& p
       sg.push_back(g);
     }
     plot_lines(o.out_dir + "/accuracy.png",
-               {"Eval-mode test accuracy (running statistics), batch 32", "training steps",
-                "test accuracy"},
+               small_plot("Eval-mode test accuracy (running statistics), batch 32",
+                          "training steps", "test accuracy"),
                se);
-    plot_lines(o.out_dir + "/gap.png",
-               {"Training-mode minus eval-mode test accuracy", "training steps", "points"}, sg);
+    plot_lines(
+        o.out_dir + "/gap.png",
+        small_plot("Training-mode minus eval-mode test accuracy", "training steps", "points"), sg);
     rep.files.push_back("accuracy.png");
     rep.files.push_back("gap.png");
   }
@@ -774,10 +784,10 @@ StudyReport depth_train(const StudyOptions& o, StudyObserver& obs, ReportPage& p
       if (ss.empty()) continue;
       const std::string file =
           std::string(kind ? "gradient_" : "activation_") + archs[a].name + ".png";
-      PlotSpec spec{archs[a].name + (kind ? ": Frobenius norm of each Linear weight's gradient"
-                                          : ": each block's output norm (RMS per example)"),
-                    "training steps", kind ? "weight-gradient norm" : "activation norm"};
-      spec.log_y = true;
+      const PlotSpec spec =
+          small_plot(archs[a].name + (kind ? ": Frobenius norm of each Linear weight's gradient"
+                                           : ": each block's output norm (RMS per example)"),
+                     "training steps", kind ? "weight-gradient norm" : "activation norm", true);
       plot_lines(o.out_dir + "/" + file, spec, ss);
       rep.files.push_back(file);
       page.figures.push_back(
@@ -789,9 +799,9 @@ StudyReport depth_train(const StudyOptions& o, StudyObserver& obs, ReportPage& p
     std::vector<Series> ss;
     for (size_t a = 0; a < archs.size(); ++a) ss.push_back(accuracy_series(archs[a].name, rs[a]));
     plot_lines(o.out_dir + "/accuracy.png",
-               {"Test accuracy, depth " + std::to_string(depth) + ", width " +
-                    std::to_string(width) + ", SGD lr 0.1, batch 128",
-                "training steps", "test accuracy"},
+               small_plot("Test accuracy, depth " + std::to_string(depth) + ", width " +
+                              std::to_string(width) + ", SGD lr 0.1, batch 128",
+                          "training steps", "test accuracy"),
                ss);
     rep.files.push_back("accuracy.png");
     page.figures.insert(page.figures.begin(),
@@ -982,10 +992,11 @@ StudyReport compare(const StudyOptions& o, StudyObserver& obs, ReportPage& page)
   tab += "</table>";
   write_file_atomic(o.out_dir + "/accuracy_per_epoch.csv", csv);
   rep.files.push_back("accuracy_per_epoch.csv");
-  PlotSpec spec{
-      "Test accuracy per epoch, seed-001 network, Adam 1e-3, batch 128 (mean +- sd over " +
+  const PlotSpec spec = small_plot(
+      "Test accuracy per epoch, seed-001 network, Adam 1e-3, batch 128 (mean +- sd "
+      "over " +
           std::to_string(o.seeds) + " seeds)",
-      "epoch", "test accuracy"};
+      "epoch", "test accuracy");
   plot_lines(o.out_dir + "/accuracy.png", spec, ss);
   rep.files.push_back("accuracy.png");
 
