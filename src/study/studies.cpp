@@ -724,8 +724,8 @@ std::vector<Arch> depth_train_archs(int64_t depth, int64_t width) {
 }
 
 StudyReport depth_train(const StudyOptions& o, StudyObserver& obs, ReportPage& page) {
-  const int64_t depth = o.quick ? 6 : 10, width = o.quick ? 128 : 512;
-  const int64_t steps = o.quick ? 150 : 1000, every = o.quick ? 25 : 50;
+  const int64_t depth = o.quick ? 6 : 10, width = o.quick ? 128 : 256;
+  const int64_t steps = o.quick ? 150 : 600, every = o.quick ? 25 : 30;
   const double lr = 0.1;
   const auto archs = depth_train_archs(depth, width);
   std::vector<StudyUnit> units;
@@ -931,7 +931,8 @@ StudyReport compare(const StudyOptions& o, StudyObserver& obs, ReportPage& page)
   for (int64_t seed = 0; seed < o.seeds; ++seed)
     for (const auto& a : archs) {
       StudyUnit u;
-      u.label = a.name + (o.seeds > 1 ? ", seed " + std::to_string(seed) : "");
+      // Always named with its seed, so a run with fewer seeds is reused by one with more.
+      u.label = a.name + ", seed " + std::to_string(seed);
       u.model = a.spec;
       u.optimizer = "adam";
       u.optim.lr = 1e-3;
