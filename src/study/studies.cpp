@@ -771,7 +771,11 @@ StudyReport depth_train(const StudyOptions& o, StudyObserver& obs, ReportPage& p
       const size_t L = r.layers.empty()
                            ? 0
                            : (kind ? r.layers[0].gradient.size() : r.layers[0].activation.size());
+      // Blocks 1, 3, 5, ... and Linear layers 1, 4, 7, ... and the last (few
+      // lines, each its own colour, small PNGs); layers.csv holds them all.
+      const size_t stride = kind ? 3 : 2;
       for (size_t k = 0; k < L; ++k) {
+        if (k % stride != 0 && k + 1 != L) continue;
         Series s;
         s.label = (kind ? "Linear " : "block ") + std::to_string(k + 1) +
                   (kind && k + 1 == L ? " (output)" : "");
@@ -784,15 +788,20 @@ StudyReport depth_train(const StudyOptions& o, StudyObserver& obs, ReportPage& p
       if (ss.empty()) continue;
       const std::string file =
           std::string(kind ? "gradient_" : "activation_") + archs[a].name + ".png";
-      const PlotSpec spec =
+      PlotSpec spec =
           small_plot(archs[a].name + (kind ? ": Frobenius norm of each Linear weight's gradient"
                                            : ": each block's output norm (RMS per example)"),
                      "training steps", kind ? "weight-gradient norm" : "activation norm", true);
+      spec.width = 720;  // eleven of these on the page: a little smaller
+      spec.height = 450;
       plot_lines(o.out_dir + "/" + file, spec, ss);
       rep.files.push_back(file);
       page.figures.push_back(
-          {file, archs[a].name + (kind ? ": weight-gradient norm per Linear layer (log scale)."
-                                       : ": activation norm per block (log scale).")});
+          {file, archs[a].name +
+                     (kind ? ": weight-gradient norm of Linear layers 1, 4, 7, ... and the "
+                             "output layer (log scale; all in layers.csv)."
+                           : ": activation norm of blocks 1, 3, 5, ... and the last (log scale; "
+                             "all in layers.csv).")});
     }
   }
   {
