@@ -1002,13 +1002,25 @@ StudyReport compare(const StudyOptions& o, StudyObserver& obs, ReportPage& page)
   tab += "</table>";
   write_file_atomic(o.out_dir + "/accuracy_per_epoch.csv", csv);
   rep.files.push_back("accuracy_per_epoch.csv");
-  const PlotSpec spec = small_plot(
-      "Test accuracy per epoch, seed-001 network, Adam 1e-3, batch 128 (mean +- sd "
-      "over " +
-          std::to_string(o.seeds) + " seeds)",
-      "epoch", "test accuracy");
-  plot_lines(o.out_dir + "/accuracy.png", spec, ss);
-  rep.files.push_back("accuracy.png");
+  // Two figures, each with few enough lines for distinct colours: the
+  // activation norms, and the weight-normalized networks (with none in both).
+  {
+    std::vector<Series> act, wn;
+    for (size_t a = 0; a < A; ++a) {
+      const bool w =
+          archs[a].name.rfind("WeightNorm", 0) == 0 || archs[a].name.rfind("seed001", 0) == 0;
+      if (a == 0 || !w) act.push_back(ss[a]);
+      if (a == 0 || w) wn.push_back(ss[a]);
+    }
+    const std::string sd = " (mean +- sd, " + std::to_string(o.seeds) + " seeds)";
+    plot_lines(o.out_dir + "/accuracy.png",
+               small_plot("Activation norms: test accuracy" + sd, "epoch", "test accuracy"), act);
+    plot_lines(
+        o.out_dir + "/accuracy_wn.png",
+        small_plot("Weight-normalized networks: test accuracy" + sd, "epoch", "test accuracy"), wn);
+    rep.files.push_back("accuracy.png");
+    rep.files.push_back("accuracy_wn.png");
+  }
 
   const double none1 = ss[0].y.front(), noneN = ss[0].y.back();
   // The weight-normalized rows (WeightNorm, WeightNorm + mean-only BN) do not
@@ -1072,8 +1084,11 @@ StudyReport compare(const StudyOptions& o, StudyObserver& obs, ReportPage& page)
                     "two runs side by side, one thread each"},
                    {"seeds", std::to_string(o.seeds)}};
   page.figures = {{"accuracy.png",
-                   "Test accuracy after each epoch, mean with error bars of one standard "
-                   "deviation over the seeds."}};
+                   "Test accuracy after each epoch with no norm and each activation norm, mean "
+                   "with error bars of one standard deviation over the seeds."},
+                  {"accuracy_wn.png",
+                   "The same for the weight-normalized networks (WeightNorm alone, with mean-only "
+                   "BN, and the seed-001 network), with no norm for reference."}};
   page.tables.push_back({"Test accuracy per epoch (mean &plusmn; sd over seeds)", tab});
   page.paper =
       "No single paper compares all of these. For orientation: Ba et al. (2016) and Ioffe &amp; "
