@@ -305,6 +305,42 @@ TEST(StudyLrSweep, QuickVerdictsHold) {
             std::string::npos);
 }
 
+// A step over micro-batches of 4 is Ghost BatchNorm with virtual batches of 4:
+// the same statistics and the same gradient of the batch's mean loss, so with
+// SGD the training losses agree to float rounding.
+TEST(StudyRunner, MicroBatchStepIsGhostBatchNorm) {
+  if (!have_mnist()) GTEST_SKIP() << "MNIST not found at " << kMnist;
+  TempDir dir;
+  StudyUnit micro;
+  micro.label = "micro";
+  micro.model = "linear(32), batchnorm, relu, linear(10)";
+  micro.optimizer = "sgd";
+  micro.optim.lr = 0.1;
+  micro.batch_size = 32;
+  micro.steps = 6;
+  micro.eval_every = 3;
+  micro.eval_images = 100;
+  micro.micro_batch = 4;
+  micro.train_mode_batch = 4;
+  StudyUnit ghost = micro;
+  ghost.label = "ghost";
+  ghost.model = "linear(32), ghostbatchnorm(virtual_batch_size=4), relu, linear(10)";
+  ghost.micro_batch = 0;
+  StudyOptions o;
+  o.out_dir = dir.path();
+  o.data_dir = kMnist;
+  o.threads = 2;
+  StudyObserver quiet;
+  const auto r = run_units({micro, ghost}, o, quiet);
+  ASSERT_EQ(r[0].points.size(), 3u);
+  ASSERT_EQ(r[1].points.size(), 3u);
+  for (size_t i = 1; i < 3; ++i) {
+    EXPECT_NEAR(r[0].points[i].train_loss, r[1].points[i].train_loss, 1e-5) << i;
+    EXPECT_NEAR(r[0].points[i].train_mode_accuracy, r[1].points[i].train_mode_accuracy, 0.011) << i;
+  }
+  EXPECT_GT(std::fabs(r[0].points[2].train_loss - r[0].points[1].train_loss), 1e-3);  // it trains
+}
+
 // The --quick versions of the studies of issue 12, items 4-6: their verdicts
 // are the tests (each run takes a few seconds).
 TEST(StudySmallBatch, QuickVerdictsHold) {
