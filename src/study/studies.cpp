@@ -693,7 +693,8 @@ StudyReport small_batch(const StudyOptions& o, StudyObserver& obs, ReportPage& p
   page.paper =
       "Section 4.3: with micro-batches of 4, BatchNorm's validation accuracy drops to 74.2% "
       "against the 78.3% of its minibatch-32 baseline; Batch Renorm reaches 76.5% and trains "
-      "faster: most of the loss is recovered. The paper does not report a train-mode accuracy; "
+      "faster: about half of the loss is recovered. The paper does not report a train-mode "
+      "accuracy; "
       "its argument is that BatchNorm's training activations (micro-batch statistics) differ "
       "from its inference activations (population statistics), which the gap column measures "
       "directly here.";
