@@ -69,6 +69,20 @@ TEST(StudyUnit, KeyFollowsEverySetting) {
   b.init_std = 0.01;
   EXPECT_NE(a.key(), b.key());
   EXPECT_NE(a.settings_text().find("version=normlab"), std::string::npos);
+  // The settings added for small-batch and depth-train change the key when
+  // set, and are absent when not, so the committed studies' runs stay cached.
+  EXPECT_EQ(a.settings_text().find("micro_batch"), std::string::npos);
+  EXPECT_EQ(a.settings_text().find("train_mode_batch"), std::string::npos);
+  EXPECT_EQ(a.settings_text().find("layer_stats"), std::string::npos);
+  b = a;
+  b.micro_batch = 4;
+  EXPECT_NE(a.key(), b.key());
+  b = a;
+  b.train_mode_batch = 4;
+  EXPECT_NE(a.key(), b.key());
+  b = a;
+  b.layer_stats = true;
+  EXPECT_NE(a.key(), b.key());
 }
 
 TEST(StudyUnit, ResultCsvRoundTrip) {
@@ -91,6 +105,35 @@ TEST(StudyUnit, ResultCsvRoundTrip) {
   EXPECT_TRUE(std::isnan(s.points[1].train_loss));
   EXPECT_EQ(s.points[1].p50, -1.25);
   EXPECT_THROW(parse_unit_result_csv("garbage\n", "x"), Error);
+  // Rows of 7 values (written before train_mode_accuracy) still read.
+  const UnitResult old = parse_unit_result_csv(
+      "# diverged=0 diverged_step=0 seconds=2\nstep,test_accuracy,test_loss,train_loss,p15,p50,"
+      "p85\n5,0.5,1,1,nan,nan,nan\n",
+      "old");
+  ASSERT_EQ(old.points.size(), 1u);
+  EXPECT_EQ(old.points[0].test_accuracy, 0.5);
+  EXPECT_TRUE(std::isnan(old.points[0].train_mode_accuracy));
+  p.train_mode_accuracy = 0.75;
+  r.points = {p};
+  EXPECT_EQ(parse_unit_result_csv(unit_result_csv(r), "x").points[0].train_mode_accuracy, 0.75);
+}
+
+TEST(StudyUnit, LayerStatsCsvRoundTrip) {
+  std::vector<LayerStatsPoint> v(2);
+  v[0].step = 0;
+  v[0].activation = {1.5, 0.25};
+  v[0].gradient = {1e-9, 2, 3};
+  v[1].step = 50;
+  v[1].activation = {2, 4};
+  v[1].gradient = {5, 6, 7};
+  const auto w = parse_layer_stats_csv(layer_stats_csv(v), "x");
+  ASSERT_EQ(w.size(), 2u);
+  EXPECT_EQ(w[1].step, 50);
+  EXPECT_EQ(w[0].activation, v[0].activation);
+  EXPECT_EQ(w[0].gradient, v[0].gradient);
+  EXPECT_EQ(w[1].gradient, v[1].gradient);
+  EXPECT_THROW(parse_layer_stats_csv("nonsense\n", "x"), Error);
+  EXPECT_THROW(parse_layer_stats_csv("step,kind,layer,value\n0,activation,3,1\n", "x"), Error);
 }
 
 TEST(StudyCli, UnknownStudyAndBadSeedsExit2) {
@@ -260,6 +303,113 @@ TEST(StudyLrSweep, QuickVerdictsHold) {
   // lr 10 diverges without a norm: recorded, not an error.
   EXPECT_NE(Process::slurp(dir.path() + "/lr/final_accuracy.csv").find("none,10,0,0.0000,1,"),
             std::string::npos);
+}
+
+// A step over micro-batches of 4 is Ghost BatchNorm with virtual batches of 4:
+// the same statistics and the same gradient of the batch's mean loss, so with
+// SGD the training losses agree to float rounding.
+TEST(StudyRunner, MicroBatchStepIsGhostBatchNorm) {
+  if (!have_mnist()) GTEST_SKIP() << "MNIST not found at " << kMnist;
+  TempDir dir;
+  StudyUnit micro;
+  micro.label = "micro";
+  micro.model = "linear(32), batchnorm, relu, linear(10)";
+  micro.optimizer = "sgd";
+  micro.optim.lr = 0.1;
+  micro.batch_size = 32;
+  micro.steps = 6;
+  micro.eval_every = 3;
+  micro.eval_images = 100;
+  micro.micro_batch = 4;
+  micro.train_mode_batch = 4;
+  StudyUnit ghost = micro;
+  ghost.label = "ghost";
+  ghost.model = "linear(32), ghostbatchnorm(virtual_batch_size=4), relu, linear(10)";
+  ghost.micro_batch = 0;
+  StudyOptions o;
+  o.out_dir = dir.path();
+  o.data_dir = kMnist;
+  o.threads = 2;
+  StudyObserver quiet;
+  const auto r = run_units({micro, ghost}, o, quiet);
+  ASSERT_EQ(r[0].points.size(), 3u);
+  ASSERT_EQ(r[1].points.size(), 3u);
+  for (size_t i = 1; i < 3; ++i) {
+    EXPECT_NEAR(r[0].points[i].train_loss, r[1].points[i].train_loss, 1e-5) << i;
+    EXPECT_NEAR(r[0].points[i].train_mode_accuracy, r[1].points[i].train_mode_accuracy, 0.011) << i;
+  }
+  EXPECT_GT(std::fabs(r[0].points[2].train_loss - r[0].points[1].train_loss), 1e-3);  // it trains
+}
+
+// The --quick versions of the studies of issue 12, items 4-6: their verdicts
+// are the tests (each run takes a few seconds).
+TEST(StudySmallBatch, QuickVerdictsHold) {
+  if (!have_mnist()) GTEST_SKIP() << "MNIST not found at " << kMnist;
+  TempDir dir;
+  const auto r = run_normlab(
+      {"study", "small-batch", "--quick", "--out", dir.path() + "/sb", "--data", kMnist},
+      dir.path(), dir.path(), 120);
+  ASSERT_EQ(r.code, 0) << r.status() << r.out << r.err;
+  for (const char* v :
+       {"At micro-batches of 4, Batch Renorm's train/eval gap is smaller than BatchNorm's: yes",
+        "At micro-batches of 4, Batch Renorm's eval accuracy >= BatchNorm's: yes"})
+    EXPECT_NE(r.out.find(v), std::string::npos) << v << "\n" << r.out;
+  for (const char* f : {"final_accuracy.csv", "accuracy.png", "gap.png", "report.html"})
+    EXPECT_TRUE(fs::is_regular_file(dir.path() + "/sb/" + f)) << f;
+  // Training-mode accuracy was recorded for every run.
+  EXPECT_EQ(Process::slurp(dir.path() + "/sb/curves.csv").find(",nan\n"), std::string::npos);
+}
+
+TEST(StudyDepthTrain, QuickVerdictsHold) {
+  if (!have_mnist()) GTEST_SKIP() << "MNIST not found at " << kMnist;
+  TempDir dir;
+  const auto r = run_normlab(
+      {"study", "depth-train", "--quick", "--out", dir.path() + "/dt", "--data", kMnist},
+      dir.path(), dir.path(), 120);
+  ASSERT_EQ(r.code, 0) << r.status() << r.out << r.err;
+  for (const char* v :
+       {"Without normalization the activation norm falls by more than 10x from the first to the "
+        "last block at step 0: yes",
+        "With BatchNorm or LayerNorm (before or after the Linear) the blocks' activation norms "
+        "stay within 10x of each other at every recorded step: yes",
+        "At step 0 every weight gradient without normalization is more than 10x smaller than "
+        "with BatchNorm after the Linear: yes",
+        "Every normalized architecture ends with higher test accuracy than none: yes"})
+    EXPECT_NE(r.out.find(v), std::string::npos) << v << "\n" << r.out;
+  for (const char* f :
+       {"layers.csv", "accuracy.png", "activation_none.png", "gradient_ln-post.png"})
+    EXPECT_TRUE(fs::is_regular_file(dir.path() + "/dt/" + f)) << f;
+  // 6 blocks + the output Linear: 7 gradient rows per arch and step.
+  const std::string csv = Process::slurp(dir.path() + "/dt/layers.csv");
+  EXPECT_NE(csv.find("none,0,0,gradient,7,"), std::string::npos);
+  EXPECT_NE(csv.find("bn-post,0,150,activation,6,"), std::string::npos);
+  // The page with the most figures in a real browser: all eleven load.
+  ASSERT_EQ(std::system("command -v chromium >/dev/null 2>&1"), 0)
+      << "chromium is not installed (scripts/setup installs it)";
+  const std::string dom = shell(
+      "timeout 90 chromium --headless --no-sandbox --disable-gpu --user-data-dir=" + dir.path() +
+      "/chromium --dump-dom 'file://" + fs::absolute(dir.path() + "/dt/report.html").string() +
+      "' 2>/dev/null");
+  EXPECT_EQ(count(dom, "data-loaded=\"1\""), 11) << dom;
+  EXPECT_EQ(count(dom, "data-broken=\"1\""), 0) << dom;
+}
+
+TEST(StudyCompare, QuickVerdictsHold) {
+  if (!have_mnist()) GTEST_SKIP() << "MNIST not found at " << kMnist;
+  TempDir dir;
+  const auto r =
+      run_normlab({"study", "compare", "--quick", "--out", dir.path() + "/c", "--data", kMnist},
+                  dir.path(), dir.path(), 120);
+  ASSERT_EQ(r.code, 0) << r.status() << r.out << r.err;
+  EXPECT_NE(r.out.find("Every activation norm (BN, LN, RMSNorm, GroupNorm, Batch Renorm, Ghost BN, "
+                       "mean-only BN, seed001's mix) beats none at epoch 1 (mean test accuracy): "
+                       "yes"),
+            std::string::npos)
+      << r.out;
+  EXPECT_NE(r.out.find("11 runs (0 cached)"), std::string::npos) << r.out;  // --quick: 1 seed
+  const std::string csv = Process::slurp(dir.path() + "/c/accuracy_per_epoch.csv");
+  EXPECT_NE(csv.find("\"RMSNorm\",2,"), std::string::npos) << csv;
+  EXPECT_NE(csv.find("\"WeightNorm + mean-only BN\",1,"), std::string::npos) << csv;
 }
 
 }  // namespace

@@ -17,7 +17,8 @@ namespace {
 struct StudyArgs {
   std::string name, out_dir, progress = "auto";
   bool quick = false;
-  int64_t seeds = 1, threads = 0;
+  int64_t seeds = 0, threads = 0;  // seeds 0: the study's default (compare: 3, others: 1)
+  CLI::Option* seeds_option = nullptr;
   DataFlags data;
 };
 
@@ -54,7 +55,8 @@ class Console : public StudyObserver {
 };
 
 void run(StudyArgs& a) {
-  if (a.seeds < 1 || a.seeds > 100) fail("--seeds ", a.seeds, ": must be between 1 and 100");
+  if (a.seeds_option->count() > 0 && (a.seeds < 1 || a.seeds > 100))
+    fail("--seeds ", a.seeds, ": must be between 1 and 100");
   if (a.progress != "auto" && a.progress != "always" && a.progress != "never")
     fail("--progress ", a.progress, ": expected auto, always or never");
   set_threads(a.threads);
@@ -100,7 +102,8 @@ void add_study_command(CLI::App& app) {
       "Reproduce a normalization paper's small experiment: runs, figures, report.html" + names);
   cmd->add_option("name", a->name, "which study")->required();
   cmd->add_flag("--quick", a->quick, "reduced setting (for tests); default: the paper's");
-  cmd->add_option("--seeds", a->seeds, "independent repetitions")->capture_default_str();
+  a->seeds_option = cmd->add_option(
+      "--seeds", a->seeds, "independent repetitions (default: 3 for compare, 1 for the others)");
   cmd->add_option("--out", a->out_dir, "output directory (default: studies/NAME)");
   cmd->add_option("--threads", a->threads,
                   "total threads (0: all cores); runs go side by side, one thread each, when "

@@ -15,6 +15,7 @@ struct Series {
 struct PlotSpec {
   std::string title, xlabel, ylabel;
   bool log_y = false;
+  int width = 0, height = 0;  // pixels; 0: 1000 x 650
 };
 
 // Throws Error if gnuplot is missing or fails (naming png_path).

@@ -44,6 +44,22 @@ struct StudyUnit {
   // (eval mode), at each recorded point; -1: none.
   int64_t probe_layer = -1;
   int64_t probe_images = 1000;
+  // > 0: each step's batch is split into micro-batches of this many rows, each
+  // with its own forward and backward (the norms see only its rows, as in
+  // Ioffe 2017, sec. 4.3), their gradients summed (each scaled by rows/batch,
+  // so the sum is the gradient of the batch's mean loss), then one optimizer
+  // step. 0: the whole batch at once.
+  int64_t micro_batch = 0;
+  // > 0: at each recorded point also the test accuracy with the model in
+  // training mode (batch statistics) over batches of this many test images;
+  // the buffers (running statistics, step counters) are restored afterwards.
+  int64_t train_mode_batch = 0;
+  // At each recorded point after step 0 (and at step 0 from a forward and
+  // backward of the first batch without an update): every ReLU's output norm
+  // on the step's training batch (Frobenius / sqrt(rows): the root-mean-square
+  // per-example norm; training mode, buffers restored) and the Frobenius norm
+  // of each Linear weight's gradient of that step.
+  bool layer_stats = false;
 
   // Every setting as "name=value" lines, and the normlab build; hashed into the cache key.
   std::string settings_text() const;
@@ -55,19 +71,28 @@ struct StudyPoint {
   double test_accuracy = 0, test_loss = 0;
   double train_loss = 0;             // mean over the steps since the previous point (NaN at step 0)
   double p15 = 0, p50 = 0, p85 = 0;  // with probe_layer, else NaN
+  double train_mode_accuracy = 0;    // with train_mode_batch, else NaN
+};
+
+// Per-layer norms at one recorded step (StudyUnit::layer_stats).
+struct LayerStatsPoint {
+  int64_t step = 0;
+  std::vector<double> activation;  // per ReLU, in model order
+  std::vector<double> gradient;    // per Linear weight, in model order
 };
 
 struct UnitResult {
   std::vector<StudyPoint> points;
-  bool diverged = false;      // a NaN/inf loss or gradient stopped the run
-  int64_t diverged_step = 0;  // the step that failed
-  double seconds = 0;         // training + recording time of the unit
-  bool cached = false;        // read from OUT/runs, not run now
+  bool diverged = false;                // a NaN/inf loss or gradient stopped the run
+  int64_t diverged_step = 0;            // the step that failed
+  double seconds = 0;                   // training + recording time of the unit
+  bool cached = false;                  // read from OUT/runs, not run now
+  std::vector<LayerStatsPoint> layers;  // with layer_stats (OUT/runs/<key>/layers.csv)
 };
 
 struct StudyOptions {
   bool quick = false;  // the reduced setting (tests); otherwise the paper's
-  int64_t seeds = 1;   // independent repetitions where a study uses them
+  int64_t seeds = 0;   // independent repetitions where a study uses them (0: the study's default)
   std::string out_dir;
   std::string data_dir;  // MNIST's four IDX files
   int threads = 0;       // total threads (0: OpenMP's default)
@@ -125,6 +150,10 @@ std::vector<UnitResult> run_units(const std::vector<StudyUnit>& units, const Stu
 // The cached result's text form (result.csv) and back.
 std::string unit_result_csv(const UnitResult& r);
 UnitResult parse_unit_result_csv(const std::string& text, const std::string& path);
+// The per-layer norms' text form (layers.csv: step,kind,layer,value) and back.
+std::string layer_stats_csv(const std::vector<LayerStatsPoint>& layers);
+std::vector<LayerStatsPoint> parse_layer_stats_csv(const std::string& text,
+                                                   const std::string& path);
 
 // Under mpirun -np K (docs/distributed.md) run_units spreads a study's runs
 // over the ranks; rank 0 gathers the results and alone writes the cache and the

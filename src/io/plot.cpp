@@ -134,7 +134,9 @@ void plot_lines(const std::string& png_path, const PlotSpec& spec,
   }
   write_text(data, d, png_path);
 
-  std::string g = "set terminal pngcairo size 1000,650 noenhanced font 'sans,11'\n";
+  const int w = spec.width > 0 ? spec.width : 1000, h = spec.height > 0 ? spec.height : 650;
+  std::string g = "set terminal pngcairo size " + std::to_string(w) + "," + std::to_string(h) +
+                  " noenhanced font 'sans," + (spec.width > 0 ? "10" : "11") + "'\n";
   g += "set output " + quoted(png) + "\n";
   g += "set title " + quoted(spec.title) + "\n";
   g += "set xlabel " + quoted(spec.xlabel) + "\n";

@@ -25,6 +25,7 @@
 #include "normlab/error.hpp"
 #include "normlab/loss.hpp"
 #include "normlab/model_spec.hpp"
+#include "normlab/sequential.hpp"
 #include "normlab/study.hpp"
 #include "normlab/train.hpp"
 
@@ -95,6 +96,128 @@ struct Data {
   Dataset train, test;
 };
 
+// The model's buffers (running statistics, step counters): a forward pass in
+// training mode updates them, so the recording passes save and restore them.
+class BufferSnapshot {
+ public:
+  explicit BufferSnapshot(Sequential<float>& model) : state_(model.state()) {
+    for (auto& e : state_) {
+      if (e.is_param()) continue;
+      if (e.value) values_.emplace_back(e.value->data(), e.value->data() + e.value->numel());
+      if (e.count) counts_.push_back(*e.count);
+    }
+  }
+  ~BufferSnapshot() {
+    size_t v = 0, c = 0;
+    for (auto& e : state_) {
+      if (e.is_param()) continue;
+      if (e.value) {
+        std::copy(values_[v].begin(), values_[v].end(), e.value->data());
+        ++v;
+      }
+      if (e.count) *e.count = counts_[c++];
+    }
+  }
+  BufferSnapshot(const BufferSnapshot&) = delete;
+  BufferSnapshot& operator=(const BufferSnapshot&) = delete;
+
+ private:
+  std::vector<StateEntry<float>> state_;
+  std::vector<std::vector<float>> values_;
+  std::vector<int64_t> counts_;
+};
+
+// Test accuracy over the first n test images with the model in training mode
+// (batch statistics over batches of `batch` images); buffers restored.
+double train_mode_accuracy(Sequential<float>& model, const Dataset& test, int64_t n,
+                           int64_t batch) {
+  const BufferSnapshot keep(model);
+  const bool was_training = model.training();
+  model.set_training(true);
+  const int64_t D = test.features();
+  Tensor<float> x;
+  std::vector<int32_t> labels(static_cast<size_t>(batch));
+  std::vector<int64_t> idx;
+  int64_t correct = 0, seen = 0;
+  for (int64_t start = 0; start + batch <= n; start += batch) {  // whole batches only
+    idx.resize(static_cast<size_t>(batch));
+    for (int64_t i = 0; i < batch; ++i) idx[static_cast<size_t>(i)] = start + i;
+    x.resize({batch, D});
+    test.gather(idx, x.data(), labels.data());
+    const Tensor<float>& logits = model.forward(x);
+    correct += count_correct(logits.data(), labels.data(), batch, logits.dim(1));
+    seen += batch;
+  }
+  model.set_training(was_training);
+  return seen ? static_cast<double>(correct) / static_cast<double>(seen) : std::nan("");
+}
+
+bool is_relu(const Layer<float>& l) {
+  return l.name().rfind("ReLU", 0) == 0;
+}
+
+// The per-layer norms after a step (StudyUnit::layer_stats): each ReLU's
+// output on x in training mode (buffers restored), each Linear weight's gradient.
+LayerStatsPoint layer_stats(Sequential<float>& model, const Tensor<float>& x, int64_t step) {
+  LayerStatsPoint p;
+  p.step = step;
+  for (auto& e : model.state()) {
+    if (!e.is_param() || e.grad->rank() != 2) continue;
+    const std::string& n = e.name;
+    if (n.size() < 6 || n.compare(n.size() - 6, 6, "weight") != 0) continue;
+    double s = 0;
+    for (int64_t i = 0; i < e.grad->numel(); ++i) s += double((*e.grad)[i]) * (*e.grad)[i];
+    p.gradient.push_back(std::sqrt(s));
+  }
+  const BufferSnapshot keep(model);
+  const bool was_training = model.training();
+  model.set_training(true);
+  const double rows = static_cast<double>(x.dim(0));
+  const Tensor<float>* t = &x;
+  for (size_t i = 0; i < model.size(); ++i) {
+    t = &model[i].forward(*t);
+    if (!is_relu(model[i])) continue;
+    double s = 0;
+    for (int64_t k = 0; k < t->numel(); ++k) s += double((*t)[k]) * (*t)[k];
+    p.activation.push_back(std::sqrt(s / rows));
+  }
+  model.set_training(was_training);
+  return p;
+}
+
+// One optimizer step over micro-batches of m rows (StudyUnit::micro_batch):
+// zero_grad, forward + backward per micro-batch with its loss gradient scaled
+// by rows / N, the finiteness checks of Trainer::train_step, one update.
+double micro_batch_step(Sequential<float>& model, Optimizer& optimizer, const float* x,
+                        const int32_t* y, int64_t N, int64_t D, int64_t m, Tensor<float>& chunk,
+                        Tensor<float>& dlogits) {
+  const int64_t step = optimizer.steps() + 1;
+  model.set_training(true);
+  optimizer.zero_grad();
+  double loss_sum = 0;
+  for (int64_t start = 0; start < N; start += m) {
+    const int64_t b = std::min(m, N - start);
+    chunk.resize({b, D});
+    std::copy(x + start * D, x + (start + b) * D, chunk.data());
+    const Tensor<float>& logits = model.forward(chunk);
+    const double loss = cross_entropy(
+        logits, std::span<const int32_t>(y + start, static_cast<size_t>(b)), &dlogits);
+    if (!std::isfinite(loss))
+      throw NonFiniteError(
+          step, "training step " + std::to_string(step) + ": the loss is " + std::to_string(loss));
+    const float scale = static_cast<float>(static_cast<double>(b) / static_cast<double>(N));
+    for (int64_t j = 0; j < dlogits.numel(); ++j) dlogits[j] *= scale;
+    model.backward(dlogits);
+    loss_sum += loss * static_cast<double>(b);
+  }
+  const std::span<const float> g = optimizer.grads();
+  if (first_non_finite(g.data(), static_cast<int64_t>(g.size())) >= 0)
+    throw NonFiniteError(
+        step, "training step " + std::to_string(step) + ": a gradient holds a NaN or infinity");
+  optimizer.step();
+  return loss_sum / static_cast<double>(N);
+}
+
 // Test accuracy/loss over the first n test images, layer by layer (eval mode),
 // with the percentiles of unit 0 of the probed layer's output on the first
 // probe_images images.
@@ -102,6 +225,7 @@ StudyPoint record(Sequential<float>& model, const Dataset& test, const StudyUnit
   StudyPoint p;
   p.step = step;
   p.p15 = p.p50 = p.p85 = std::nan("");
+  p.train_mode_accuracy = std::nan("");
   const int64_t n = u.eval_images > 0 ? std::min(u.eval_images, test.size()) : test.size();
   const int64_t D = test.features(), B = 1000;
   const bool was_training = model.training();
@@ -139,6 +263,8 @@ StudyPoint record(Sequential<float>& model, const Dataset& test, const StudyUnit
     p.p50 = percentile(probe, 50);
     p.p85 = percentile(probe, 85);
   }
+  if (u.train_mode_batch > 0)
+    p.train_mode_accuracy = train_mode_accuracy(model, test, n, u.train_mode_batch);
   return p;
 }
 
@@ -157,7 +283,32 @@ UnitResult run_unit(const StudyUnit& u, const Data& data, std::atomic<int64_t>& 
   std::vector<float> x(static_cast<size_t>(u.batch_size * D));
   std::vector<int32_t> y(static_cast<size_t>(u.batch_size));
 
+  if (u.micro_batch < 0 || u.micro_batch > u.batch_size)
+    fail("study unit '", u.label, "': micro-batch ", u.micro_batch, " must be 0..batch size ",
+         u.batch_size);
+  if (u.train_mode_batch < 0)
+    fail("study unit '", u.label, "': train-mode batch ", u.train_mode_batch);
+  Tensor<float> chunk, dlogits, xt;
+
   UnitResult r;
+  if (u.layer_stats) {
+    // Step 0: the gradients of the first batch, without an update.
+    const auto idx = sampler.batch(0);
+    data.train.gather(idx, x.data(), y.data());
+    const int64_t n = static_cast<int64_t>(idx.size());
+    xt.resize({n, D});
+    std::copy(x.data(), x.data() + n * D, xt.data());
+    {
+      const BufferSnapshot keep(*model);
+      model->set_training(true);
+      optimizer->zero_grad();
+      const Tensor<float>& logits = model->forward(xt);
+      cross_entropy(logits, std::span<const int32_t>(y.data(), static_cast<size_t>(n)), &dlogits);
+      model->backward(dlogits);
+    }
+    r.layers.push_back(layer_stats(*model, xt, 0));
+    optimizer->zero_grad();
+  }
   StudyPoint first = record(*model, data.test, u, 0);
   first.train_loss = std::nan("");
   r.points.push_back(first);
@@ -171,10 +322,13 @@ UnitResult run_unit(const StudyUnit& u, const Data& data, std::atomic<int64_t>& 
     }
     const auto idx = sampler.batch(b++);
     data.train.gather(idx, x.data(), y.data());
+    const int64_t n = static_cast<int64_t>(idx.size());
     try {
-      const StepResult s =
-          trainer.train_step(x.data(), y.data(), static_cast<int64_t>(idx.size()), D);
-      loss_sum += s.loss;
+      const double loss = u.micro_batch > 0 && u.micro_batch < n
+                              ? micro_batch_step(*model, *optimizer, x.data(), y.data(), n, D,
+                                                 u.micro_batch, chunk, dlogits)
+                              : trainer.train_step(x.data(), y.data(), n, D).loss;
+      loss_sum += loss;
       ++loss_n;
     } catch (const NonFiniteError& e) {
       r.diverged = true;
@@ -183,6 +337,11 @@ UnitResult run_unit(const StudyUnit& u, const Data& data, std::atomic<int64_t>& 
     }
     step_out.store(step, std::memory_order_relaxed);
     if (step % u.eval_every == 0 || step == u.steps) {
+      if (u.layer_stats) {
+        xt.resize({n, D});
+        std::copy(x.data(), x.data() + n * D, xt.data());
+        r.layers.push_back(layer_stats(*model, xt, step));
+      }
       StudyPoint p = record(*model, data.test, u, step);
       p.train_loss = loss_n ? loss_sum / static_cast<double>(loss_n) : std::nan("");
       loss_sum = 0;
@@ -211,6 +370,10 @@ std::string StudyUnit::settings_text() const {
        "\neval_images=" + std::to_string(eval_images) + "\nseed=" + std::to_string(seed) +
        "\ninit_std=" + num(init_std) + "\nprobe_layer=" + std::to_string(probe_layer) +
        "\nprobe_images=" + std::to_string(probe_images) + "\n";
+  // Settings added later appear only when set, so earlier studies keep their keys.
+  if (micro_batch > 0) s += "micro_batch=" + std::to_string(micro_batch) + "\n";
+  if (train_mode_batch > 0) s += "train_mode_batch=" + std::to_string(train_mode_batch) + "\n";
+  if (layer_stats) s += "layer_stats=1\n";
   s += "dataset=mnist\nversion=" + version_tag() + "\n";
   return s;
 }
@@ -230,10 +393,11 @@ std::string unit_result_csv(const UnitResult& r) {
   std::string s = "# diverged=" + std::to_string(r.diverged ? 1 : 0) +
                   " diverged_step=" + std::to_string(r.diverged_step) +
                   " seconds=" + num(r.seconds) +
-                  "\nstep,test_accuracy,test_loss,train_loss,p15,p50,p85\n";
+                  "\nstep,test_accuracy,test_loss,train_loss,p15,p50,p85,train_mode_accuracy\n";
   for (const auto& p : r.points)
     s += std::to_string(p.step) + "," + num(p.test_accuracy) + "," + num(p.test_loss) + "," +
-         num(p.train_loss) + "," + num(p.p15) + "," + num(p.p50) + "," + num(p.p85) + "\n";
+         num(p.train_loss) + "," + num(p.p15) + "," + num(p.p50) + "," + num(p.p85) + "," +
+         num(p.train_mode_accuracy) + "\n";
   return s;
 }
 
@@ -258,7 +422,9 @@ UnitResult parse_unit_result_csv(const std::string& text, const std::string& pat
     std::istringstream ls(line);
     std::string cell;
     while (std::getline(ls, cell, ',')) v.push_back(std::strtod(cell.c_str(), nullptr));
-    if (v.size() != 7) fail(path, ": a row with ", v.size(), " values, expected 7: '", line, "'");
+    // 7 values: written before train_mode_accuracy existed.
+    if (v.size() != 7 && v.size() != 8)
+      fail(path, ": a row with ", v.size(), " values, expected 8: '", line, "'");
     p.step = static_cast<int64_t>(v[0]);
     p.test_accuracy = v[1];
     p.test_loss = v[2];
@@ -266,9 +432,61 @@ UnitResult parse_unit_result_csv(const std::string& text, const std::string& pat
     p.p15 = v[4];
     p.p50 = v[5];
     p.p85 = v[6];
+    p.train_mode_accuracy = v.size() > 7 ? v[7] : std::nan("");
     r.points.push_back(p);
   }
   return r;
+}
+
+std::string layer_stats_csv(const std::vector<LayerStatsPoint>& layers) {
+  std::string s = "step,kind,layer,value\n";
+  for (const auto& p : layers) {
+    for (size_t i = 0; i < p.activation.size(); ++i)
+      s += std::to_string(p.step) + ",activation," + std::to_string(i) + "," +
+           num(p.activation[i]) + "\n";
+    for (size_t i = 0; i < p.gradient.size(); ++i)
+      s += std::to_string(p.step) + ",gradient," + std::to_string(i) + "," + num(p.gradient[i]) +
+           "\n";
+  }
+  return s;
+}
+
+std::vector<LayerStatsPoint> parse_layer_stats_csv(const std::string& text,
+                                                   const std::string& path) {
+  std::vector<LayerStatsPoint> out;
+  std::istringstream in(text);
+  std::string line;
+  if (!std::getline(in, line) || line != "step,kind,layer,value")
+    fail(path, ": not a layer statistics file (first line: '", line, "')");
+  while (std::getline(in, line)) {
+    if (line.empty()) continue;
+    long long step = 0, layer = 0;
+    char kind[32] = {};
+    double value = 0;
+    if (std::sscanf(line.c_str(), "%lld,%31[a-z],%lld,%lf", &step, kind, &layer, &value) != 4 ||
+        layer < 0)
+      fail(path, ": bad row '", line, "'");
+    if (out.empty() || out.back().step != step) {
+      out.emplace_back();
+      out.back().step = step;
+    }
+    auto& v = std::string(kind) == "activation" ? out.back().activation : out.back().gradient;
+    if (static_cast<size_t>(layer) != v.size())
+      fail(path, ": row '", line, "': layer ", layer, " out of order");
+    v.push_back(value);
+  }
+  return out;
+}
+
+// A finished run's files in OUT/runs/<key>/: settings, the per-layer norms if
+// the unit records them, and result.csv last (its presence marks the run done).
+static void write_unit_cache(const StudyOptions& options, const StudyUnit& unit,
+                             const std::string& result_csv, const std::string& layers_csv) {
+  const std::string dir = options.out_dir + "/runs/" + unit.key();
+  fs::create_directories(dir);
+  write_file_atomic(dir + "/settings.txt", unit.settings_text());
+  if (unit.layer_stats) write_file_atomic(dir + "/layers.csv", layers_csv);
+  write_file_atomic(dir + "/result.csv", result_csv);  // last
 }
 
 static void run_units_here(const std::vector<StudyUnit>& units, const std::vector<size_t>& todo,
@@ -285,6 +503,9 @@ std::vector<UnitResult> run_units(const std::vector<StudyUnit>& units, const Stu
     const std::string file = dir + "/result.csv";
     if (fs::is_regular_file(file) && read_text(dir + "/settings.txt") == units[i].settings_text()) {
       results[i] = parse_unit_result_csv(read_text(file), file);
+      if (units[i].layer_stats)
+        results[i].layers =
+            parse_layer_stats_csv(read_text(dir + "/layers.csv"), dir + "/layers.csv");
       results[i].cached = true;
     } else {
       todo.push_back(i);
@@ -326,17 +547,25 @@ std::vector<UnitResult> run_units(const std::vector<StudyUnit>& units, const Stu
     for (size_t k = 0; k < all.size(); ++k) {
       const size_t i = all[k];
       const int owner = static_cast<int>(k % static_cast<size_t>(ranks));
-      std::string text = owner == rank ? unit_result_csv(results[i]) : std::string();
-      int64_t bytes = static_cast<int64_t>(text.size());
-      comm.broadcast(&bytes, sizeof bytes, owner);
-      text.resize(static_cast<size_t>(bytes));
-      comm.broadcast(text.data(), bytes, owner);
+      const bool mine_here = owner == rank;
+      auto share = [&](std::string text) {  // owner's text, on every rank
+        int64_t bytes = static_cast<int64_t>(text.size());
+        comm.broadcast(&bytes, sizeof bytes, owner);
+        text.resize(static_cast<size_t>(bytes));
+        comm.broadcast(text.data(), bytes, owner);
+        return text;
+      };
+      const std::string text = share(mine_here ? unit_result_csv(results[i]) : "");
+      const std::string layers = units[i].layer_stats
+                                     ? share(mine_here ? layer_stats_csv(results[i].layers) : "")
+                                     : std::string();
       if (rank != 0) continue;
-      if (owner != 0) results[i] = parse_unit_result_csv(text, "rank " + std::to_string(owner));
-      const std::string dir = options.out_dir + "/runs/" + units[i].key();
-      fs::create_directories(dir);
-      write_file_atomic(dir + "/settings.txt", units[i].settings_text());
-      write_file_atomic(dir + "/result.csv", text);
+      if (owner != 0) {
+        const std::string from = "rank " + std::to_string(owner);
+        results[i] = parse_unit_result_csv(text, from);
+        if (units[i].layer_stats) results[i].layers = parse_layer_stats_csv(layers, from);
+      }
+      write_unit_cache(options, units[i], text, layers);
     }
     if (rank != 0) throw StudyRankDone{};
     return results;
@@ -388,12 +617,9 @@ static void run_units_here(const std::vector<StudyUnit>& units, const std::vecto
       slot.unit.store(static_cast<int64_t>(i));
       try {
         results[i] = run_unit(units[i], data, slot.step);
-        if (write_cache) {
-          const std::string dir = options.out_dir + "/runs/" + units[i].key();
-          fs::create_directories(dir);
-          write_file_atomic(dir + "/settings.txt", units[i].settings_text());
-          write_file_atomic(dir + "/result.csv", unit_result_csv(results[i]));
-        }
+        if (write_cache)
+          write_unit_cache(options, units[i], unit_result_csv(results[i]),
+                           units[i].layer_stats ? layer_stats_csv(results[i].layers) : "");
       } catch (const std::exception& e) {
         std::lock_guard<std::mutex> lock(error_mutex);
         if (first_error.empty()) first_error = "study run '" + units[i].label + "': " + e.what();
