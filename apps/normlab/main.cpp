@@ -20,7 +20,7 @@ int main(int argc, char** argv) {
     summary =
         normlab::build_summary();  // a bad NORMLAB_CPU_CAPABILITY fails here, for every command
   } catch (const normlab::Error& e) {
-    std::cerr << "normlab: error: " << e.what() << "\n";
+    std::cerr << std::string("normlab: error: ") + e.what() + "\n";
     return 2;
   }
   app.set_version_flag("--version", summary);
@@ -55,11 +55,13 @@ int main(int argc, char** argv) {
     // ends the whole job: the other ranks would wait for it in their next collective.
     normlab::Communicator* comm = normlab::world_if_parallel();
     const bool agreed = dynamic_cast<const normlab::AgreedError*>(&e) != nullptr;
+    // One write per message: under mpirun every rank's stderr goes to the same
+    // terminal, and pieces written separately interleave with another rank's.
     if (comm && !agreed)
-      std::cerr << "normlab: error (rank " << comm->rank() << " of " << comm->size()
-                << "): " << e.what() << "\n";
+      std::cerr << "normlab: error (rank " + std::to_string(comm->rank()) + " of " +
+                       std::to_string(comm->size()) + "): " + e.what() + "\n";
     else
-      std::cerr << "normlab: error: " << e.what() << "\n";
+      std::cerr << std::string("normlab: error: ") + e.what() + "\n";
     if (comm && !agreed) {
       std::cerr.flush();
       comm->abort(2);
