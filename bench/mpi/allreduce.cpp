@@ -2,7 +2,8 @@
 // this machine: one blocking MPI_Allreduce against two MPI_Iallreduce (the
 // overlapped trainer's two buckets) + MPI_Waitall, 40 calls each, 5 rounds
 // (docs/distributed.md, "Where the 2-rank step goes"). Not built by CMake:
-//   mpicxx -O2 -o /tmp/mpi_allreduce bench/mpi/allreduce.cpp   (not in bench/*.cpp: that glob is normlab_bench)
+//   mpicxx -O2 -o /tmp/mpi_allreduce bench/mpi/allreduce.cpp   (not in bench/*.cpp: that glob is
+//   normlab_bench)
 //   OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 mpirun --oversubscribe \
 //     --bind-to none --mca mpi_yield_when_idle 1 -np 2 /tmp/mpi_allreduce
 // (add --mca coll_tuned_use_dynamic_rules 1 --mca coll_tuned_allreduce_algorithm N

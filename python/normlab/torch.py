@@ -109,6 +109,21 @@ def _param(fn, name, t, dt, shape, write=False):
     return t.contiguous()
 
 
+def _rows(fn, x, normalized_shape):
+    """(N, D) of x normalized over its trailing normalized_shape (LayerNorm's and
+    RMSNorm's view: N rows of D values); ValueError if x does not end in it."""
+    shape, k = x.shape, len(normalized_shape)
+    if not k or shape[len(shape) - k:] != normalized_shape:
+        raise ValueError(f"{fn}: input of shape {tuple(shape)} does not end in "
+                         f"normalized_shape {tuple(normalized_shape)}" +
+                         ("" if k else " (normalized_shape must not be empty)"))
+    D = x.numel() if k == len(shape) else math.prod(normalized_shape)
+    if D == 0:
+        raise ValueError(f"{fn}: normalized_shape {tuple(normalized_shape)} must have "
+                         "positive dims")
+    return x.numel() // D, D
+
+
 def _zeros_or_none(want, t):
     return torch.zeros_like(t) if want and t is not None else None
 
@@ -118,18 +133,10 @@ class _LayerNormFunction(torch.autograd.Function):
     def forward(ctx, input, weight, bias, normalized_shape, eps):
         fn = "layer_norm"
         x = _input(fn, input)
-        dt, shape, k = x.dtype, x.shape, len(normalized_shape)
-        if not k or shape[len(shape) - k:] != normalized_shape:
-            raise ValueError(f"{fn}: input of shape {tuple(shape)} does not end in "
-                             f"normalized_shape {tuple(normalized_shape)}" +
-                             ("" if k else " (normalized_shape must not be empty)"))
-        D = x.numel() if k == len(shape) else math.prod(normalized_shape)
-        if D == 0:
-            raise ValueError(f"{fn}: normalized_shape {tuple(normalized_shape)} must have "
-                             "positive dims")
+        dt = x.dtype
+        N, D = _rows(fn, x, normalized_shape)
         w = _param(fn, "weight", weight, dt, normalized_shape)
         b = _param(fn, "bias", bias, dt, normalized_shape)
-        N = x.numel() // D
         out = torch.empty_like(x)
         stats = x.new_empty(2 * N)  # mean, then rstd
         s = stats.data_ptr()
@@ -283,17 +290,9 @@ class _RMSNormFunction(torch.autograd.Function):
     def forward(ctx, input, weight, normalized_shape, eps):
         fn = "rms_norm"
         x = _input(fn, input)
-        dt, shape, k = x.dtype, x.shape, len(normalized_shape)
-        if not k or shape[len(shape) - k:] != normalized_shape:
-            raise ValueError(f"{fn}: input of shape {tuple(shape)} does not end in "
-                             f"normalized_shape {tuple(normalized_shape)}" +
-                             ("" if k else " (normalized_shape must not be empty)"))
-        D = x.numel() if k == len(shape) else math.prod(normalized_shape)
-        if D == 0:
-            raise ValueError(f"{fn}: normalized_shape {tuple(normalized_shape)} must have "
-                             "positive dims")
+        dt = x.dtype
+        N, D = _rows(fn, x, normalized_shape)
         w = _param(fn, "weight", weight, dt, normalized_shape)
-        N = x.numel() // D
         out = torch.empty_like(x)
         rstd = x.new_empty(N)
         _raw.raw_rms_norm(dt is _F64, out.data_ptr(), rstd.data_ptr(), x.data_ptr(),
