@@ -71,6 +71,23 @@ std::string curves_csv(const std::vector<StudyUnit>& units, const std::vector<Un
   return s;
 }
 
+// Every study's first steps: run its units (cached ones are read back), count
+// them and their seconds for the page, and write curves.csv (one row per
+// recorded point of every run).
+std::vector<UnitResult> run_and_write_curves(const std::vector<StudyUnit>& units,
+                                             const StudyOptions& o, StudyObserver& obs,
+                                             StudyReport& rep, ReportPage& page) {
+  std::vector<UnitResult> rs = run_units(units, o, obs);
+  rep.units = static_cast<int64_t>(units.size());
+  for (const auto& r : rs) {
+    rep.units_cached += r.cached;
+    page.unit_seconds += r.seconds;
+  }
+  write_file_atomic(o.out_dir + "/curves.csv", curves_csv(units, rs));
+  rep.files.push_back("curves.csv");
+  return rs;
+}
+
 std::string optim_text(const StudyUnit& u) {
   std::string s = u.optimizer;
   if (u.optim.lr) s += ", lr " + fmt("%g", *u.optim.lr);
@@ -125,16 +142,8 @@ StudyReport bn_paper(const StudyOptions& o, StudyObserver& obs, ReportPage& page
       u.probe_images = 1000;
       units.push_back(u);
     }
-  const std::vector<UnitResult> rs = run_units(units, o, obs);
   StudyReport rep;
-  rep.units = static_cast<int64_t>(units.size());
-  for (const auto& r : rs) {
-    rep.units_cached += r.cached;
-    page.unit_seconds += r.seconds;
-  }
-
-  write_file_atomic(o.out_dir + "/curves.csv", curves_csv(units, rs));
-  rep.files.push_back("curves.csv");
+  const std::vector<UnitResult> rs = run_and_write_curves(units, o, obs, rep, page);
   {
     std::vector<Series> ss;
     for (size_t i = 0; i < units.size(); ++i) ss.push_back(accuracy_series(units[i].label, rs[i]));
@@ -258,15 +267,8 @@ StudyReport batch_size(const StudyOptions& o, StudyObserver& obs, ReportPage& pa
         u.seed = static_cast<uint64_t>(seed);
         units.push_back(u);
       }
-  const std::vector<UnitResult> rs = run_units(units, o, obs);
   StudyReport rep;
-  rep.units = static_cast<int64_t>(units.size());
-  for (const auto& r : rs) {
-    rep.units_cached += r.cached;
-    page.unit_seconds += r.seconds;
-  }
-  write_file_atomic(o.out_dir + "/curves.csv", curves_csv(units, rs));
-  rep.files.push_back("curves.csv");
+  const std::vector<UnitResult> rs = run_and_write_curves(units, o, obs, rep, page);
 
   // Final accuracy per (norm, batch): mean over seeds.
   std::map<std::pair<std::string, int64_t>, std::vector<double>> acc;
@@ -401,15 +403,8 @@ StudyReport lr_sweep(const StudyOptions& o, StudyObserver& obs, ReportPage& page
         u.seed = static_cast<uint64_t>(seed);
         units.push_back(u);
       }
-  const std::vector<UnitResult> rs = run_units(units, o, obs);
   StudyReport rep;
-  rep.units = static_cast<int64_t>(units.size());
-  for (const auto& r : rs) {
-    rep.units_cached += r.cached;
-    page.unit_seconds += r.seconds;
-  }
-  write_file_atomic(o.out_dir + "/curves.csv", curves_csv(units, rs));
-  rep.files.push_back("curves.csv");
+  const std::vector<UnitResult> rs = run_and_write_curves(units, o, obs, rep, page);
 
   std::string csv = "arch,lr,seed,final_accuracy,diverged,diverged_step\n";
   std::map<std::string, int> usable;
@@ -517,15 +512,6 @@ double sd_of(const std::vector<double>& v) {
   return std::sqrt(s / static_cast<double>(v.size() - 1));
 }
 
-template <typename Rs>
-void count_units(StudyReport& rep, ReportPage& page, const Rs& rs) {
-  rep.units = static_cast<int64_t>(rs.size());
-  for (const auto& r : rs) {
-    rep.units_cached += r.cached;
-    page.unit_seconds += r.seconds;
-  }
-}
-
 // The seed-001 network's layout (784-A-B-C-10, a norm after each hidden ReLU).
 std::string seed001_like(const std::string& lin, const std::string& norm, int64_t a, int64_t b,
                          int64_t c) {
@@ -584,11 +570,8 @@ StudyReport small_batch(const StudyOptions& o, StudyObserver& obs, ReportPage& p
       u.train_mode_batch = a.micro ? a.micro : batch;
       units.push_back(u);
     }
-  const std::vector<UnitResult> rs = run_units(units, o, obs);
   StudyReport rep;
-  count_units(rep, page, rs);
-  write_file_atomic(o.out_dir + "/curves.csv", curves_csv(units, rs));
-  rep.files.push_back("curves.csv");
+  const std::vector<UnitResult> rs = run_and_write_curves(units, o, obs, rep, page);
 
   // Final eval-mode and train-mode accuracy per arm, mean over seeds.
   const size_t A = arms.size();
@@ -745,11 +728,8 @@ StudyReport depth_train(const StudyOptions& o, StudyObserver& obs, ReportPage& p
       u.layer_stats = true;
       units.push_back(u);
     }
-  const std::vector<UnitResult> rs = run_units(units, o, obs);
   StudyReport rep;
-  count_units(rep, page, rs);
-  write_file_atomic(o.out_dir + "/curves.csv", curves_csv(units, rs));
-  rep.files.push_back("curves.csv");
+  const std::vector<UnitResult> rs = run_and_write_curves(units, o, obs, rep, page);
   std::string csv = "arch,seed,step,kind,layer,value\n";
   for (size_t i = 0; i < units.size(); ++i)
     for (const auto& p : rs[i].layers) {
@@ -953,11 +933,8 @@ StudyReport compare(const StudyOptions& o, StudyObserver& obs, ReportPage& page)
       u.seed = static_cast<uint64_t>(seed);
       units.push_back(u);
     }
-  const std::vector<UnitResult> rs = run_units(units, o, obs);
   StudyReport rep;
-  count_units(rep, page, rs);
-  write_file_atomic(o.out_dir + "/curves.csv", curves_csv(units, rs));
-  rep.files.push_back("curves.csv");
+  const std::vector<UnitResult> rs = run_and_write_curves(units, o, obs, rep, page);
 
   const size_t A = archs.size();
   // acc[a][epoch] over seeds; seconds per epoch over seeds.
