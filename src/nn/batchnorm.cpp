@@ -26,16 +26,7 @@ BatchNorm1d<T>::BatchNorm1d(int64_t C, BatchNormOptions opt, int spatial_dims)
   if (!(opt.eps >= 0)) fail(cls, "(", C, "): eps must be >= 0 (0 only for eval), got ", opt.eps);
   if (opt.momentum && !std::isfinite(*opt.momentum))
     fail(cls, "(", C, "): momentum must be a finite number or none, got ", *opt.momentum);
-  if (opt.affine) {
-    weight = Tensor<T>({C}, T(1));
-    bias = Tensor<T>({C}, T(0));
-    dweight = Tensor<T>({C});
-    dbias = Tensor<T>({C});
-  }
-  if (opt.track_running_stats) {
-    running_mean = Tensor<T>({C}, T(0));
-    running_var = Tensor<T>({C}, T(1));
-  }
+  init_norm_tensors<T>(*this, C, opt.affine, opt.track_running_stats);
 }
 
 template <typename T>

@@ -164,14 +164,7 @@ BatchRenorm1d<T>::BatchRenorm1d(int64_t C, BatchRenormOptions opt) : C_(C), opt_
   if (opt.warmup < 0 || opt.rmax_ramp < 0 || opt.dmax_ramp < 0)
     fail(who, ": warmup, rmax_ramp and dmax_ramp must be >= 0 steps, got ", opt.warmup, ", ",
          opt.rmax_ramp, ", ", opt.dmax_ramp);
-  if (opt.affine) {
-    weight = Tensor<T>({C}, T(1));
-    bias = Tensor<T>({C}, T(0));
-    dweight = Tensor<T>({C});
-    dbias = Tensor<T>({C});
-  }
-  running_mean = Tensor<T>({C}, T(0));
-  running_var = Tensor<T>({C}, T(1));
+  init_norm_tensors<T>(*this, C, opt.affine, /*track_running_stats=*/true);
 }
 
 template <typename T>
@@ -323,16 +316,7 @@ GhostBatchNorm1d<T>::GhostBatchNorm1d(int64_t C, int64_t virtual_batch_size, Bat
     fail(who, ": virtual_batch_size must be positive, got ", virtual_batch_size);
   check_eps(who, opt.eps);
   check_momentum(who, opt.momentum);
-  if (opt.affine) {
-    weight = Tensor<T>({C}, T(1));
-    bias = Tensor<T>({C}, T(0));
-    dweight = Tensor<T>({C});
-    dbias = Tensor<T>({C});
-  }
-  if (opt.track_running_stats) {
-    running_mean = Tensor<T>({C}, T(0));
-    running_var = Tensor<T>({C}, T(1));
-  }
+  init_norm_tensors<T>(*this, C, opt.affine, opt.track_running_stats);
 }
 
 template <typename T>

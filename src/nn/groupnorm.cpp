@@ -124,16 +124,7 @@ InstanceNorm1d<T>::InstanceNorm1d(int64_t num_features, InstanceNormOptions opt,
   if (opt.momentum && !std::isfinite(*opt.momentum))
     fail(cls, "(", num_features, "): momentum must be a finite number or none, got ",
          *opt.momentum);
-  if (opt.affine) {
-    weight = Tensor<T>({num_features}, T(1));
-    bias = Tensor<T>({num_features}, T(0));
-    dweight = Tensor<T>({num_features});
-    dbias = Tensor<T>({num_features});
-  }
-  if (opt.track_running_stats) {
-    running_mean = Tensor<T>({num_features}, T(0));
-    running_var = Tensor<T>({num_features}, T(1));
-  }
+  init_norm_tensors<T>(*this, num_features, opt.affine, opt.track_running_stats);
 }
 
 template <typename T>
