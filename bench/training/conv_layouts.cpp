@@ -65,7 +65,7 @@ int main() {
           dx(dpd.diff_src_desc(), eng);
       memory xw(wpd.src_desc(), eng), dyw(wpd.diff_dst_desc(), eng),
           dw(wpd.diff_weights_desc(), eng), db(bmd, eng);
-      for (auto* m : {&x, &w, &y, &dy, &wD, &xw, &dyw}) {
+      for (auto* m : {&x, &w, &b, &y, &dy, &wD, &xw, &dyw}) {
         float* p = static_cast<float*>(m->get_data_handle());
         for (size_t i = 0; i < m->get_desc().get_size() / 4; ++i)
           p[i] = float((i * 7919) % 101) / 101.f - 0.5f;
