@@ -135,8 +135,11 @@ void add_grad_sums(double* s, double* q, double* p, const T* dy, const T* x, con
   for (; r + 4 <= r1; r += 4) {
     const T *x0 = x + r * C, *g0 = dy + r * C;
     const T *x1 = x0 + C, *x2 = x1 + C, *x3 = x2 + C, *g1 = g0 + C, *g2 = g1 + C, *g3 = g2 + C;
-    const T* y0 = Relu ? ry + r * C : nullptr;
-    const T *y1 = y0 + (Relu ? C : 0), *y2 = y1 + (Relu ? C : 0), *y3 = y2 + (Relu ? C : 0);
+    const T *y0 = nullptr, *y1 = nullptr, *y2 = nullptr, *y3 = nullptr;
+    if constexpr (Relu) {
+      y0 = ry + r * C;
+      y1 = y0 + C, y2 = y1 + C, y3 = y2 + C;
+    }
 #pragma omp simd
     for (int64_t c = 0; c < C; ++c) {
       const double m = mean[c];
