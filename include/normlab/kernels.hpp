@@ -70,6 +70,24 @@ template <typename T>
 void batchnorm_backward_eval(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, const T* mean,
                              const T* rstd, const T* gamma, int64_t N, int64_t C, int64_t L);
 
+// ---- BatchNorm followed by a ReLU, fused (BatchNorm1d/2d::fuse_relu) ----
+// Forward: y = relu(BatchNorm(x)) in the same sweep that writes y (relu as
+// relu_forward: NaN and -0.0 pass); train and eval, arguments as above.
+// Backward (train: batch statistics; !train: eval's constant statistics): as
+// the batchnorm_backward_* above on dy masked by the fused forward's output y
+// (dy counts except where y <= 0, as relu_backward: a NaN y passes dy), in the
+// same sweeps. Results equal the unfused kernels', bit for bit.
+template <typename T>
+void batchnorm_relu_forward_train(T* y, T* mean, T* rstd, T* var, const T* x, const T* gamma,
+                                  const T* beta, int64_t N, int64_t C, int64_t L, T eps);
+template <typename T>
+void batchnorm_relu_forward_eval(T* y, const T* x, const T* mean, const T* var, const T* gamma,
+                                 const T* beta, int64_t N, int64_t C, int64_t L, T eps);
+template <typename T>
+void batchnorm_relu_backward(bool train, T* dx, T* dgamma, T* dbeta, const T* dy, const T* y,
+                             const T* x, const T* mean, const T* rstd, const T* gamma, int64_t N,
+                             int64_t C, int64_t L);
+
 // ---- WeightNorm: w (O,I) = g * v / ||v|| ----
 // per_row: one norm and one g per output row (PyTorch dim=0), norm (O), g (O);
 // otherwise one norm over the whole matrix (dim=None), norm (1), g (1).
@@ -144,6 +162,18 @@ void batchnorm_backward_train(T* dx, T* dgamma, T* dbeta, const T* dy, const T* 
 template <typename T>
 void batchnorm_backward_eval(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, const T* mean,
                              const T* rstd, const T* gamma, int64_t N, int64_t C, int64_t L);
+// The fused BatchNorm + ReLU by definition: BatchNorm, then the ReLU; the
+// ReLU's backward (dy masked by y), then BatchNorm's.
+template <typename T>
+void batchnorm_relu_forward_train(T* y, T* mean, T* rstd, T* var, const T* x, const T* gamma,
+                                  const T* beta, int64_t N, int64_t C, int64_t L, T eps);
+template <typename T>
+void batchnorm_relu_forward_eval(T* y, const T* x, const T* mean, const T* var, const T* gamma,
+                                 const T* beta, int64_t N, int64_t C, int64_t L, T eps);
+template <typename T>
+void batchnorm_relu_backward(bool train, T* dx, T* dgamma, T* dbeta, const T* dy, const T* y,
+                             const T* x, const T* mean, const T* rstd, const T* gamma, int64_t N,
+                             int64_t C, int64_t L);
 }  // namespace ref
 
 }  // namespace normlab

@@ -52,6 +52,9 @@ class BatchNorm1d : public Layer<T> {
   Shape output_shape(const Shape& in) const override;
   const Tensor<T>& backward(const Tensor<T>& dy) override;
   std::vector<StateEntry<T>> state() override;
+  // A following ReLU applied in the kernels' own sweeps (batchnorm_relu_*):
+  // the same results as the unfused pair, bit for bit. Always accepted.
+  bool fuse_relu(bool on) override;
 
   Tensor<T> weight, bias, dweight, dbias;
   Tensor<T> running_mean, running_var;
@@ -71,6 +74,7 @@ class BatchNorm1d : public Layer<T> {
   const Tensor<T>* x_ = nullptr;
   bool used_batch_stats_ = true;
   bool exact_ = false;  // the batch statistics overflowed in the fast kernel: ref:: was used
+  bool relu_ = false;   // a following ReLU applied here (fuse_relu)
   Tensor<T> y_, dx_, mean_, rstd_, var_;
 };
 

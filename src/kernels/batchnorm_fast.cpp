@@ -33,6 +33,25 @@ using detail::fold_big;
 using detail::fold_coeff_ok;
 using detail::fold_product_ok;
 
+// A ReLU fused after the norm (BatchNorm1d/2d::fuse_relu), on scalars or on
+// whole vectors, as PyTorch's clamp_min and threshold_backward (relu.cpp): a
+// NaN stays NaN (v < 0 is false), and dy is masked only where the output is
+// <= 0, so a NaN output passes dy. With Relu false both are the identity.
+template <bool Relu, typename V>
+V maybe_relu(V v) {
+  if constexpr (Relu)
+    return v < V{} ? V{} : v;
+  else
+    return v;
+}
+template <bool Relu, typename V>
+V masked_dy(V dy, V y) {
+  if constexpr (Relu)
+    return y <= V{} ? V{} : dy;
+  else
+    return dy;
+}
+
 // The training forward's map, y = ((x - m) * r) * gamma + beta, in double as
 // ref:: computes it: for a channel whose folded coefficients fail their bounds.
 template <typename T>
@@ -108,28 +127,45 @@ void add_shifted_sums(double* s1, double* s2, const T* x, const double* K, int64
 // The rows [r0, r1), in double: s[c] += sum dy, q[c] += sum dy * (x - mean[c]),
 // p[c] += sum (x - mean[c]); four rows per step. p measures how far the saved
 // (float-rounded) mean is from the data's (see fold_backward).
-template <typename T>
+// With Relu, dy is masked where the fused forward's output y (ry) is <= 0.
+template <bool Relu = false, typename T>
 void add_grad_sums(double* s, double* q, double* p, const T* dy, const T* x, const T* mean,
-                   int64_t r0, int64_t r1, int64_t C) {
+                   int64_t r0, int64_t r1, int64_t C, const T* ry = nullptr) {
   int64_t r = r0;
   for (; r + 4 <= r1; r += 4) {
     const T *x0 = x + r * C, *g0 = dy + r * C;
     const T *x1 = x0 + C, *x2 = x1 + C, *x3 = x2 + C, *g1 = g0 + C, *g2 = g1 + C, *g3 = g2 + C;
+    const T *y0 = nullptr, *y1 = nullptr, *y2 = nullptr, *y3 = nullptr;
+    if constexpr (Relu) {
+      y0 = ry + r * C;
+      y1 = y0 + C, y2 = y1 + C, y3 = y2 + C;
+    }
 #pragma omp simd
     for (int64_t c = 0; c < C; ++c) {
       const double m = mean[c];
       const double d0 = x0[c] - m, d1 = x1[c] - m, d2 = x2[c] - m, d3 = x3[c] - m;
-      const double e0 = g0[c], e1 = g1[c], e2 = g2[c], e3 = g3[c];
+      double e0, e1, e2, e3;
+      if constexpr (Relu) {
+        e0 = masked_dy<true>(g0[c], y0[c]), e1 = masked_dy<true>(g1[c], y1[c]);
+        e2 = masked_dy<true>(g2[c], y2[c]), e3 = masked_dy<true>(g3[c], y3[c]);
+      } else {
+        e0 = g0[c], e1 = g1[c], e2 = g2[c], e3 = g3[c];
+      }
       s[c] += (e0 + e1) + (e2 + e3);
       q[c] += (e0 * d0 + e1 * d1) + (e2 * d2 + e3 * d3);
       p[c] += (d0 + d1) + (d2 + d3);
     }
   }
   for (; r < r1; ++r) {
-    const T *xr = x + r * C, *gr = dy + r * C;
+    const T *xr = x + r * C, *gr = dy + r * C, *yr = Relu ? ry + r * C : nullptr;
 #pragma omp simd
     for (int64_t c = 0; c < C; ++c) {
-      const double dd = xr[c] - static_cast<double>(mean[c]), e = gr[c];
+      const double dd = xr[c] - static_cast<double>(mean[c]);
+      double e;
+      if constexpr (Relu)
+        e = masked_dy<true>(gr[c], yr[c]);
+      else
+        e = gr[c];
       s[c] += e;
       q[c] += e * dd;
       p[c] += dd;
@@ -141,7 +177,7 @@ void add_grad_sums(double* s, double* q, double* p, const T* dy, const T* x, con
 // (x - K)^2 per channel, with K its first row. The one-pass variance
 // S2 - S1^2 / n in double then loses nothing visible in float, and large
 // means stay exact; the threads' (n, mean, M2) are then Chan-merged.
-template <typename T, typename Map>
+template <bool Relu = false, typename T, typename Map>
 void forward_train_rows(T* y, T* mean, T* rstd, T* var, const T* x, const Map& map, int64_t N,
                         int64_t C, T eps) {
   const int threads = detail::kernel_threads(N * C);
@@ -193,12 +229,14 @@ void forward_train_rows(T* y, T* mean, T* rstd, T* var, const T* x, const Map& m
     // measured 3-9 % slower here, interleaved in one process (docs/performance.md).
     for (int64_t r = r0; r < r1; ++r)
       detail::map_row(
-          y + r * C, C, stream, [](auto v, auto k, auto ac, auto bc) { return (v - k) * ac + bc; },
+          y + r * C, C, stream,
+          [](auto v, auto k, auto ac, auto bc) { return maybe_relu<Relu>((v - k) * ac + bc); },
           x + r * C, shift, a, b);
     if (stream) detail::stream_fence();
     for (int64_t c = 0; c < C; ++c)
       if (exact[c] != 0)
-        for (int64_t r = r0; r < r1; ++r) y[r * C + c] = map.exact(x[r * C + c], md[c], rd[c], c);
+        for (int64_t r = r0; r < r1; ++r)
+          y[r * C + c] = maybe_relu<Relu>(map.exact(x[r * C + c], md[c], rd[c], c));
   }
 }
 
@@ -246,9 +284,10 @@ T exact_dx(bool train, T x, T dy, const ChannelGrad& g) {
 
 // Backward, train and eval (see fold_backward). One pass gathers the
 // per-channel sums (per-thread partial sums in double); eval writes dx in it.
-template <typename T>
+// With Relu, dy is masked where the fused forward's output ry is <= 0.
+template <bool Relu = false, typename T>
 void backward_rows(bool train, T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, const T* mean,
-                   const T* rstd, const T* gamma, int64_t N, int64_t C) {
+                   const T* rstd, const T* gamma, int64_t N, int64_t C, const T* ry = nullptr) {
   const int threads = detail::kernel_threads(N * C);
   const bool stream = detail::stream_output<T>(N * C);
   const int64_t Cp = detail::padded(C);
@@ -281,11 +320,18 @@ void backward_rows(bool train, T* dx, T* dgamma, T* dbeta, const T* dy, const T*
     bool redo_eval = false;
     for (int64_t b0 = r0; b0 < r1; b0 += detail::kBlockRows) {
       const int64_t b1 = std::min(b0 + detail::kBlockRows, r1);
-      add_grad_sums(ts, tq, tp, dy, x, mean, b0, b1, C);
+      add_grad_sums<Relu>(ts, tq, tp, dy, x, mean, b0, b1, C, ry);
       if (dx && !train)  // eval: dx = A * dy while the block is in cache
-        for (int64_t r = b0; r < b1; ++r)
-          redo_eval |= !detail::map_row_finite(
-              dx + r * C, C, stream, [](auto dv, auto ac) { return dv * ac; }, dy + r * C, A);
+        for (int64_t r = b0; r < b1; ++r) {
+          if constexpr (Relu)
+            redo_eval |= !detail::map_row_finite(
+                dx + r * C, C, stream,
+                [](auto dv, auto ac, auto yv) { return masked_dy<true>(dv, yv) * ac; }, dy + r * C,
+                A, ry + r * C);
+          else
+            redo_eval |= !detail::map_row_finite(
+                dx + r * C, C, stream, [](auto dv, auto ac) { return dv * ac; }, dy + r * C, A);
+        }
     }
 #pragma omp barrier
 #pragma omp for schedule(static)
@@ -304,19 +350,30 @@ void backward_rows(bool train, T* dx, T* dgamma, T* dbeta, const T* dy, const T*
         exact[c] = ok ? 0.0 : 1.0;
       }
     }
+    const auto dy_at = [&](int64_t k) { return Relu ? masked_dy<true>(dy[k], ry[k]) : dy[k]; };
     const auto exact_row = [&](int64_t r) {
       for (int64_t c = 0; c < C; ++c)
-        dx[r * C + c] = exact_dx(train, x[r * C + c], dy[r * C + c], grads[c]);
+        dx[r * C + c] = exact_dx(train, x[r * C + c], dy_at(r * C + c), grads[c]);
     };
     if (dx && train)
-      for (int64_t r = r0; r < r1; ++r)
-        if (!detail::map_row_finite(
-                dx + r * C, C, stream,
-                [](auto v, auto dv, auto m, auto ac, auto bc, auto cc) {
-                  return dv * ac + (v - m) * bc + cc;
-                },
-                x + r * C, dy + r * C, mean, A, Bc, Cc))
-          exact_row(r);
+      for (int64_t r = r0; r < r1; ++r) {
+        bool finite;
+        if constexpr (Relu)
+          finite = detail::map_row_finite(
+              dx + r * C, C, stream,
+              [](auto v, auto dv, auto m, auto ac, auto bc, auto cc, auto yv) {
+                return masked_dy<true>(dv, yv) * ac + (v - m) * bc + cc;
+              },
+              x + r * C, dy + r * C, mean, A, Bc, Cc, ry + r * C);
+        else
+          finite = detail::map_row_finite(
+              dx + r * C, C, stream,
+              [](auto v, auto dv, auto m, auto ac, auto bc, auto cc) {
+                return dv * ac + (v - m) * bc + cc;
+              },
+              x + r * C, dy + r * C, mean, A, Bc, Cc);
+        if (!finite) exact_row(r);
+      }
     if (dx && redo_eval)
       for (int64_t r = r0; r < r1; ++r)
         for (int64_t c = 0; c < C; ++c)
@@ -326,7 +383,7 @@ void backward_rows(bool train, T* dx, T* dgamma, T* dbeta, const T* dy, const T*
       for (int64_t c = 0; c < C; ++c)
         if (exact[c] != 0)
           for (int64_t r = r0; r < r1; ++r)
-            dx[r * C + c] = exact_dx(train, x[r * C + c], dy[r * C + c], grads[c]);
+            dx[r * C + c] = exact_dx(train, x[r * C + c], dy_at(r * C + c), grads[c]);
   }
 }
 
@@ -349,7 +406,7 @@ int64_t segment_block(int64_t N, int64_t C, int64_t L, int inputs) {
   return std::clamp<int64_t>(kSegBytes / per_channel, 1, std::min(C, kSegBlock));
 }
 
-template <typename T, typename Map>
+template <bool Relu = false, typename T, typename Map>
 void forward_train_segments(T* y, T* mean, T* rstd, T* var, const T* x, const Map& map, int64_t N,
                             int64_t C, int64_t L, T eps) {
   const int64_t B = segment_block<T>(N, C, L, 1), nblocks = (C + B - 1) / B;
@@ -387,12 +444,13 @@ void forward_train_segments(T* y, T* mean, T* rstd, T* var, const T* x, const Ma
           const T* xs = x + (i * C + c) * L;
           T* ys = y + (i * C + c) * L;
           if (!ok[j]) {
-            for (int64_t l = 0; l < L; ++l) ys[l] = map.exact(xs[l], m[j], r[j], c);
+            for (int64_t l = 0; l < L; ++l)
+              ys[l] = maybe_relu<Relu>(map.exact(xs[l], m[j], r[j], c));
             continue;
           }
           const T kj = k[j], aj = a[j], bj = b[j];
           detail::map_row(
-              ys, L, stream, [=](auto v) { return (v - kj) * aj + bj; }, xs);
+              ys, L, stream, [=](auto v) { return maybe_relu<Relu>((v - kj) * aj + bj); }, xs);
         }
     }
     if (stream) detail::stream_fence();
@@ -405,15 +463,18 @@ void forward_train_segments(T* y, T* mean, T* rstd, T* var, const T* x, const Ma
 // three detail::sum_row_wide calls (so the same sums), but every value of x
 // and dy is loaded and converted once instead of twice (the sweeps that
 // re-read the segment from L1 were a third of the backward's sum pass).
-template <typename T>
+// With Relu, dy is masked where the fused forward's output y is <= 0.
+template <bool Relu = false, typename T>
 void backward_sums(int64_t n, const T* x, const T* dy, double m, double& sdy, double& sdyx,
-                   double& sx) {
+                   double& sx, const T* y = nullptr) {
   using detail::load_wide;
   using V = detail::Vec<double>;
   constexpr int64_t W = detail::kWideLanes;
   V d0{}, d1{}, d2{}, d3{}, p0{}, p1{}, p2{}, p3{}, c0{}, c1{}, c2{}, c3{};
   const auto step = [&](int64_t at, V& d, V& p, V& c) {
-    const V v = load_wide(x + at) - m, g = load_wide(dy + at);
+    const V v = load_wide(x + at) - m;
+    V g = load_wide(dy + at);
+    if constexpr (Relu) g = masked_dy<true>(g, load_wide(y + at));
     d += g;
     p += g * v;
     c += v;
@@ -430,7 +491,8 @@ void backward_sums(int64_t n, const T* x, const T* dy, double m, double& sdy, do
          b = detail::hsum<double>((p0 + p1) + (p2 + p3)),
          c = detail::hsum<double>((c0 + c1) + (c2 + c3));
   for (; i < n; ++i) {
-    const double v = static_cast<double>(x[i]) - m, g = static_cast<double>(dy[i]);
+    const double v = static_cast<double>(x[i]) - m,
+                 g = static_cast<double>(Relu ? masked_dy<true>(dy[i], y[i]) : dy[i]);
     a += g;
     b += g * v;
     c += v;
@@ -440,10 +502,10 @@ void backward_sums(int64_t n, const T* x, const T* dy, double m, double& sdy, do
   sx += c;
 }
 
-template <typename T>
+template <bool Relu = false, typename T>
 void backward_segments(bool train, T* dx, T* dgamma, T* dbeta, const T* dy, const T* x,
                        const T* mean, const T* rstd, const T* gamma, int64_t N, int64_t C,
-                       int64_t L) {
+                       int64_t L, const T* ry = nullptr) {
   const double M = static_cast<double>(N * L);
   const int64_t B = segment_block<T>(N, C, L, 2), nblocks = (C + B - 1) / B;
   const bool stream = detail::stream_output<T>(N * C * L);
@@ -457,7 +519,8 @@ void backward_segments(bool train, T* dx, T* dgamma, T* dbeta, const T* dy, cons
         for (int64_t j = 0; j < nc; ++j) {
           const T* xs = x + (i * C + c0 + j) * L;
           const T* dys = dy + (i * C + c0 + j) * L;
-          backward_sums<T>(L, xs, dys, static_cast<double>(mean[c0 + j]), sdy[j], sdyx[j], sx[j]);
+          backward_sums<Relu, T>(L, xs, dys, static_cast<double>(mean[c0 + j]), sdy[j], sdyx[j],
+                                 sx[j], Relu ? ry + (i * C + c0 + j) * L : nullptr);
         }
       T A[kSegBlock], Bc[kSegBlock], Cc[kSegBlock];
       ChannelGrad g[kSegBlock];
@@ -472,18 +535,34 @@ void backward_segments(bool train, T* dx, T* dgamma, T* dbeta, const T* dy, cons
           const T* xs = x + (i * C + c) * L;
           const T* dys = dy + (i * C + c) * L;
           T* dxs = dx + (i * C + c) * L;
+          const T* ys = Relu ? ry + (i * C + c) * L : nullptr;
           const T mc = mean[c], Aj = A[j], Bj = Bc[j], Cj = Cc[j];
           // An overflow in the fold shows as inf or NaN: redo the segment.
           bool finite = false;
-          if (ok[j] && train)
-            finite = detail::map_row_finite(
-                dxs, L, stream, [=](auto dv, auto v) { return dv * Aj + (v - mc) * Bj + Cj; }, dys,
-                xs);
-          else if (ok[j])
-            finite = detail::map_row_finite(
-                dxs, L, stream, [=](auto dv) { return dv * Aj; }, dys);
+          if constexpr (Relu) {
+            if (ok[j] && train)
+              finite = detail::map_row_finite(
+                  dxs, L, stream,
+                  [=](auto dv, auto v, auto yv) {
+                    return masked_dy<true>(dv, yv) * Aj + (v - mc) * Bj + Cj;
+                  },
+                  dys, xs, ys);
+            else if (ok[j])
+              finite = detail::map_row_finite(
+                  dxs, L, stream, [=](auto dv, auto yv) { return masked_dy<true>(dv, yv) * Aj; },
+                  dys, ys);
+          } else {
+            if (ok[j] && train)
+              finite = detail::map_row_finite(
+                  dxs, L, stream, [=](auto dv, auto v) { return dv * Aj + (v - mc) * Bj + Cj; },
+                  dys, xs);
+            else if (ok[j])
+              finite = detail::map_row_finite(
+                  dxs, L, stream, [=](auto dv) { return dv * Aj; }, dys);
+          }
           if (!finite)
-            for (int64_t l = 0; l < L; ++l) dxs[l] = exact_dx(train, xs[l], dys[l], g[j]);
+            for (int64_t l = 0; l < L; ++l)
+              dxs[l] = exact_dx(train, xs[l], Relu ? masked_dy<true>(dys[l], ys[l]) : dys[l], g[j]);
         }
     }
     if (stream) detail::stream_fence();
@@ -509,9 +588,14 @@ void batchnorm_forward_train(T* y, T* mean, T* rstd, T* var, const T* x, const T
 // so is a row (segment) with a non-finite output: if (x - mean) * a + b
 // overflowed anywhere, its result is inf or NaN (map_row_finite), and ref::
 // may still be finite (a = 1e-3 on x = 3e38, mean = -3e38).
-template <typename T>
-void batchnorm_forward_eval(T* y, const T* x, const T* mean, const T* var, const T* gamma,
-                            const T* beta, int64_t N, int64_t C, int64_t L, T eps) {
+//
+// With Relu (a fused ReLU) the outputs are clamped as they are written; the
+// finiteness check then sees relu's output, where an overflow to -inf shows
+// as 0: ref:: followed by the ReLU gives 0 there too (a fold's overflow keeps
+// the sign of (x - mean) * a).
+template <bool Relu, typename T>
+void forward_eval(T* y, const T* x, const T* mean, const T* var, const T* gamma, const T* beta,
+                  int64_t N, int64_t C, int64_t L, T eps) {
   const bool stream = detail::stream_output<T>(N * C * L);
   const int64_t Cp = detail::padded(C);
   T* a = detail::scratch<T>(2 * Cp);
@@ -528,7 +612,7 @@ void batchnorm_forward_eval(T* y, const T* x, const T* mean, const T* var, const
   }
   const auto exact_one = [&](int64_t i, int64_t c, int64_t l) {
     const int64_t k = (i * C + c) * L + l;
-    y[k] = exact_y(x[k], static_cast<double>(mean[c]), rd[c], gamma, beta, c);
+    y[k] = maybe_relu<Relu>(exact_y(x[k], static_cast<double>(mean[c]), rd[c], gamma, beta, c));
   };
 #pragma omp parallel num_threads(detail::kernel_threads(N* C* L))
   {
@@ -537,8 +621,8 @@ void batchnorm_forward_eval(T* y, const T* x, const T* mean, const T* var, const
       if (L == 1) {
         const bool finite = detail::map_row_finite(
             y + i * C, C, stream,
-            [](auto v, auto m, auto ac, auto bc) { return (v - m) * ac + bc; }, x + i * C, mean, a,
-            b);
+            [](auto v, auto m, auto ac, auto bc) { return maybe_relu<Relu>((v - m) * ac + bc); },
+            x + i * C, mean, a, b);
         if (!finite)
           for (int64_t c = 0; c < C; ++c) exact_one(i, c, 0);
         else
@@ -552,7 +636,7 @@ void batchnorm_forward_eval(T* y, const T* x, const T* mean, const T* var, const
         T chk = 0;
 #pragma omp simd reduction(+ : chk)
         for (int64_t l = 0; l < L; ++l) {
-          ys[l] = (xs[l] - m) * ac + bc;
+          ys[l] = maybe_relu<Relu>((xs[l] - m) * ac + bc);
           chk += ys[l] - ys[l];
         }
         if (chk != chk)
@@ -563,6 +647,12 @@ void batchnorm_forward_eval(T* y, const T* x, const T* mean, const T* var, const
     }
     if (stream) detail::stream_fence();
   }
+}
+
+template <typename T>
+void batchnorm_forward_eval(T* y, const T* x, const T* mean, const T* var, const T* gamma,
+                            const T* beta, int64_t N, int64_t C, int64_t L, T eps) {
+  forward_eval<false>(y, x, mean, var, gamma, beta, N, C, L, eps);
 }
 
 template <typename T>
@@ -585,6 +675,40 @@ void batchnorm_backward_eval(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x
     backward_segments(false, dx, dgamma, dbeta, dy, x, mean, rstd, gamma, N, C, L);
 }
 
+// ---- BatchNorm with a following ReLU fused in (include/normlab/kernels.hpp) ----
+// The kernels above with maybe_relu on every output and masked_dy on every dy
+// read: the same sums in the same order over the same (masked) values, so the
+// results equal BatchNorm's kernel followed by relu_forward, and relu_backward
+// followed by BatchNorm's backward, bit for bit.
+
+template <typename T>
+void batchnorm_relu_forward_train(T* y, T* mean, T* rstd, T* var, const T* x, const T* gamma,
+                                  const T* beta, int64_t N, int64_t C, int64_t L, T eps) {
+  if (N * C * L == 0) return;
+  const BnMap<T> map{gamma, beta};
+  if (L == 1)
+    forward_train_rows<true>(y, mean, rstd, var, x, map, N, C, eps);
+  else
+    forward_train_segments<true>(y, mean, rstd, var, x, map, N, C, L, eps);
+}
+
+template <typename T>
+void batchnorm_relu_forward_eval(T* y, const T* x, const T* mean, const T* var, const T* gamma,
+                                 const T* beta, int64_t N, int64_t C, int64_t L, T eps) {
+  forward_eval<true>(y, x, mean, var, gamma, beta, N, C, L, eps);
+}
+
+template <typename T>
+void batchnorm_relu_backward(bool train, T* dx, T* dgamma, T* dbeta, const T* dy, const T* y,
+                             const T* x, const T* mean, const T* rstd, const T* gamma, int64_t N,
+                             int64_t C, int64_t L) {
+  if (N * C * L == 0) return;
+  if (L == 1)
+    backward_rows<true>(train, dx, dgamma, dbeta, dy, x, mean, rstd, gamma, N, C, y);
+  else
+    backward_segments<true>(train, dx, dgamma, dbeta, dy, x, mean, rstd, gamma, N, C, L, y);
+}
+
 }  // namespace normlab::NORMLAB_ISA_NAMESPACE
 
 #define NORMLAB_INSTANTIATE(T)                                                                    \
@@ -595,7 +719,13 @@ void batchnorm_backward_eval(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x
   NORMLAB_KERNEL(batchnorm_backward_train, T, T*, T*, T*, const T*, const T*, const T*, const T*, \
                  const T*, int64_t, int64_t, int64_t)                                             \
   NORMLAB_KERNEL(batchnorm_backward_eval, T, T*, T*, T*, const T*, const T*, const T*, const T*,  \
-                 const T*, int64_t, int64_t, int64_t)
+                 const T*, int64_t, int64_t, int64_t)                                             \
+  NORMLAB_KERNEL(batchnorm_relu_forward_train, T, T*, T*, T*, T*, const T*, const T*, const T*,   \
+                 int64_t, int64_t, int64_t, T)                                                    \
+  NORMLAB_KERNEL(batchnorm_relu_forward_eval, T, T*, const T*, const T*, const T*, const T*,      \
+                 const T*, int64_t, int64_t, int64_t, T)                                          \
+  NORMLAB_KERNEL(batchnorm_relu_backward, T, bool, T*, T*, T*, const T*, const T*, const T*,      \
+                 const T*, const T*, const T*, int64_t, int64_t, int64_t)
 NORMLAB_INSTANTIATE(float)
 NORMLAB_INSTANTIATE(double)
 #undef NORMLAB_INSTANTIATE

@@ -2,6 +2,7 @@
 // against. Plain loops, statistics accumulated in double, two passes for the variance.
 // Derivation of the backward formulas: docs/derivations.md.
 #include <cmath>
+#include <vector>
 
 #include "normlab/kernels.hpp"
 
@@ -163,6 +164,30 @@ void batchnorm_backward_eval(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x
   }
 }
 
+template <typename T>
+void batchnorm_relu_forward_train(T* y, T* mean, T* rstd, T* var, const T* x, const T* gamma,
+                                  const T* beta, int64_t N, int64_t C, int64_t L, T eps) {
+  batchnorm_forward_train(y, mean, rstd, var, x, gamma, beta, N, C, L, eps);
+  for (int64_t i = 0; i < N * C * L; ++i) y[i] = y[i] < T(0) ? T(0) : y[i];
+}
+
+template <typename T>
+void batchnorm_relu_forward_eval(T* y, const T* x, const T* mean, const T* var, const T* gamma,
+                                 const T* beta, int64_t N, int64_t C, int64_t L, T eps) {
+  batchnorm_forward_eval(y, x, mean, var, gamma, beta, N, C, L, eps);
+  for (int64_t i = 0; i < N * C * L; ++i) y[i] = y[i] < T(0) ? T(0) : y[i];
+}
+
+template <typename T>
+void batchnorm_relu_backward(bool train, T* dx, T* dgamma, T* dbeta, const T* dy, const T* y,
+                             const T* x, const T* mean, const T* rstd, const T* gamma, int64_t N,
+                             int64_t C, int64_t L) {
+  std::vector<T> g(static_cast<size_t>(N * C * L));
+  for (int64_t i = 0; i < N * C * L; ++i) g[i] = y[i] <= T(0) ? T(0) : dy[i];
+  (train ? batchnorm_backward_train<T> : batchnorm_backward_eval<T>)(dx, dgamma, dbeta, g.data(), x,
+                                                                     mean, rstd, gamma, N, C, L);
+}
+
 #define NORMLAB_INSTANTIATE(T)                                                                    \
   template void layernorm_forward<T>(T*, T*, T*, const T*, const T*, const T*, int64_t, int64_t,  \
                                      T);                                                          \
@@ -175,7 +200,14 @@ void batchnorm_backward_eval(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x
   template void batchnorm_backward_train<T>(T*, T*, T*, const T*, const T*, const T*, const T*,   \
                                             const T*, int64_t, int64_t, int64_t);                 \
   template void batchnorm_backward_eval<T>(T*, T*, T*, const T*, const T*, const T*, const T*,    \
-                                           const T*, int64_t, int64_t, int64_t);
+                                           const T*, int64_t, int64_t, int64_t);                  \
+  template void batchnorm_relu_forward_train<T>(T*, T*, T*, T*, const T*, const T*, const T*,     \
+                                                int64_t, int64_t, int64_t, T);                    \
+  template void batchnorm_relu_forward_eval<T>(T*, const T*, const T*, const T*, const T*,        \
+                                               const T*, int64_t, int64_t, int64_t, T);           \
+  template void batchnorm_relu_backward<T>(bool, T*, T*, T*, const T*, const T*, const T*,        \
+                                           const T*, const T*, const T*, int64_t, int64_t,        \
+                                           int64_t);
 NORMLAB_INSTANTIATE(float)
 NORMLAB_INSTANTIATE(double)
 #undef NORMLAB_INSTANTIATE

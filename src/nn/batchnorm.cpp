@@ -89,8 +89,9 @@ const Tensor<T>& BatchNorm1d<T>::forward_impl(const Tensor<T>& x) {
     return y_;
   }
   if (!used_batch_stats_) {
-    batchnorm_forward_eval(y_.data(), x.data(), running_mean.data(), running_var.data(), gamma,
-                           beta, N, C_, L, eps);
+    (relu_ ? batchnorm_relu_forward_eval<T>
+           : batchnorm_forward_eval<T>)(y_.data(), x.data(), running_mean.data(),
+                                        running_var.data(), gamma, beta, N, C_, L, eps);
     for (int64_t c = 0; c < C_; ++c) {
       mean_[c] = running_mean[c];
       rstd_[c] = T(1) / std::sqrt(running_var[c] + eps);
@@ -98,12 +99,14 @@ const Tensor<T>& BatchNorm1d<T>::forward_impl(const Tensor<T>& x) {
     return y_;
   }
   var_.resize({C_});
-  batchnorm_forward_train(y_.data(), mean_.data(), rstd_.data(), var_.data(), x.data(), gamma, beta,
-                          N, C_, L, eps);
+  (relu_ ? batchnorm_relu_forward_train<T>
+         : batchnorm_forward_train<T>)(y_.data(), mean_.data(), rstd_.data(), var_.data(), x.data(),
+                                       gamma, beta, N, C_, L, eps);
   exact_ = statistics_overflowed(mean_, rstd_);  // see nn/overflow_fallback.hpp
   if (exact_)
-    ref::batchnorm_forward_train(y_.data(), mean_.data(), rstd_.data(), var_.data(), x.data(),
-                                 gamma, beta, N, C_, L, eps);
+    (relu_ ? ref::batchnorm_relu_forward_train<T>
+           : ref::batchnorm_forward_train<T>)(y_.data(), mean_.data(), rstd_.data(), var_.data(),
+                                              x.data(), gamma, beta, N, C_, L, eps);
   if (this->training_ && opt_.track_running_stats) {
     ++num_batches_tracked;
     const double f =
@@ -126,7 +129,12 @@ const Tensor<T>& BatchNorm1d<T>::backward(const Tensor<T>& dy) {
   const T* gamma = opt_.affine ? weight.data() : nullptr;
   T* dgamma = opt_.affine ? dweight.data() : nullptr;
   T* dbeta = opt_.affine ? dbias.data() : nullptr;
-  if (used_batch_stats_)
+  if (relu_)  // dy masked by the fused ReLU's output y_ inside the kernels' sweeps
+    (exact_ && used_batch_stats_
+         ? ref::batchnorm_relu_backward<T>
+         : batchnorm_relu_backward<T>)(used_batch_stats_, dx, dgamma, dbeta, dy.data(), y_.data(),
+                                       x_->data(), mean_.data(), rstd_.data(), gamma, N, C_, L);
+  else if (used_batch_stats_)
     (exact_ ? ref::batchnorm_backward_train<T>
             : batchnorm_backward_train<T>)(dx, dgamma, dbeta, dy.data(), x_->data(), mean_.data(),
                                            rstd_.data(), gamma, N, C_, L);
@@ -134,6 +142,12 @@ const Tensor<T>& BatchNorm1d<T>::backward(const Tensor<T>& dy) {
     batchnorm_backward_eval(dx, dgamma, dbeta, dy.data(), x_->data(), mean_.data(), rstd_.data(),
                             gamma, N, C_, L);
   return dx_;
+}
+
+template <typename T>
+bool BatchNorm1d<T>::fuse_relu(bool on) {
+  relu_ = on;
+  return true;
 }
 
 template <typename T>
