@@ -63,9 +63,10 @@ struct TrainConfig {
   // Under mpirun: the sharded optimizer (ZeRO stage 1, docs/distributed.md):
   // gradients reduce-scattered, each rank updates its 1 / K of the parameters
   // and keeps the optimizer state of those only, then the weights are
-  // all-gathered. Off: every rank all-reduces the gradients and updates all.
-  // The files are the same either way; no effect in one process.
-  bool shard_optimizer = false;
+  // all-gathered; the default, as it measured faster on one machine. Off
+  // (--no-shard-optimizer): every rank all-reduces the gradients and updates
+  // all. The files are the same either way; no effect in one process.
+  bool shard_optimizer = true;
 };
 
 struct EpochMetrics {
