@@ -135,7 +135,7 @@ constexpr int kSteps = 4;
 // batch of kRows rows: in one process when comm is null, else this rank's
 // contiguous slice of the rows, sharded or not.
 RunResult train(const std::string& name, const OptimizerOptions& options, Communicator* comm,
-                bool shard) {
+                bool shard, bool merged = false) {
   Rng rng(5);
   auto model = build_model<float>("linear(16), relu, ln, linear(16), relu, linear(4)",
                                   Shape{kRows, kD}, rng);
@@ -154,8 +154,9 @@ RunResult train(const std::string& name, const OptimizerOptions& options, Commun
   for (int64_t i = 0; i < kRows; ++i) y[i] = static_cast<int32_t>(i % 4);
   const int K = comm ? comm->size() : 1, r = comm ? comm->rank() : 0;
   const int64_t lo = kRows * r / K, hi = kRows * (r + 1) / K;
-  for (int s = 0; s < kSteps; ++s)
-    trainer.train_step(x.data() + lo * kD, y.data() + lo, hi - lo, kD);
+  Tensor<float> xs({hi - lo, kD});
+  std::copy(x.begin() + lo * kD, x.begin() + hi * kD, xs.data());
+  for (int s = 0; s < kSteps; ++s) trainer.train_step(xs, y.data() + lo, merged ? kRows : 0);
   RunResult out;
   out.values.assign(opt->values().begin(), opt->values().end());
   Communicator& c = comm ? *comm : world();
@@ -183,20 +184,23 @@ TEST(ShardedOptimizer, TrainerStepEqualsOneProcessAndTheUnshardedRanks) {
   for (const auto& [name, options] : optimizers) {
     const RunResult one = train(name, options, nullptr, false);
     for (int K : {2, 3}) {
-      std::vector<RunResult> sharded(K), plain(K);
+      std::vector<RunResult> sharded(K), plain(K), merged(K);
       std::mutex m;
       run_simulated_ranks(K, [&](Communicator& c) {
         RunResult a = train(name, options, &c, true);
         RunResult b = train(name, options, &c, false);
+        RunResult d = train(name, options, &c, true, true);  // the loss's sums after backward
         std::lock_guard<std::mutex> lk(m);
         sharded[c.rank()] = std::move(a);
         plain[c.rank()] = std::move(b);
+        merged[c.rank()] = std::move(d);
       });
       for (int r = 0; r < K; ++r) {
         SCOPED_TRACE(name + ", K = " + std::to_string(K) + ", rank " + std::to_string(r));
         ASSERT_EQ(sharded[r].values.size(), one.values.size());
         for (size_t i = 0; i < one.values.size(); ++i) {
           ASSERT_EQ(sharded[r].values[i], plain[r].values[i]) << i;
+          ASSERT_EQ(merged[r].values[i], plain[r].values[i]) << i;
           ASSERT_NEAR(sharded[r].values[i], one.values[i], 2e-5 + 2e-4 * std::fabs(one.values[i]))
               << i;
         }
@@ -276,4 +280,45 @@ TEST(ShardedOptimizer, EveryRankRefusesAStepWithANonFiniteGradientInAnySlice) {
                   "weights were not updated")
             << "K = " << K << ", NaN from rank " << bad_rank << ", rank " << r;
     }
+}
+
+// With the loss's sums merged into the gradient check's all-reduce (the
+// global row count given), a NaN input on one rank still stops every rank at
+// the same step before any update, each naming what it saw; a wrong global
+// row count is an Error on every rank.
+TEST(ShardedOptimizer, MergedLossAgreementRefusesANanInputOnAnyRank) {
+  for (int K : {2, 3}) {
+    std::vector<std::string> messages(K);
+    run_simulated_ranks(K, [&](Communicator& c) {
+      Rng rng(1);
+      auto model = build_model<float>("linear(8), relu, linear(3)", Shape{6, 5}, rng);
+      auto opt = make_optimizer("sgd", {.lr = 0.1}, model->state());
+      const auto [lo, hi] =
+          Optimizer::shard_range(static_cast<int64_t>(opt->values().size()), c.rank(), K);
+      opt->shard(lo, hi);
+      Trainer trainer(*model, *opt);
+      trainer.set_communicator(&c);
+      Tensor<float> x({2, 5}, 0.5f);
+      if (c.rank() == K - 1) x[7] = std::numeric_limits<float>::quiet_NaN();
+      const std::vector<int32_t> y = {0, 1};
+      const std::vector<float> before(opt->values().begin(), opt->values().end());
+      try {
+        trainer.train_step(x, y.data(), 2 * K);
+        ADD_FAILURE() << "NaN input accepted";
+      } catch (const NonFiniteError& e) {
+        messages[c.rank()] = e.what();
+      }
+      EXPECT_EQ(std::vector<float>(opt->values().begin(), opt->values().end()), before);
+      x[7] = 0.5f;
+      EXPECT_THROW(trainer.train_step(x, y.data(), 2 * K + 1), Error);
+    });
+    for (int r = 0; r < K; ++r)
+      EXPECT_EQ(messages[r],
+                r == K - 1
+                    ? "training step 1: the input batch holds nan at row 1, column 2 of rank " +
+                          std::to_string(r) + "'s shard; the weights were not updated"
+                    : std::string("training step 1: the input batch of another rank holds a "
+                                  "NaN or infinity; the weights were not updated"))
+          << "K = " << K << ", rank " << r;
+  }
 }

@@ -55,7 +55,11 @@ class Trainer {
   // checks, optimizer step. x is (N, D) (copied into a reused buffer), labels (N).
   StepResult train_step(const float* x, const int32_t* labels, int64_t N, int64_t D);
   // The same on a batch already in a tensor (N, ...), which must stay unchanged during the call.
-  StepResult train_step(const Tensor<float>& x, const int32_t* labels);
+  // Data parallel, global_rows > 0 says how many rows the global batch has
+  // (the sum of the ranks' N): with the sharded optimizer the loss's
+  // all-reduce then joins the gradient check's after backward (one collective
+  // a step fewer; a wrong count is an Error); 0: the rows are all-reduced.
+  StepResult train_step(const Tensor<float>& x, const int32_t* labels, int64_t global_rows = 0);
 
   // Loss and accuracy over N rows in batches of batch_size, in eval mode
   // (BatchNorm uses its running statistics); the model's mode is restored after.
@@ -110,6 +114,8 @@ class Trainer {
   int64_t bucket_bytes_ = 0;
   // Sharded optimizer: every rank's slice length (Optimizer::shard_range), and
   // the gradient check's (position + 1, value) per rank.
+  // check_sums_: the loss's kLossSums sums (merged), then (position + 1, value) per rank.
+  static constexpr size_t kLossSums = 4;
   std::vector<int64_t> shard_counts_;
   std::vector<double> check_sums_;
   std::vector<int64_t> layer_start_;

@@ -575,7 +575,7 @@ std::vector<EpochMetrics> run_training(const TrainConfig& cfg, TrainingObserver&
         for (auto& [c, copy] : count_backup) copy = *c;
       }
       try {
-        const StepResult r = trainer.train_step(x, y.data());
+        const StepResult r = trainer.train_step(x, y.data(), B);
         pos.loss_sum += r.loss * static_cast<double>(B);
         pos.correct += r.correct;
         pos.count += B;

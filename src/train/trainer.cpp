@@ -110,7 +110,7 @@ EvalResult evaluate(Layer<float>& model, Tensor<float>& batch, const float* x,
   return r;
 }
 
-StepResult Trainer::train_step(const Tensor<float>& x, const int32_t* labels) {
+StepResult Trainer::train_step(const Tensor<float>& x, const int32_t* labels, int64_t global_rows) {
   if (x.rank() < 1 || x.dim(0) <= 0)
     fail("train_step: empty batch of shape ", shape_str(x.shape()));
   const int64_t step = optimizer_.steps() + 1;
@@ -162,32 +162,59 @@ StepResult Trainer::train_step(const Tensor<float>& x, const int32_t* labels) {
     r.correct = count_correct(logits->data(), labels, N, logits->dim(1));
   }
   const double local_loss = r.loss;
-  if (comm_) {
-    double sums[4] = {static_cast<double>(N), bad_input >= 0 ? 1.0 : 0.0,
-                      r.loss * static_cast<double>(N), static_cast<double>(r.correct)};
-    {
-      const profile::Scope timer("loss allreduce");
-      comm_->allreduce_sum(sums, 4);
-    }
-    if (bad_input >= 0) input_error();
-    if (sums[1] > 0) non_finite("the input batch of another rank holds a NaN or infinity");
-    // This rank's mean becomes its share of the global mean (sums[0] rows): dlogits too.
-    const float s = static_cast<float>(static_cast<double>(N) / sums[0]);
+  // Data parallel, the global batch's sums (rows, ranks with a NaN/inf input,
+  // loss sum, correct) are all-reduced after the forward pass; with the
+  // sharded optimizer and the global row count given, they travel instead
+  // with the gradient check's all-reduce after backward (one collective and
+  // one point where a rank waits for the other a step fewer; a NaN input or
+  // loss then runs through backward, which it only poisons, and every rank
+  // still refuses the step before any update).
+  const bool merged = comm_ && optimizer_.sharded() && global_rows > 0;
+  std::string where_non_finite;  // the layer whose output first went non-finite (this rank)
+  if (!std::isfinite(local_loss))
+    if (const auto* seq = dynamic_cast<const Sequential<float>*>(&model_))
+      where_non_finite = seq->locate_non_finite_output();
+  auto scale_dlogits = [&](double rows) {
+    // This rank's mean becomes its share of the global mean: dlogits too.
+    const float s = static_cast<float>(static_cast<double>(N) / rows);
     float* g = dlogits_.data();
     for (int64_t j = 0; j < dlogits_.numel(); ++j) g[j] *= s;
+  };
+  auto agree_on_loss = [&](const double* sums) {
+    if (bad_input >= 0) input_error();
+    if (sums[1] > 0) non_finite("the input batch of another rank holds a NaN or infinity");
     r.loss = sums[2] / sums[0];
     r.correct = static_cast<int64_t>(std::llround(sums[3]));
-  }
-  if (!std::isfinite(r.loss)) {
+  };
+  auto check_loss = [&] {
+    if (std::isfinite(r.loss)) return;
     std::ostringstream os;
     os << "the loss is " << r.loss;
     if (comm_ && std::isfinite(local_loss)) os << " (from another rank's shard)";
     // Name the layer whose output first went non-finite (the input was checked above).
-    if (!std::isfinite(local_loss))
-      if (const auto* seq = dynamic_cast<const Sequential<float>*>(&model_))
-        if (const std::string where = seq->locate_non_finite_output(); !where.empty())
-          os << "; " << where;
+    if (!where_non_finite.empty()) os << "; " << where_non_finite;
     non_finite(os.str());
+  };
+  auto loss_sums = [&](double* sums) {
+    sums[0] = static_cast<double>(N);
+    sums[1] = bad_input >= 0 ? 1.0 : 0.0;
+    sums[2] = r.loss * static_cast<double>(N);
+    sums[3] = static_cast<double>(r.correct);
+  };
+  if (merged) {
+    scale_dlogits(static_cast<double>(global_rows));
+  } else {
+    if (comm_) {
+      double sums[4];
+      loss_sums(sums);
+      {
+        const profile::Scope timer("loss allreduce");
+        comm_->allreduce_sum(sums, 4);
+      }
+      agree_on_loss(sums);
+      scale_dlogits(sums[0]);
+    }
+    check_loss();
   }
 
   // Data parallel: the sum of the ranks' shares is the global batch's gradient.
@@ -208,7 +235,7 @@ StepResult Trainer::train_step(const Tensor<float>& x, const int32_t* labels) {
       const auto [lo, hi] = Optimizer::shard_range(flat, r, comm_->size());
       shard_counts_.push_back(hi - lo);
     }
-    check_sums_.assign(2 * static_cast<size_t>(comm_->size()), 0.0);
+    check_sums_.assign(kLossSums + 2 * static_cast<size_t>(comm_->size()), 0.0);
   }
   overlap_ = comm_ && bucket_bytes_ > 0 && seq && !sharded;
   if (overlap_) {
@@ -261,16 +288,26 @@ StepResult Trainer::train_step(const Tensor<float>& x, const int32_t* labels) {
     if (sharded) {
       // The slices' findings in one all-reduce of (position + 1, value) a rank
       // (zeros elsewhere): the first in rank order is the first in the block.
-      const profile::Scope wait("gradient check allreduce");
-      const size_t me = 2 * static_cast<size_t>(comm_->rank());
+      // Merged: the loss's sums (kLossSums) go with them.
+      const profile::Scope wait(merged ? "loss and gradient check allreduce"
+                                       : "gradient check allreduce");
       std::fill(check_sums_.begin(), check_sums_.end(), 0.0);
+      if (merged) loss_sums(check_sums_.data());
+      const size_t me = kLossSums + 2 * static_cast<size_t>(comm_->rank());
       if (at >= 0) {
         check_sums_[me] = static_cast<double>(at + 1);
         check_sums_[me + 1] = optimizer_.shard_grads()[at - optimizer_.shard_begin()];
       }
       comm_->allreduce_sum(check_sums_.data(), static_cast<int64_t>(check_sums_.size()));
+      if (merged) {
+        if (check_sums_[0] != static_cast<double>(global_rows))
+          fail("train_step: the global batch was given as ", global_rows,
+               " rows, but the ranks' shards hold ", check_sums_[0]);
+        agree_on_loss(check_sums_.data());
+        check_loss();
+      }
       at = -1;
-      for (size_t r = 0; r < check_sums_.size() && at < 0; r += 2)
+      for (size_t r = kLossSums; r < check_sums_.size() && at < 0; r += 2)
         if (check_sums_[r] > 0) {
           at = static_cast<int64_t>(check_sums_[r]) - 1;
           value = static_cast<float>(check_sums_[r + 1]);
