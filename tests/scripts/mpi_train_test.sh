@@ -10,7 +10,8 @@
 #   mpi_train_test.sh NORMLAB fault        a rank SIGKILLed mid-run: the job ends non-zero
 #                                          within seconds, the last checkpoint is intact, and
 #                                          --resume from it (with 3 ranks) ends where an
-#                                          uninterrupted run ends
+#                                          uninterrupted run ends; a NaN in one rank's shard
+#                                          with --on-nonfinite skip: skipped as in one process
 #   mpi_train_test.sh NORMLAB syncfamily   --sync-bn with batchnorm2d and Batch Renorm: K = 2, 3
 #                                          equal one process; with Ghost BN a clear error
 #   mpi_train_test.sh NORMLAB study        mpirun -np 2 normlab study: runs split over the
@@ -122,6 +123,19 @@ PY
     --progress never --out "$work/killed" >"$work/resume.log" 2>&1 || { cat "$work/resume.log"; exit 1; }
   check "--resume with 3 ranks ends with the weights of the uninterrupted run" \
     $compare "$work/killed/checkpoint.safetensors" "$work/whole/checkpoint.safetensors" "${tol[@]}"
+  # A NaN in rank 0's shard of batch 5 with --on-nonfinite skip: every rank
+  # skips that step (the sharded step agrees on it after backward) and the run
+  # ends with the checkpoint of one process skipping the same batch.
+  one_epoch=("${common[@]}")
+  one_epoch[4]=1
+  NORMLAB_FAULT_BATCHES=5 "$normlab" "${one_epoch[@]}" --model "$spec" --sync-bn --on-nonfinite skip \
+    --out "$work/skip1" >/dev/null 2>&1 || exit 1
+  NORMLAB_FAULT_BATCHES=5 mpi 2 "$normlab" "${one_epoch[@]}" --model "$spec" --sync-bn --on-nonfinite skip \
+    --out "$work/skip2" >"$work/skip2.log" 2>&1 || { cat "$work/skip2.log"; exit 1; }
+  grep -q "warning: skipped step 5: training step 5: the input batch holds nan at row 0, column 0 of rank 0's shard" "$work/skip2.log" ||
+    { echo "FAIL: rank 0 did not report the skipped step"; cat "$work/skip2.log"; fails=$((fails + 1)); }
+  check "2 ranks skip the NaN step of one rank's shard as one process does (same checkpoint)" \
+    $compare "$work/skip2/checkpoint.safetensors" "$work/skip1/checkpoint.safetensors" "${tol[@]}"
   ;;
 badinput)
   mpi 3 "$normlab" "${common[@]}" --model "$spec" --limit-train 130 --out "$work/b1" >"$work/b1.log" 2>&1
