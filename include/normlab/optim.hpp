@@ -118,6 +118,12 @@ class Optimizer {
   // unsharded): every rank gets it, the entries valid while the result lives.
   // For checkpoints, which are then the files a one-process run writes.
   struct GatheredState {
+    // Moved, never copied: the entries point into the tensors' storage.
+    GatheredState() = default;
+    GatheredState(GatheredState&&) = default;
+    GatheredState& operator=(GatheredState&&) = default;
+    GatheredState(const GatheredState&) = delete;
+    GatheredState& operator=(const GatheredState&) = delete;
     std::vector<std::vector<Tensor<float>>> tensors;  // per buffer, per parameter
     std::vector<std::shared_ptr<float[]>> blocks;
     std::vector<StateEntry<float>> entries;
