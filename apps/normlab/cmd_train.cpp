@@ -146,6 +146,13 @@ void add_train_command(CLI::App& app) {
                 "Every batchnorm and batchnorm2d becomes a SyncBatchNorm and every batchrenorm "
                 "a SyncBatchRenorm1d: under mpirun -np K, batch statistics of the global batch "
                 "(ghostbatchnorm and mean_only_batchnorm are refused; docs/distributed.md)");
+  cmd->add_flag("--shard-optimizer,!--no-shard-optimizer", cfg->shard_optimizer,
+                "Under mpirun: each rank updates only its 1/K slice of the parameters and keeps "
+                "the optimizer state of that slice (ZeRO stage 1: gradients reduce-scattered, "
+                "weights all-gathered; the default); --no-shard-optimizer: every rank "
+                "all-reduces the gradients and updates all. The same weights and files "
+                "(docs/distributed.md)")
+      ->capture_default_str();
   cmd->add_option("--progress", *progress, "auto (a bar on a terminal), always or never")
       ->capture_default_str();
 

@@ -1,46 +1,95 @@
-// MPI all-reduce of seed001's flat gradient block (0.80 M floats, 3.2 MB) on
-// this machine: one blocking MPI_Allreduce against two MPI_Iallreduce (the
-// overlapped trainer's two buckets) + MPI_Waitall, 40 calls each, 5 rounds
-// (docs/distributed.md, "Where the 2-rank step goes"). Not built by CMake:
+// MPI collectives on seed001's flat gradient block (0.80 M floats, 3.2 MB) on
+// this machine, 2 (or K) ranks, 40 calls each, 5 rounds (docs/distributed.md,
+// "Where the 2-rank step goes" and "The sharded optimizer"):
+//   - one blocking MPI_Allreduce (the plain trainer),
+//   - two MPI_Iallreduce + MPI_Waitall (the overlapped trainer's two buckets),
+//   - MPI_Reduce_scatter (uneven slices) + in-place MPI_Allgatherv (the
+//     sharded optimizer: gradients reduce-scattered, weights all-gathered),
+//   - the same with MPI_Reduce_scatter_block + in-place MPI_Allgather (even
+//     slices),
+//   - a ring of MPI_Sendrecv (K - 1 steps each way, the sum added in the
+//     caller's loop): what src/core/distributed.cpp does for the sharded optimizer.
+// Not built by CMake:
 //   mpicxx -O2 -o /tmp/mpi_allreduce bench/mpi/allreduce.cpp   (not in bench/*.cpp: that glob is
 //   normlab_bench)
 //   OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 mpirun --oversubscribe \
 //     --bind-to none --mca mpi_yield_when_idle 1 -np 2 /tmp/mpi_allreduce
-// (add --mca coll_tuned_use_dynamic_rules 1 --mca coll_tuned_allreduce_algorithm N
-// to try Open MPI's algorithms 1-6).
+// (add --mca coll_tuned_use_dynamic_rules 1 --mca coll_tuned_allreduce_algorithm N,
+// coll_tuned_reduce_scatter_algorithm N or coll_tuned_allgatherv_algorithm N to
+// try Open MPI's algorithms).
 #include <mpi.h>
+
 #include <chrono>
 #include <cstdio>
 #include <vector>
+
 int main(int argc, char** argv) {
   MPI_Init(&argc, &argv);
-  int rank;
+  int rank, K;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &K);
   const int n = 802324 + 200, half = 400000;
-  std::vector<float> g(n, 1.0f);
+  const int even = (n + K - 1) / K;  // the _block variants need equal slices: pad to K * even
+  std::vector<float> g(static_cast<size_t>(even) * K, 1.0f), slice(even), p(g.size(), 1.0f);
+  std::vector<int> counts(K), displs(K);
+  for (int r = 0; r < K; ++r) {
+    // Slices on 16-float lines, as the trainer cuts them (uneven for K = 3).
+    const int units = (n + 15) / 16;
+    displs[r] = std::min(n, units * r / K * 16);
+    const int end = std::min(n, units * (r + 1) / K * 16);
+    counts[r] = end - displs[r];
+  }
   auto now = [] { return std::chrono::steady_clock::now(); };
+  const char* names[] = {"Allreduce", "2 x Iallreduce + Waitall", "Reduce_scatter + Allgatherv",
+                         "Reduce_scatter_block + Allgather", "Sendrecv ring"};
+  std::vector<float> tmp(n);
+  auto chunk = [&](int c) { return (c % K + K) % K; };
   for (int round = 0; round < 5; ++round) {
-    double tb = 0, tn = 0;
-    for (int mode = 0; mode < 2; ++mode) {
+    double t[5];
+    for (int mode = 0; mode < 5; ++mode) {
       MPI_Barrier(MPI_COMM_WORLD);
       auto t0 = now();
       for (int i = 0; i < 40; ++i) {
-        if (mode == 0)
+        if (mode == 0) {
           MPI_Allreduce(MPI_IN_PLACE, g.data(), n, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
-        else {
+        } else if (mode == 1) {
           MPI_Request r[2];
           MPI_Iallreduce(MPI_IN_PLACE, g.data() + half, n - half, MPI_FLOAT, MPI_SUM,
                          MPI_COMM_WORLD, &r[0]);
           MPI_Iallreduce(MPI_IN_PLACE, g.data(), half, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD, &r[1]);
           MPI_Waitall(2, r, MPI_STATUSES_IGNORE);
+        } else if (mode == 2) {
+          MPI_Reduce_scatter(g.data(), slice.data(), counts.data(), MPI_FLOAT, MPI_SUM,
+                             MPI_COMM_WORLD);
+          MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, p.data(), counts.data(), displs.data(),
+                         MPI_FLOAT, MPI_COMM_WORLD);
+        } else if (mode == 4) {
+          const int next = (rank + 1) % K, prev = (rank + K - 1) % K;
+          for (int s = 0; s + 1 < K; ++s) {  // reduce-scatter: rank r ends with chunk r summed
+            const int cs = chunk(rank - s - 1), cr = chunk(rank - s - 2);
+            MPI_Sendrecv(g.data() + displs[cs], counts[cs], MPI_FLOAT, next, 0, tmp.data(),
+                         counts[cr], MPI_FLOAT, prev, 0, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+            float* d = g.data() + displs[cr];
+            for (int j = 0; j < counts[cr]; ++j) d[j] += tmp[j];
+          }
+          for (int s = 0; s + 1 < K; ++s) {  // allgather
+            const int cs = chunk(rank - s), cr = chunk(rank - s - 1);
+            MPI_Sendrecv(p.data() + displs[cs], counts[cs], MPI_FLOAT, next, 1,
+                         p.data() + displs[cr], counts[cr], MPI_FLOAT, prev, 1, MPI_COMM_WORLD,
+                         MPI_STATUS_IGNORE);
+          }
+        } else {
+          MPI_Reduce_scatter_block(g.data(), slice.data(), even, MPI_FLOAT, MPI_SUM,
+                                   MPI_COMM_WORLD);
+          MPI_Allgather(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, p.data(), even, MPI_FLOAT,
+                        MPI_COMM_WORLD);
         }
       }
-      double t = std::chrono::duration<double>(now() - t0).count() * 25;  // ms per call
-      (mode == 0 ? tb : tn) = t;
+      t[mode] = std::chrono::duration<double>(now() - t0).count() * 25;  // ms per call
     }
     if (rank == 0)
-      std::printf("round %d: blocking Allreduce %.3f ms, 2 x Iallreduce + Waitall %.3f ms\n", round,
-                  tb, tn);
+      std::printf("round %d: %s %.3f ms, %s %.3f ms, %s %.3f ms, %s %.3f ms, %s %.3f ms\n", round,
+                  names[0], t[0], names[1], t[1], names[2], t[2], names[3], t[3], names[4], t[4]);
   }
   MPI_Finalize();
 }

@@ -17,6 +17,7 @@
 #pragma once
 #include <cstdint>
 #include <functional>
+#include <span>
 #include <string>
 
 #include "normlab/error.hpp"
@@ -36,6 +37,18 @@ class Communicator {
   // data (bytes) of rank `root` is copied to every rank.
   virtual void broadcast(void* data, int64_t bytes, int root) = 0;
   virtual void barrier() = 0;
+  // The sharded optimizer's two collectives (ZeRO stage 1, docs/distributed.md).
+  // The flat block of sum(counts) floats is cut into K contiguous slices in
+  // rank order, rank r's of counts[r] values (uneven allowed, zero too);
+  // counts has size() entries, the same on every rank.
+  // reduce_scatter_sum: recv (counts[rank()] values) gets this rank's slice of
+  // the element-wise sum over the ranks of `send` (MPI_Reduce_scatter); send
+  // and recv must not overlap.
+  virtual void reduce_scatter_sum(const float* send, float* recv,
+                                  std::span<const int64_t> counts) = 0;
+  // allgather_slices: every rank's slice of `data` (rank r's values at its
+  // place in the block) goes to every rank's `data`, in place (MPI_Allgatherv).
+  virtual void allgather_slices(float* data, std::span<const int64_t> counts) = 0;
   // Non-blocking in-place float sum (MPI_Iallreduce): starts it and returns;
   // data must stay untouched until wait_all(). progress() lets the started ones
   // advance (MPI_Testall; MPI moves data only inside its calls), wait_all()

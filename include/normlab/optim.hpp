@@ -20,6 +20,14 @@
 // (Tensor: resizing a bound tensor throws). Building another optimizer over
 // the same model moves the parameters into its blocks; step() of the first
 // one then throws instead of updating tensors that no longer see its blocks.
+//
+// Sharded (ZeRO stage 1, Rajbhandari et al. 2020, sec. 5.1; used by `normlab
+// train` under mpirun, docs/distributed.md): after shard(begin, end) the
+// optimizer updates only the flat positions [begin, end), reads their
+// gradients from shard_grads() (which the caller fills with the ranks' summed
+// gradients, e.g. by Communicator::reduce_scatter_sum) and keeps its own state
+// for those positions only (1 / K of the memory); the caller all-gathers the
+// updated parameters. gather_state() collects the whole state for a checkpoint.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -29,6 +37,7 @@
 #include <utility>
 #include <vector>
 
+#include "normlab/distributed.hpp"
 #include "normlab/layer.hpp"
 
 namespace normlab {
@@ -50,8 +59,9 @@ class Optimizer {
   // The optimizer's own state, for checkpoints: "step" (int64 count: steps
   // taken), then per parameter, in parameter order, "<buffer>.<param name>"
   // tensors such as "exp_avg.0.weight". Writing saved values into these
-  // entries (same shapes) restores the optimizer exactly.
-  virtual std::vector<StateEntry<float>> state() = 0;
+  // entries (same shapes) restores the optimizer exactly. Throws once sharded
+  // (the state is then spread over the ranks: gather_state()).
+  std::vector<StateEntry<float>> state();
 
   int64_t steps() const { return steps_; }
   double lr() const { return lr_; }
@@ -78,6 +88,48 @@ class Optimizer {
   // the padding maps to the parameter before it, with an index >= its numel.
   std::pair<size_t, int64_t> locate(int64_t at) const;
 
+  // ---- sharding (ZeRO stage 1; see the top of this file)
+  // Rank `rank` of `ranks`' slice [begin, end) of a flat block of flat_size
+  // floats: the block's 16-float lines split as evenly as whole lines allow,
+  // in rank order (uneven slices, empty ones when there are more ranks than
+  // lines). Throws unless 0 <= rank < ranks.
+  static std::pair<int64_t, int64_t> shard_range(int64_t flat_size, int rank, int ranks);
+  // From now on step() updates only the flat positions [begin, end) (multiples
+  // of kFlatAlign, 0 <= begin <= end <= values().size()) from the gradients in
+  // shard_grads(), and the state of the other positions is freed: take it (or
+  // load it: state()) before. Other parameters are left alone. Once only; throws
+  // (naming the numbers) for a bad range or a second call.
+  void shard(int64_t begin, int64_t end);
+  bool sharded() const { return sharded_; }
+  int64_t shard_begin() const { return shard_begin_; }
+  int64_t shard_end() const { return shard_end_; }
+  // The gradients step() reads while sharded: end - begin values, flat position
+  // begin + j at j (its padding between parameters is never read); empty before shard().
+  std::span<float> shard_grads() {
+    return {shard_grads_.get(), static_cast<size_t>(sharded_ ? shard_end_ - shard_begin_ : 0)};
+  }
+  // The parts of the parameters inside [begin, end) (flat offset and count;
+  // all parameters when not sharded): what step() and a gradient scan visit.
+  const std::vector<Param>& shard_params() const { return pieces_; }
+
+  // The whole state as state() would give it unsharded, collected from the
+  // ranks of `comm` (a collective: every rank calls it, each sharded with
+  // shard_range(values().size(), rank, size) of its communicator, or all
+  // unsharded): every rank gets it, the entries valid while the result lives.
+  // For checkpoints, which are then the files a one-process run writes.
+  struct GatheredState {
+    // Moved, never copied: the entries point into the tensors' storage.
+    GatheredState() = default;
+    GatheredState(GatheredState&&) = default;
+    GatheredState& operator=(GatheredState&&) = default;
+    GatheredState(const GatheredState&) = delete;
+    GatheredState& operator=(const GatheredState&) = delete;
+    std::vector<std::vector<Tensor<float>>> tensors;  // per buffer, per parameter
+    std::vector<std::shared_ptr<float[]>> blocks;
+    std::vector<StateEntry<float>> entries;
+  };
+  GatheredState gather_state(Communicator& comm);
+
  protected:
   // Keeps the entries with a grad (trainable parameters) and binds their
   // values and gradients into the flat blocks; throws if there are none, a
@@ -85,16 +137,26 @@ class Optimizer {
   Optimizer(const std::string& kind, const std::vector<StateEntry<float>>& entries, double lr);
 
   // One state buffer laid out like the parameters: the block (zeros) and a
-  // tensor shaped like each parameter bound into it, for state().
+  // tensor shaped like each parameter bound into it, for state(). Sharded:
+  // the block holds flat positions [shard_begin(), shard_end()) only (at
+  // data()[j - shard_begin()]) and there are no tensors.
   struct FlatState {
     std::shared_ptr<float[]> block;
     std::vector<Tensor<float>> tensors;
     float* data() { return block.get(); }
   };
   FlatState flat_zeros() const;
+  // The optimizer's state buffers in state() order, by name ("exp_avg", ...).
+  virtual std::vector<std::pair<std::string, FlatState*>> buffers() = 0;
   // The "step" entry followed by "<prefix>.<param name>" for each buffer.
   std::vector<StateEntry<float>> state_entries(
       const std::vector<std::pair<std::string, FlatState*>>& buffers);
+  // kernel(begin, end) over the flat positions step() updates (shard_params()),
+  // in parallel like for_each_range.
+  template <typename Kernel>
+  void for_each_shard_range(const Kernel& kernel) const;
+  // The gradients step() reads, at [j - shard_begin()] for flat position j.
+  const float* step_grads() const { return sharded_ ? shard_grads_.get() : grads_.get(); }
   // Throws unless every parameter still reads and writes this optimizer's
   // blocks (not so once the model is gone or another optimizer took it over).
   void check_bound() const;
@@ -109,6 +171,10 @@ class Optimizer {
   std::shared_ptr<float[]> values_, grads_;
   int64_t steps_ = 0;
   double lr_;
+  bool sharded_ = false;
+  int64_t shard_begin_ = 0, shard_end_ = 0;  // [0, flat_size_) until shard()
+  std::vector<Param> pieces_;                // shard_params()
+  std::shared_ptr<float[]> shard_grads_;
 };
 
 // torch.optim.Adam / AdamW defaults. For Adam, weight_decay is L2 added to
@@ -128,10 +194,10 @@ class Adam : public Optimizer {
   Adam(const std::vector<StateEntry<float>>& entries, AdamOptions opt = {});
   std::string name() const override;
   void step() override;
-  std::vector<StateEntry<float>> state() override;
   const AdamOptions& options() const { return opt_; }
 
  protected:
+  std::vector<std::pair<std::string, FlatState*>> buffers() override;
   Adam(const std::string& kind, const std::vector<StateEntry<float>>& entries, AdamOptions opt,
        bool decoupled);
 
@@ -163,8 +229,10 @@ class Sgd : public Optimizer {
   Sgd(const std::vector<StateEntry<float>>& entries, SgdOptions opt);
   std::string name() const override;
   void step() override;
-  std::vector<StateEntry<float>> state() override;
   const SgdOptions& options() const { return opt_; }
+
+ protected:
+  std::vector<std::pair<std::string, FlatState*>> buffers() override;
 
  private:
   SgdOptions opt_;

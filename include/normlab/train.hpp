@@ -55,7 +55,11 @@ class Trainer {
   // checks, optimizer step. x is (N, D) (copied into a reused buffer), labels (N).
   StepResult train_step(const float* x, const int32_t* labels, int64_t N, int64_t D);
   // The same on a batch already in a tensor (N, ...), which must stay unchanged during the call.
-  StepResult train_step(const Tensor<float>& x, const int32_t* labels);
+  // Data parallel, global_rows > 0 says how many rows the global batch has
+  // (the sum of the ranks' N): with the sharded optimizer the loss's
+  // all-reduce then joins the gradient check's after backward (one collective
+  // a step fewer; a wrong count is an Error); 0: the rows are all-reduced.
+  StepResult train_step(const Tensor<float>& x, const int32_t* labels, int64_t global_rows = 0);
 
   // Loss and accuracy over N rows in batches of batch_size, in eval mode
   // (BatchNorm uses its running statistics); the model's mode is restored after.
@@ -80,6 +84,14 @@ class Trainer {
   // the finiteness check). 0 (the default): one blocking all-reduce after
   // backward, which measured faster on one machine (docs/distributed.md).
   void set_allreduce_bucket_bytes(int64_t bytes) { bucket_bytes_ = bytes; }
+  // The sharded optimizer (ZeRO stage 1, docs/distributed.md): when the
+  // optimizer was sharded (Optimizer::shard) to its rank's
+  // Optimizer::shard_range, the step reduce-scatters the gradients into the
+  // optimizer's shard_grads() instead of all-reducing them, checks its slice
+  // for NaN/inf (the ranks' findings agreed in one all-reduce of 2 K doubles),
+  // steps the slice and all-gathers the weights: every rank ends with the
+  // weights of the unsharded step. The overlapped all-reduce is then not used.
+  // Nothing to set here: it follows the optimizer.
 
   Layer<float>& model() { return model_; }
   Optimizer& optimizer() { return optimizer_; }
@@ -100,6 +112,12 @@ class Trainer {
   // from layer_start_[i]); the part of the block not yet started.
   void on_layer_backward_done(size_t child);
   int64_t bucket_bytes_ = 0;
+  // Sharded optimizer: every rank's slice length (Optimizer::shard_range), and
+  // the gradient check's (position + 1, value) per rank.
+  // check_sums_: the loss's kLossSums sums (merged), then (position + 1, value) per rank.
+  static constexpr size_t kLossSums = 4;
+  std::vector<int64_t> shard_counts_;
+  std::vector<double> check_sums_;
   std::vector<int64_t> layer_start_;
   int64_t unsent_end_ = 0;
   bool overlap_ = false;

@@ -60,6 +60,13 @@ struct TrainConfig {
   // (normlab/syncbn.hpp): under mpirun the batch statistics are those of the
   // global batch. Same state_dict keys, so checkpoints move between both.
   bool sync_bn = false;
+  // Under mpirun: the sharded optimizer (ZeRO stage 1, docs/distributed.md):
+  // gradients reduce-scattered, each rank updates its 1 / K of the parameters
+  // and keeps the optimizer state of those only, then the weights are
+  // all-gathered; the default, as it measured faster on one machine. Off
+  // (--no-shard-optimizer): every rank all-reduces the gradients and updates
+  // all. The files are the same either way; no effect in one process.
+  bool shard_optimizer = true;
 };
 
 struct EpochMetrics {

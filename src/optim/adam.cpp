@@ -119,20 +119,24 @@ void Adam::step() {
   const AdamUpdate update =
       pick_update(decoupled_, !decoupled_ && opt_.weight_decay != 0.0, opt_.amsgrad);
 
-  float* p = values_.get();
-  const float* g = grads_.get();
+  // Indices relative to the shard's start (0 unsharded): the gradients and the
+  // state hold the shard's positions only.
+  const int64_t at = shard_begin_;
+  float* p = values_.get() + at;
+  const float* g = step_grads();
   float* m = exp_avg_.data();
   float* v = exp_avg_sq_.data();
   float* vmax = max_exp_avg_sq_.data();  // null without amsgrad
-  for_each_range([&](int64_t begin, int64_t end) { update(s, p, g, m, v, vmax, begin, end); });
+  for_each_shard_range(
+      [&](int64_t begin, int64_t end) { update(s, p, g, m, v, vmax, begin - at, end - at); });
   ++steps_;
 }
 
-std::vector<StateEntry<float>> Adam::state() {
-  std::vector<std::pair<std::string, FlatState*>> buffers{{"exp_avg", &exp_avg_},
-                                                          {"exp_avg_sq", &exp_avg_sq_}};
-  if (opt_.amsgrad) buffers.push_back({"max_exp_avg_sq", &max_exp_avg_sq_});
-  return state_entries(buffers);
+std::vector<std::pair<std::string, Optimizer::FlatState*>> Adam::buffers() {
+  std::vector<std::pair<std::string, FlatState*>> b{{"exp_avg", &exp_avg_},
+                                                    {"exp_avg_sq", &exp_avg_sq_}};
+  if (opt_.amsgrad) b.push_back({"max_exp_avg_sq", &max_exp_avg_sq_});
+  return b;
 }
 
 }  // namespace normlab

@@ -71,4 +71,9 @@ void Optimizer::for_each_range(const Kernel& kernel) const {
   for_each_param_range(params_, kernel);
 }
 
+template <typename Kernel>
+void Optimizer::for_each_shard_range(const Kernel& kernel) const {
+  for_each_param_range(pieces_, kernel);
+}
+
 }  // namespace normlab

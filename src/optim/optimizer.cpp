@@ -50,6 +50,90 @@ Optimizer::Optimizer(const std::string& kind, const std::vector<StateEntry<float
     p.value->bind(values_, values_.get() + p.offset);
     p.grad->bind(grads_, grads_.get() + p.offset);
   }
+  shard_end_ = flat_size_;
+  pieces_ = params_;
+}
+
+std::vector<StateEntry<float>> Optimizer::state() {
+  if (sharded_)
+    fail(kind_, ": the optimizer is sharded (it holds the state of flat positions [", shard_begin_,
+         ", ", shard_end_, ") of ", flat_size_, "): gather_state() collects the whole state");
+  return state_entries(buffers());
+}
+
+std::pair<int64_t, int64_t> Optimizer::shard_range(int64_t flat_size, int rank, int ranks) {
+  if (ranks < 1 || rank < 0 || rank >= ranks)
+    fail("Optimizer::shard_range: rank ", rank, " of ", ranks, " ranks");
+  if (flat_size < 0) fail("Optimizer::shard_range: flat size ", flat_size);
+  const int64_t lines = (flat_size + kFlatAlign - 1) / kFlatAlign;
+  const auto at = [&](int64_t r) { return std::min(flat_size, lines * r / ranks * kFlatAlign); };
+  return {at(rank), at(rank + 1)};
+}
+
+// The kept state is copied out of the full blocks before they go.
+void Optimizer::shard(int64_t begin, int64_t end) {
+  if (sharded_)
+    fail(kind_, ": shard(", begin, ", ", end, "): already sharded to [", shard_begin_, ", ",
+         shard_end_, ")");
+  if (begin < 0 || begin > end || end > flat_size_ || begin % kFlatAlign || end % kFlatAlign)
+    fail(kind_, ": shard(", begin, ", ", end, "): the range must lie within [0, ", flat_size_,
+         "] and start and end on multiples of ", kFlatAlign);
+  const int64_t n = end - begin;
+  for (auto& [name, buffer] : buffers()) {
+    if (!buffer->block) continue;  // not in use (e.g. SGD without momentum)
+    std::shared_ptr<float[]> kept = flat_block(n);
+    std::copy(buffer->block.get() + begin, buffer->block.get() + end, kept.get());
+    buffer->tensors.clear();
+    buffer->block = std::move(kept);
+  }
+  pieces_.clear();
+  for (const Param& p : params_) {
+    const int64_t lo = std::max(begin, p.offset), hi = std::min(end, p.offset + p.numel);
+    if (lo < hi) pieces_.push_back({p.name, p.value, p.grad, lo, hi - lo});
+  }
+  shard_grads_ = flat_block(n);
+  shard_begin_ = begin;
+  shard_end_ = end;
+  sharded_ = true;
+}
+
+Optimizer::GatheredState Optimizer::gather_state(Communicator& comm) {
+  const int K = comm.size();
+  std::vector<int64_t> counts(static_cast<size_t>(K));
+  for (int r = 0; r < K; ++r) {
+    const auto [lo, hi] = shard_range(flat_size_, r, K);
+    counts[static_cast<size_t>(r)] = hi - lo;
+  }
+  const auto mine = shard_range(flat_size_, comm.rank(), K);
+  if (sharded_ && mine != std::make_pair(shard_begin_, shard_end_))
+    fail(kind_, ": gather_state: this rank holds [", shard_begin_, ", ", shard_end_,
+         "), not its slice [", mine.first, ", ", mine.second, ") of ", K, " ranks");
+  GatheredState g;
+  const auto named = buffers();
+  g.tensors.resize(named.size());
+  g.blocks.resize(named.size());
+  std::vector<std::pair<std::string, FlatState*>> full;
+  std::vector<FlatState> views(named.size());
+  for (size_t b = 0; b < named.size(); ++b) {
+    FlatState* own = named[b].second;
+    if (!own->block) continue;
+    if (!sharded_) {  // every rank holds it all (rank 0's is what one process holds)
+      full.push_back(named[b]);
+      continue;
+    }
+    views[b] = flat_zeros();
+    std::copy(own->block.get(), own->block.get() + (shard_end_ - shard_begin_),
+              views[b].block.get() + shard_begin_);
+    comm.allgather_slices(views[b].block.get(), counts);
+    full.push_back({named[b].first, &views[b]});
+  }
+  g.entries = state_entries(full);
+  // Keep what the entries point to: the tensors (their vectors' storage does not move).
+  for (size_t b = 0; b < named.size(); ++b) {
+    g.blocks[b] = views[b].block;
+    g.tensors[b] = std::move(views[b].tensors);
+  }
+  return g;
 }
 
 void Optimizer::set_lr(double lr) {

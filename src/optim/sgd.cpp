@@ -83,16 +83,19 @@ void Sgd::step() {
   s.one_minus_dampening = static_cast<float>(1.0 - opt_.dampening);
   const SgdUpdate update =
       pick_update(opt_.weight_decay != 0.0, opt_.momentum != 0.0, steps_ == 0, opt_.nesterov);
-  float* p = values_.get();
-  const float* g = grads_.get();
+  // Indices relative to the shard's start (0 unsharded), as in Adam::step.
+  const int64_t at = shard_begin_;
+  float* p = values_.get() + at;
+  const float* g = step_grads();
   float* buf = momentum_buffer_.data();  // null without momentum
-  for_each_range([&](int64_t begin, int64_t end) { update(s, p, g, buf, begin, end); });
+  for_each_shard_range(
+      [&](int64_t begin, int64_t end) { update(s, p, g, buf, begin - at, end - at); });
   ++steps_;
 }
 
-std::vector<StateEntry<float>> Sgd::state() {
-  if (!momentum_buffer_.block) return state_entries({});
-  return state_entries({{"momentum_buffer", &momentum_buffer_}});
+std::vector<std::pair<std::string, Optimizer::FlatState*>> Sgd::buffers() {
+  if (!momentum_buffer_.block) return {};
+  return {{"momentum_buffer", &momentum_buffer_}};
 }
 
 }  // namespace normlab

@@ -290,6 +290,11 @@ std::vector<EpochMetrics> run_training(const TrainConfig& cfg, TrainingObserver&
     const long long bytes = std::strtoll(env, &end, 10);
     if (!*env || *end || bytes < 0)
       fail("NORMLAB_ALLREDUCE_BUCKET_BYTES='", env, "': expected a number of bytes >= 0");
+    if (bytes > 0 && ranks > 1 && cfg.shard_optimizer)
+      throw AgreedError(
+          concat("NORMLAB_ALLREDUCE_BUCKET_BYTES=", env,
+                 " overlaps the gradient all-reduce, which the sharded optimizer replaces by a "
+                 "reduce-scatter; add --no-shard-optimizer or unset it"));
     trainer.set_allreduce_bucket_bytes(bytes);
   }
 
@@ -403,6 +408,13 @@ std::vector<EpochMetrics> run_training(const TrainConfig& cfg, TrainingObserver&
     share(model_state);
     share(optim_state);
   }
+  // The sharded optimizer: each rank keeps the (just shared) state of its slice only.
+  if (ranks > 1 && cfg.shard_optimizer) {
+    const auto [lo, hi] =
+        Optimizer::shard_range(static_cast<int64_t>(optimizer->values().size()), rank, ranks);
+    optimizer->shard(lo, hi);
+    optim_state.clear();  // its tensors are gone: save() gathers the state
+  }
 
   // Only now, with every input checked, does the run touch the disk. The
   // directories it creates (--out and missing parents, deepest first) go again
@@ -497,6 +509,12 @@ std::vector<EpochMetrics> run_training(const TrainConfig& cfg, TrainingObserver&
   const std::set<int64_t> faults = fault_batches();
   bool saved = !cfg.resume.empty();  // is there a checkpoint of this run on disk?
   auto save = [&](const Position& p) {
+    // Sharded, the optimizer state is spread over the ranks: every rank takes
+    // part in collecting it, and the files are those of an unsharded run.
+    Optimizer::GatheredState gathered;
+    if (optimizer->sharded()) gathered = optimizer->gather_state(comm);
+    const std::vector<StateEntry<float>>& optim_entries =
+        optimizer->sharded() ? gathered.entries : optim_state;
     if (!lead) return;  // rank 0 writes the run directory
     json pj = {{"epoch", p.epoch},     {"batch", p.batch}, {"loss_sum", p.loss_sum},
                {"correct", p.correct}, {"count", p.count}, {"skipped", p.skipped},
@@ -514,7 +532,7 @@ std::vector<EpochMetrics> run_training(const TrainConfig& cfg, TrainingObserver&
     // The checkpoint first: it holds the model too, so once it is accepted (every
     // value finite) the model file is too, and a refusal leaves both files as they were.
     try {
-      save_checkpoint(cfg.out_dir + "/checkpoint.safetensors", model_state, optim_state, meta);
+      save_checkpoint(cfg.out_dir + "/checkpoint.safetensors", model_state, optim_entries, meta);
       save_model(cfg.out_dir + "/model.safetensors", model_state, meta,
                  {.weight_norm_keys = cfg.weight_norm_keys});
     } catch (const Error& e) {
@@ -557,7 +575,7 @@ std::vector<EpochMetrics> run_training(const TrainConfig& cfg, TrainingObserver&
         for (auto& [c, copy] : count_backup) copy = *c;
       }
       try {
-        const StepResult r = trainer.train_step(x, y.data());
+        const StepResult r = trainer.train_step(x, y.data(), B);
         pos.loss_sum += r.loss * static_cast<double>(B);
         pos.correct += r.correct;
         pos.count += B;

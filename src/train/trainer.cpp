@@ -47,13 +47,16 @@ Trainer::Trainer(Layer<float>& model, Optimizer& optimizer) : model_(model), opt
 // One parallel scan of the flat gradient block (the parameters' ranges, not
 // the padding between them); the smallest of the threads' first hits is kept,
 // so the answer is the first NaN/inf in parameter order for any thread count.
+// Sharded: the scan covers this rank's slice of the summed gradients
+// (shard_grads(), at flat position - shard_begin()).
 int64_t Trainer::first_non_finite_gradient() {
-  const std::span<const float> grads = optimizer_.grads();
-  const float* g = grads.data();
+  const bool sharded = optimizer_.sharded();
+  const int64_t at0 = sharded ? optimizer_.shard_begin() : 0;
+  const float* g = sharded ? optimizer_.shard_grads().data() : optimizer_.grads().data();
   constexpr int64_t kNone = std::numeric_limits<int64_t>::max();
   first_bad_.store(kNone, std::memory_order_relaxed);
-  for_each_param_range(optimizer_.params(), [&](int64_t begin, int64_t end) {
-    const int64_t i = first_non_finite(g + begin, end - begin);
+  for_each_param_range(optimizer_.shard_params(), [&](int64_t begin, int64_t end) {
+    const int64_t i = first_non_finite(g + (begin - at0), end - begin);
     if (i < 0) return;
     int64_t seen = first_bad_.load(std::memory_order_relaxed);
     while (begin + i < seen && !first_bad_.compare_exchange_weak(seen, begin + i)) {
@@ -107,7 +110,7 @@ EvalResult evaluate(Layer<float>& model, Tensor<float>& batch, const float* x,
   return r;
 }
 
-StepResult Trainer::train_step(const Tensor<float>& x, const int32_t* labels) {
+StepResult Trainer::train_step(const Tensor<float>& x, const int32_t* labels, int64_t global_rows) {
   if (x.rank() < 1 || x.dim(0) <= 0)
     fail("train_step: empty batch of shape ", shape_str(x.shape()));
   const int64_t step = optimizer_.steps() + 1;
@@ -159,32 +162,59 @@ StepResult Trainer::train_step(const Tensor<float>& x, const int32_t* labels) {
     r.correct = count_correct(logits->data(), labels, N, logits->dim(1));
   }
   const double local_loss = r.loss;
-  if (comm_) {
-    double sums[4] = {static_cast<double>(N), bad_input >= 0 ? 1.0 : 0.0,
-                      r.loss * static_cast<double>(N), static_cast<double>(r.correct)};
-    {
-      const profile::Scope timer("loss allreduce");
-      comm_->allreduce_sum(sums, 4);
-    }
-    if (bad_input >= 0) input_error();
-    if (sums[1] > 0) non_finite("the input batch of another rank holds a NaN or infinity");
-    // This rank's mean becomes its share of the global mean (sums[0] rows): dlogits too.
-    const float s = static_cast<float>(static_cast<double>(N) / sums[0]);
+  // Data parallel, the global batch's sums (rows, ranks with a NaN/inf input,
+  // loss sum, correct) are all-reduced after the forward pass; with the
+  // sharded optimizer and the global row count given, they travel instead
+  // with the gradient check's all-reduce after backward (one collective and
+  // one point where a rank waits for the other a step fewer; a NaN input or
+  // loss then runs through backward, which it only poisons, and every rank
+  // still refuses the step before any update).
+  const bool merged = comm_ && optimizer_.sharded() && global_rows > 0;
+  std::string where_non_finite;  // the layer whose output first went non-finite (this rank)
+  if (!std::isfinite(local_loss))
+    if (const auto* seq = dynamic_cast<const Sequential<float>*>(&model_))
+      where_non_finite = seq->locate_non_finite_output();
+  auto scale_dlogits = [&](double rows) {
+    // This rank's mean becomes its share of the global mean: dlogits too.
+    const float s = static_cast<float>(static_cast<double>(N) / rows);
     float* g = dlogits_.data();
     for (int64_t j = 0; j < dlogits_.numel(); ++j) g[j] *= s;
+  };
+  auto agree_on_loss = [&](const double* sums) {
+    if (bad_input >= 0) input_error();
+    if (sums[1] > 0) non_finite("the input batch of another rank holds a NaN or infinity");
     r.loss = sums[2] / sums[0];
     r.correct = static_cast<int64_t>(std::llround(sums[3]));
-  }
-  if (!std::isfinite(r.loss)) {
+  };
+  auto check_loss = [&] {
+    if (std::isfinite(r.loss)) return;
     std::ostringstream os;
     os << "the loss is " << r.loss;
     if (comm_ && std::isfinite(local_loss)) os << " (from another rank's shard)";
     // Name the layer whose output first went non-finite (the input was checked above).
-    if (!std::isfinite(local_loss))
-      if (const auto* seq = dynamic_cast<const Sequential<float>*>(&model_))
-        if (const std::string where = seq->locate_non_finite_output(); !where.empty())
-          os << "; " << where;
+    if (!where_non_finite.empty()) os << "; " << where_non_finite;
     non_finite(os.str());
+  };
+  auto loss_sums = [&](double* sums) {
+    sums[0] = static_cast<double>(N);
+    sums[1] = bad_input >= 0 ? 1.0 : 0.0;
+    sums[2] = r.loss * static_cast<double>(N);
+    sums[3] = static_cast<double>(r.correct);
+  };
+  if (merged) {
+    scale_dlogits(static_cast<double>(global_rows));
+  } else {
+    if (comm_) {
+      double sums[4];
+      loss_sums(sums);
+      {
+        const profile::Scope timer("loss allreduce");
+        comm_->allreduce_sum(sums, 4);
+      }
+      agree_on_loss(sums);
+      scale_dlogits(sums[0]);
+    }
+    check_loss();
   }
 
   // Data parallel: the sum of the ranks' shares is the global batch's gradient.
@@ -192,7 +222,22 @@ StepResult Trainer::train_step(const Tensor<float>& x, const int32_t* labels) {
   // in buckets started during backward (on_layer_backward_done), or in one
   // all-reduce after it.
   auto* seq = dynamic_cast<Sequential<float>*>(&model_);
-  overlap_ = comm_ && bucket_bytes_ > 0 && seq;
+  const bool sharded = comm_ && optimizer_.sharded();
+  if (sharded && shard_counts_.empty()) {
+    // Every rank's slice is shard_range's: check that this rank's optimizer holds its own.
+    const int64_t flat = static_cast<int64_t>(optimizer_.grads().size());
+    const auto mine = Optimizer::shard_range(flat, comm_->rank(), comm_->size());
+    if (mine != std::make_pair(optimizer_.shard_begin(), optimizer_.shard_end()))
+      fail("train_step: the optimizer of rank ", comm_->rank(), " of ", comm_->size(),
+           " is sharded to [", optimizer_.shard_begin(), ", ", optimizer_.shard_end(),
+           "), not its slice [", mine.first, ", ", mine.second, ") (Optimizer::shard_range)");
+    for (int r = 0; r < comm_->size(); ++r) {
+      const auto [lo, hi] = Optimizer::shard_range(flat, r, comm_->size());
+      shard_counts_.push_back(hi - lo);
+    }
+    check_sums_.assign(kLossSums + 2 * static_cast<size_t>(comm_->size()), 0.0);
+  }
+  overlap_ = comm_ && bucket_bytes_ > 0 && seq && !sharded;
   if (overlap_) {
     const std::span<float> grads = optimizer_.grads();
     if (layer_start_.size() != seq->size() + 1) {
@@ -221,7 +266,12 @@ StepResult Trainer::train_step(const Tensor<float>& x, const int32_t* labels) {
     throw;
   }
   if (seq) seq->set_backward_hook({});
-  if (comm_) {
+  if (sharded) {
+    // ZeRO stage 1: each rank receives the sum of its slice only.
+    const profile::Scope timer("gradient reduce-scatter");
+    comm_->reduce_scatter_sum(optimizer_.grads().data(), optimizer_.shard_grads().data(),
+                              shard_counts_);
+  } else if (comm_) {
     const profile::Scope timer("gradient allreduce");
     const std::span<float> grads = optimizer_.grads();
     if (!overlap_) unsent_end_ = static_cast<int64_t>(grads.size());
@@ -233,18 +283,54 @@ StepResult Trainer::train_step(const Tensor<float>& x, const int32_t* labels) {
   }
   {
     const profile::Scope timer("gradient check");
-    if (const int64_t at = first_non_finite_gradient(); at >= 0) {
+    int64_t at = first_non_finite_gradient();
+    float value = at >= 0 ? optimizer_.grads()[at] : 0.0f;
+    if (sharded) {
+      // The slices' findings in one all-reduce of (position + 1, value) a rank
+      // (zeros elsewhere): the first in rank order is the first in the block.
+      // Merged: the loss's sums (kLossSums) go with them.
+      const profile::Scope wait(merged ? "loss and gradient check allreduce"
+                                       : "gradient check allreduce");
+      std::fill(check_sums_.begin(), check_sums_.end(), 0.0);
+      if (merged) loss_sums(check_sums_.data());
+      const size_t me = kLossSums + 2 * static_cast<size_t>(comm_->rank());
+      if (at >= 0) {
+        check_sums_[me] = static_cast<double>(at + 1);
+        check_sums_[me + 1] = optimizer_.shard_grads()[at - optimizer_.shard_begin()];
+      }
+      comm_->allreduce_sum(check_sums_.data(), static_cast<int64_t>(check_sums_.size()));
+      if (merged) {
+        if (check_sums_[0] != static_cast<double>(global_rows))
+          fail("train_step: the global batch was given as ", global_rows,
+               " rows, but the ranks' shards hold ", check_sums_[0]);
+        agree_on_loss(check_sums_.data());
+        check_loss();
+      }
+      at = -1;
+      for (size_t r = kLossSums; r < check_sums_.size() && at < 0; r += 2)
+        if (check_sums_[r] > 0) {
+          at = static_cast<int64_t>(check_sums_[r]) - 1;
+          value = static_cast<float>(check_sums_[r + 1]);
+        }
+    }
+    if (at >= 0) {
       const std::pair<size_t, int64_t> where = optimizer_.locate(at);
       const auto& p = optimizer_.params()[where.first];
       std::ostringstream os;
-      os << "the gradient of " << p.name << " holds " << optimizer_.grads()[at] << " at flat index "
-         << where.second;
+      os << "the gradient of " << p.name << " holds " << value << " at flat index " << where.second;
       non_finite(os.str());
     }
   }
 
-  const profile::Scope timer("optimizer");
-  optimizer_.step();
+  {
+    const profile::Scope timer("optimizer");
+    optimizer_.step();
+  }
+  if (sharded) {
+    // Every rank's updated slice of the weights to every rank.
+    const profile::Scope timer("parameter allgather");
+    comm_->allgather_slices(optimizer_.values().data(), shard_counts_);
+  }
   return r;
 }
 

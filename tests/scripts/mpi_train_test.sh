@@ -2,13 +2,16 @@
 # Data-parallel training under mpirun on one machine (docs/distributed.md).
 #   mpi_train_test.sh NORMLAB equivalence  K = 2, 3 (uneven shards) equal one process:
 #                                          with --sync-bn the whole checkpoint (weights,
-#                                          running statistics, optimizer state, loss);
+#                                          running statistics, optimizer state, loss),
+#                                          through the sharded optimizer (the default) and,
+#                                          K = 3, the unsharded one;
 #                                          without it the weights of one process running
 #                                          per-shard BatchNorm (Ghost BN, one ghost a shard)
 #   mpi_train_test.sh NORMLAB fault        a rank SIGKILLed mid-run: the job ends non-zero
 #                                          within seconds, the last checkpoint is intact, and
 #                                          --resume from it (with 3 ranks) ends where an
-#                                          uninterrupted run ends
+#                                          uninterrupted run ends; a NaN in one rank's shard
+#                                          with --on-nonfinite skip: skipped as in one process
 #   mpi_train_test.sh NORMLAB syncfamily   --sync-bn with batchnorm2d and Batch Renorm: K = 2, 3
 #                                          equal one process; with Ghost BN a clear error
 #   mpi_train_test.sh NORMLAB study        mpirun -np 2 normlab study: runs split over the
@@ -72,6 +75,14 @@ assert len(a) == len(b) == 2
 PY
     [[ $(grep -c "^epoch" "$work/sync$k.log") == 2 ]] || { echo "FAIL: only rank 0 should print (got:)"; cat "$work/sync$k.log"; fails=$((fails + 1)); }
   done
+  # The unsharded optimizer (--no-shard-optimizer: the gradients all-reduced,
+  # every rank updates all parameters) ends there too; above, the default
+  # sharded one (ZeRO stage 1: each rank steps and keeps the state of its slice,
+  # rank 0 writes the gathered state).
+  mpi 3 "$normlab" "${common[@]}" --model "$spec" --sync-bn --no-shard-optimizer --out "$work/unsharded3" \
+    >"$work/unsharded3.log" 2>&1 || { cat "$work/unsharded3.log"; exit 1; }
+  check "3 ranks --sync-bn --no-shard-optimizer: checkpoint = 1 process" \
+    $compare "$work/unsharded3/checkpoint.safetensors" "$work/one/checkpoint.safetensors" "${tol[@]}"
   # Without --sync-bn each rank normalizes with its own 32 samples: one process
   # with Ghost BatchNorm over virtual batches of 32 computes the same weights
   # (running statistics differ: the files hold rank 0's).
@@ -112,6 +123,19 @@ PY
     --progress never --out "$work/killed" >"$work/resume.log" 2>&1 || { cat "$work/resume.log"; exit 1; }
   check "--resume with 3 ranks ends with the weights of the uninterrupted run" \
     $compare "$work/killed/checkpoint.safetensors" "$work/whole/checkpoint.safetensors" "${tol[@]}"
+  # A NaN in rank 0's shard of batch 5 with --on-nonfinite skip: every rank
+  # skips that step (the sharded step agrees on it after backward) and the run
+  # ends with the checkpoint of one process skipping the same batch.
+  one_epoch=("${common[@]}")
+  one_epoch[4]=1
+  NORMLAB_FAULT_BATCHES=5 "$normlab" "${one_epoch[@]}" --model "$spec" --sync-bn --on-nonfinite skip \
+    --out "$work/skip1" >/dev/null 2>&1 || exit 1
+  NORMLAB_FAULT_BATCHES=5 mpi 2 "$normlab" "${one_epoch[@]}" --model "$spec" --sync-bn --on-nonfinite skip \
+    --out "$work/skip2" >"$work/skip2.log" 2>&1 || { cat "$work/skip2.log"; exit 1; }
+  grep -q "warning: skipped step 5: training step 5: the input batch holds nan at row 0, column 0 of rank 0's shard" "$work/skip2.log" ||
+    { echo "FAIL: rank 0 did not report the skipped step"; cat "$work/skip2.log"; fails=$((fails + 1)); }
+  check "2 ranks skip the NaN step of one rank's shard as one process does (same checkpoint)" \
+    $compare "$work/skip2/checkpoint.safetensors" "$work/skip1/checkpoint.safetensors" "${tol[@]}"
   ;;
 badinput)
   mpi 3 "$normlab" "${common[@]}" --model "$spec" --limit-train 130 --out "$work/b1" >"$work/b1.log" 2>&1
@@ -131,6 +155,15 @@ badinput)
   [[ $rc != 0 && $rc != 124 && $n == 2 ]] && echo "ok: a rank that cannot read the data: exit $rc, both ranks name rank 1" ||
     { echo "FAIL: exit $rc, $n of 2 ranks named rank 1"; fails=$((fails + 1)); }
   [[ -e "$work/b2" ]] && { echo "FAIL: a refused run created its --out"; fails=$((fails + 1)); }
+  # The overlapped all-reduce belongs to the unsharded optimizer: asked for with
+  # the (default) sharded one, every rank refuses before anything is written.
+  NORMLAB_ALLREDUCE_BUCKET_BYTES=4096 mpi 2 "$normlab" "${common[@]}" --limit-train 1024 --model "$spec" \
+    --out "$work/b3" >"$work/b3.log" 2>&1
+  rc=$?
+  cat "$work/b3.log"
+  n=$(grep -o "NORMLAB_ALLREDUCE_BUCKET_BYTES=4096 overlaps the gradient all-reduce, which the sharded optimizer replaces" "$work/b3.log" | wc -l)
+  [[ $rc == 2 && $n == 2 && ! -e "$work/b3" ]] && echo "ok: overlap with the sharded optimizer: exit 2, both ranks say why" ||
+    { echo "FAIL: exit $rc, $n of 2 ranks said why"; fails=$((fails + 1)); }
   ;;
 syncfamily)
   # --sync-bn beyond batchnorm (issue 13, part 2): batchnorm2d (a small CNN)
@@ -146,8 +179,10 @@ syncfamily)
     for k in 2 3; do
       # K = 3 with 1 KiB buckets: many overlapped all-reduces between SyncBatchNorm's own
       # collectives in backward (the trainer's bucketing, docs/distributed.md).
-      [[ $k == 3 ]] && export NORMLAB_ALLREDUCE_BUCKET_BYTES=1024 || unset NORMLAB_ALLREDUCE_BUCKET_BYTES
-      mpi "$k" "$normlab" "${fam[@]}" --model "$spec2" --sync-bn --out "$work/sync$k$name" \
+      # (The overlap is the unsharded optimizer's: --no-shard-optimizer with it; K = 2 sharded.)
+      if [[ $k == 3 ]]; then export NORMLAB_ALLREDUCE_BUCKET_BYTES=1024; path=(--no-shard-optimizer)
+      else unset NORMLAB_ALLREDUCE_BUCKET_BYTES; path=(); fi
+      mpi "$k" "$normlab" "${fam[@]}" --model "$spec2" --sync-bn "${path[@]}" --out "$work/sync$k$name" \
         >"$work/sync$k.log" 2>&1 || { cat "$work/sync$k.log"; exit 1; }
       check "$k ranks --sync-bn, $spec2: checkpoint = 1 process" \
         $compare "$work/sync$k$name/checkpoint.safetensors" "$work/one$name/checkpoint.safetensors" "${tol[@]}"
