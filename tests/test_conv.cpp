@@ -148,6 +148,52 @@ TEST(Conv2dOneDnn, NanPropagates) {
   EXPECT_EQ(nans, 2 * 9);  // every output whose window holds the centre
 }
 
+// AvgPool2d and AdaptiveAvgPool2d in float run oneDNN's pooling (adaptive:
+// where its windows tile the input) and equal the double loops to float
+// rounding, forward and dx, with and without count_include_pad, over batch
+// sizes that come and go (the primitive cache); adaptive sizes that do not
+// tile the input take the loops.
+template <template <typename> class L, typename... A>
+void expect_pool_matches_twin(const Shape& in, uint64_t seed, A... args) {
+  L<float> f(args...);
+  L<double> d(args...);
+  for (int64_t N : {in[0], int64_t(3), in[0]}) {
+    const Shape s{N, in[1], in[2], in[3]};
+    SCOPED_TRACE(f.name() + " on " + shape_str(s));
+    const Tensor<double> xd = randn(s, seed);
+    const Tensor<float> xf = tensor_cast<float>(xd);
+    const Tensor<double>& yd = d.forward(xd);
+    EXPECT_LT(max_rel(f.forward(xf), yd), 1e-6);
+    const Tensor<double> gd = randn(yd.shape(), seed + 1);
+    EXPECT_LT(max_rel(f.backward(tensor_cast<float>(gd)), d.backward(gd)), 1e-6);
+  }
+}
+
+TEST(AvgPoolOneDnn, MatchesReferenceTwin) {
+  expect_pool_matches_twin<AvgPool2d>({4, 3, 26, 26}, 1, Pair(2));
+  expect_pool_matches_twin<AvgPool2d>({2, 2, 7, 6}, 2, Pair(3), Pool2dOptions{2, 1, 1, true});
+  expect_pool_matches_twin<AvgPool2d>({2, 2, 7, 6}, 3, Pair{3, 2},
+                                      Pool2dOptions{{2, 1}, {1, 1}, 1, false});
+  expect_pool_matches_twin<AdaptiveAvgPool2d>({2, 3, 6, 4}, 4, Pair(1));
+  expect_pool_matches_twin<AdaptiveAvgPool2d>({2, 3, 6, 4}, 5, Pair{3, 2});
+  expect_pool_matches_twin<AdaptiveAvgPool2d>({2, 2, 7, 5}, 6, Pair{3, 2});  // loops
+}
+
+TEST(AvgPoolOneDnn, NanAndInfPropagate) {
+  Tensor<float> x({1, 1, 4, 4}, 1.0f);
+  x[0] = std::numeric_limits<float>::quiet_NaN();
+  x[3] = std::numeric_limits<float>::infinity();
+  x[15] = -std::numeric_limits<float>::infinity();
+  AvgPool2d<float> l(2);
+  const Tensor<float>& y = l.forward(x);
+  EXPECT_TRUE(std::isnan(y[0]));
+  EXPECT_EQ(y[1], std::numeric_limits<float>::infinity());
+  EXPECT_EQ(y[2], 1.0f);
+  EXPECT_EQ(y[3], -std::numeric_limits<float>::infinity());
+  AdaptiveAvgPool2d<float> g(1);
+  EXPECT_TRUE(std::isnan(g.forward(x)[0]));
+}
+
 TEST(Conv2d, StateInitAndName) {
   Rng rng(3);
   Conv2d<float> l(4, 6, 3, {1, 1, 1, 2, true}, rng);

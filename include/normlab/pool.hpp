@@ -3,11 +3,23 @@
 // run parallel over the N*C planes, the same code for float and double:
 // MaxPool2d's 2x2 / stride 2 / no padding (the CNNs') through fast vectorized
 // kernels, every other window through plain loops (include/normlab/pool_kernels.hpp);
-// AvgPool2d and AdaptiveAvgPool2d plain loops (src/nn/pool2d.cpp).
+// AvgPool2d, and AdaptiveAvgPool2d where its windows tile the input (H and W
+// multiples of the output size, 1x1 included), in float through oneDNN's
+// pooling primitives (src/kernels/pool2d_onednn.cpp), otherwise and in double
+// through plain loops (src/nn/pool2d.cpp).
 #pragma once
+#include <memory>
+
 #include "normlab/conv.hpp"
 
 namespace normlab {
+
+namespace detail {
+struct AvgPoolCache;  // oneDNN pooling primitives per input shape (src/kernels/pool2d_onednn.cpp)
+struct AvgPoolCacheDeleter {
+  void operator()(AvgPoolCache* c) const;
+};
+}  // namespace detail
 
 struct Pool2dOptions {
   Pair stride = 0;  // 0: the kernel size (PyTorch's stride=None)
@@ -61,6 +73,7 @@ class AvgPool2d : public Layer<T> {
   Pool2dOptions opt_;
   Shape in_shape_;
   Tensor<T> y_, dx_;
+  std::unique_ptr<detail::AvgPoolCache, detail::AvgPoolCacheDeleter> cache_;  // float only
 };
 
 // torch.nn.AdaptiveAvgPool2d(output_size): output cell (i, j) is the mean of
@@ -81,6 +94,7 @@ class AdaptiveAvgPool2d : public Layer<T> {
   Pair out_;
   Shape in_shape_;
   Tensor<T> y_, dx_;
+  std::unique_ptr<detail::AvgPoolCache, detail::AvgPoolCacheDeleter> cache_;  // float only
 };
 
 }  // namespace normlab

@@ -780,9 +780,11 @@ class Planner {
       case LayerKind::BatchRenorm:
       case LayerKind::GhostBatchNorm:
       case LayerKind::SyncBatchNorm:
+      case LayerKind::SyncBatchRenorm:
         // The BatchNorm variants take (N, C, H, W) too (per channel over N*H*W);
         // SyncBatchNorm too, as PyTorch's, which takes any (N, C, *): it is
-        // what --sync-bn makes of a batchnorm2d.
+        // what --sync-bn makes of a batchnorm2d. (SyncBatchRenorm has no name in
+        // the grammar, --sync-bn makes it of a batchrenorm; listed for the switch.)
         if (shape_.size() != 2 && shape_.size() != 3 &&
             !(shape_.size() == 4 && p.kind != LayerKind::BatchNorm))
           mismatch(n, p.kind == LayerKind::BatchNorm

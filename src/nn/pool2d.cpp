@@ -5,7 +5,9 @@
 #include <cmath>
 #include <limits>
 #include <sstream>
+#include <type_traits>
 
+#include "kernels/pool2d_onednn.hpp"
 #include "nn/shape_check.hpp"
 #include "normlab/pool.hpp"
 #include "normlab/pool_kernels.hpp"
@@ -152,12 +154,30 @@ Window avg_window(int64_t oh, int64_t ow, int64_t H, int64_t W, Pair k, const Po
 }
 }  // namespace
 
+namespace {
+// The oneDNN path's geometry of an average pool over `in` to `out` (NCHW).
+detail::AvgPoolGeom avg_geom(const Shape& in, const Shape& out, Pair k, Pair stride, Pair pad,
+                             bool count_include_pad) {
+  return {in[0], in[1],    in[2],    in[3], out[2], out[3],           k.h,
+          k.w,   stride.h, stride.w, pad.h, pad.w,  count_include_pad};
+}
+}  // namespace
+
 template <typename T>
 const Tensor<T>& AvgPool2d<T>::forward_impl(const Tensor<T>& x) {
   y_.resize(output_shape(x.shape()));
   in_shape_ = x.shape();
   const int64_t P = y_.dim(0) * y_.dim(1), H = x.dim(2), W = x.dim(3), OH = y_.dim(2),
                 OW = y_.dim(3);
+  if constexpr (std::is_same_v<T, float>) {
+    if (P == 0) return y_;
+    if (!cache_) cache_.reset(detail::new_avgpool_cache());
+    detail::avgpool2d_forward(
+        cache_.get(),
+        avg_geom(x.shape(), y_.shape(), k_, opt_.stride, opt_.padding, opt_.count_include_pad),
+        x.data(), y_.data());
+    return y_;
+  }
   const T* xs = x.data();
   T* ys = y_.data();
 #pragma omp parallel for schedule(static) if (y_.numel() > 16384)
@@ -183,9 +203,17 @@ const Tensor<T>& AvgPool2d<T>::backward(const Tensor<T>& dy) {
     return dx_;
   }
   dx_.resize(in_shape_);
-  dx_.fill(T(0));
   const int64_t P = y_.dim(0) * y_.dim(1), H = in_shape_[2], W = in_shape_[3], OH = y_.dim(2),
                 OW = y_.dim(3);
+  if constexpr (std::is_same_v<T, float>) {
+    if (P > 0)
+      detail::avgpool2d_backward(
+          cache_.get(),
+          avg_geom(in_shape_, y_.shape(), k_, opt_.stride, opt_.padding, opt_.count_include_pad),
+          dy.data(), dx_.data());
+    return dx_;
+  }
+  dx_.fill(T(0));
   const T* d = dy.data();
   T* dx = dx_.data();
 #pragma omp parallel for schedule(static) if (y_.numel() > 16384)
@@ -230,11 +258,32 @@ int64_t end_index(int64_t i, int64_t out, int64_t in) {
 }
 }  // namespace
 
+namespace {
+// Whether AdaptiveAvgPool2d's windows tile (H, W): then they are AvgPool2d's
+// with kernel = stride = (H / OH, W / OW), the oneDNN path's geometry.
+bool tiles(const Shape& in, Pair out) {
+  return in[2] >= out.h && in[3] >= out.w && in[2] % out.h == 0 && in[3] % out.w == 0;
+}
+detail::AvgPoolGeom tile_geom(const Shape& in, const Shape& y, Pair out) {
+  const Pair k{in[2] / out.h, in[3] / out.w};
+  return avg_geom(in, y, k, k, Pair{0}, true);
+}
+}  // namespace
+
 template <typename T>
 const Tensor<T>& AdaptiveAvgPool2d<T>::forward_impl(const Tensor<T>& x) {
   y_.resize(output_shape(x.shape()));
   in_shape_ = x.shape();
   const int64_t P = y_.dim(0) * y_.dim(1), H = x.dim(2), W = x.dim(3), OH = out_.h, OW = out_.w;
+  if constexpr (std::is_same_v<T, float>) {
+    if (P == 0) return y_;
+    if (tiles(x.shape(), out_)) {
+      if (!cache_) cache_.reset(detail::new_avgpool_cache());
+      detail::avgpool2d_forward(cache_.get(), tile_geom(x.shape(), y_.shape(), out_), x.data(),
+                                y_.data());
+      return y_;
+    }
+  }
   const T* xs = x.data();
   T* ys = y_.data();
 #pragma omp parallel for schedule(static) if (x.numel() > 65536)
@@ -263,9 +312,17 @@ const Tensor<T>& AdaptiveAvgPool2d<T>::backward(const Tensor<T>& dy) {
     return dx_;
   }
   dx_.resize(in_shape_);
-  dx_.fill(T(0));
   const int64_t P = y_.dim(0) * y_.dim(1), H = in_shape_[2], W = in_shape_[3], OH = out_.h,
                 OW = out_.w;
+  if constexpr (std::is_same_v<T, float>) {
+    if (P == 0) return dx_;
+    if (tiles(in_shape_, out_)) {
+      detail::avgpool2d_backward(cache_.get(), tile_geom(in_shape_, y_.shape(), out_), dy.data(),
+                                 dx_.data());
+      return dx_;
+    }
+  }
+  dx_.fill(T(0));
   const T* d = dy.data();
   T* dx = dx_.data();
 #pragma omp parallel for schedule(static) if (dx_.numel() > 65536)

@@ -1,0 +1,25 @@
+// Average pooling in float through oneDNN (pool2d_onednn.cpp), behind
+// AvgPool2d and AdaptiveAvgPool2d (include/normlab/pool.hpp); double and the
+// adaptive windows that do not tile the input run the layers' plain loops.
+#pragma once
+#include <cstdint>
+
+#include "normlab/pool.hpp"
+
+namespace normlab::detail {
+
+// One call's geometry: input (N, C, H, W), output (OH, OW), kernel, stride,
+// padding (each side), and PyTorch's count_include_pad.
+struct AvgPoolGeom {
+  int64_t N, C, H, W, OH, OW, KH, KW, SH, SW, PH, PW;
+  bool count_include_pad;
+};
+
+AvgPoolCache* new_avgpool_cache();  // owned by a unique_ptr<AvgPoolCache, AvgPoolCacheDeleter>
+
+// y (N, C, OH, OW): each window's mean (N * C > 0).
+void avgpool2d_forward(AvgPoolCache* cache, const AvgPoolGeom& g, const float* x, float* y);
+// dx (N, C, H, W), overwritten: each dy spread evenly over its window's inputs.
+void avgpool2d_backward(AvgPoolCache* cache, const AvgPoolGeom& g, const float* dy, float* dx);
+
+}  // namespace normlab::detail
