@@ -5,8 +5,9 @@
 // kernels, every other window through plain loops (include/normlab/pool_kernels.hpp);
 // AvgPool2d, and AdaptiveAvgPool2d where its windows tile the input (H and W
 // multiples of the output size, 1x1 included), in float through oneDNN's
-// pooling primitives (src/kernels/pool2d_onednn.cpp), otherwise and in double
-// through plain loops (src/nn/pool2d.cpp).
+// pooling primitives (src/kernels/pool2d_onednn.cpp) where oneDNN has JIT
+// kernels for NCHW (AVX-512), otherwise and in double through plain loops
+// (src/nn/pool2d.cpp).
 #pragma once
 #include <memory>
 

@@ -1,7 +1,7 @@
 // AvgPool2d and AdaptiveAvgPool2d (on whole windows) in float through
 // oneDNN's pooling primitives, on the layers' NCHW buffers as they are (no
-// reorders). Measured against the plain loops they replace
-// (bench/training/pool_onednn.cpp, docs/performance.md "Pooling: normlab's
+// reorders), where oneDNN has a JIT kernel for them (AVX-512 in oneDNN 2.6). Measured against the
+// plain loops they replace (bench/training/pool_onednn.cpp, docs/performance.md "Pooling: normlab's
 // kernels against oneDNN's"). The primitives are made once per input shape
 // (training and evaluation batches differ) with their scratchpads, so a step
 // allocates nothing. MaxPool2d stays on normlab's 2x2 kernels
@@ -9,6 +9,7 @@
 #include <map>
 #include <memory>
 #include <oneapi/dnnl/dnnl.hpp>
+#include <string>
 #include <tuple>
 #include <unordered_map>
 
@@ -34,6 +35,7 @@ struct AvgPoolPrims {
   dnnl::pooling_forward fwd;
   dnnl::pooling_backward bwd;
   memory x, y, dy, dx, pad_f, pad_b;
+  bool jit = false;  // both passes have a JIT kernel for NCHW
 };
 
 struct AvgPoolCache {
@@ -71,6 +73,12 @@ AvgPoolPrims& prims_for(AvgPoolCache& c, const AvgPoolGeom& g) {
       {dnnl::prop_kind::forward_training, alg, src, dst, strides, kernel, pad, pad}, attr, eng);
   const dnnl::pooling_backward::primitive_desc bpd({alg, src, dst, strides, kernel, pad, pad}, attr,
                                                    eng, fpd);
+  // oneDNN 2.6 has JIT kernels for NCHW pooling on AVX-512 only; elsewhere it
+  // runs simple_nchw / ref loops, 1.3-4x slower than the layers' own loops
+  // (bench/training/pool_onednn.cpp with ONEDNN_MAX_CPU_ISA=AVX2), so those
+  // shapes stay on the loops.
+  const auto is_jit = [](const char* impl) { return std::string(impl).rfind("jit", 0) == 0; };
+  p->jit = is_jit(fpd.impl_info_str()) && is_jit(bpd.impl_info_str());
   p->fwd = dnnl::pooling_forward(fpd);
   p->bwd = dnnl::pooling_backward(bpd);
   p->x = memory(src, eng, DNNL_MEMORY_NONE);
@@ -84,6 +92,10 @@ AvgPoolPrims& prims_for(AvgPoolCache& c, const AvgPoolGeom& g) {
 }
 
 }  // namespace
+
+bool avgpool2d_onednn_serves(AvgPoolCache* cache, const AvgPoolGeom& g) {
+  return prims_for(*cache, g).jit;
+}
 
 void avgpool2d_forward(AvgPoolCache* cache, const AvgPoolGeom& g, const float* x, float* y) {
   AvgPoolPrims& p = prims_for(*cache, g);

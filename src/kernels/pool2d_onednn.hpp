@@ -1,6 +1,7 @@
 // Average pooling in float through oneDNN (pool2d_onednn.cpp), behind
-// AvgPool2d and AdaptiveAvgPool2d (include/normlab/pool.hpp); double and the
-// adaptive windows that do not tile the input run the layers' plain loops.
+// AvgPool2d and AdaptiveAvgPool2d (include/normlab/pool.hpp) where oneDNN has
+// JIT kernels for it; double, the adaptive windows that do not tile the input
+// and CPUs without those kernels run the layers' plain loops.
 #pragma once
 #include <cstdint>
 
@@ -17,6 +18,9 @@ struct AvgPoolGeom {
 
 AvgPoolCache* new_avgpool_cache();  // owned by a unique_ptr<AvgPoolCache, AvgPoolCacheDeleter>
 
+// Whether oneDNN runs this geometry with JIT kernels (then the calls below
+// serve; else the layers' loops are faster). Makes the primitives on first use.
+bool avgpool2d_onednn_serves(AvgPoolCache* cache, const AvgPoolGeom& g);
 // y (N, C, OH, OW): each window's mean (N * C > 0).
 void avgpool2d_forward(AvgPoolCache* cache, const AvgPoolGeom& g, const float* x, float* y);
 // dx (N, C, H, W), overwritten: each dy spread evenly over its window's inputs.

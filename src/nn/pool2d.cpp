@@ -172,11 +172,12 @@ const Tensor<T>& AvgPool2d<T>::forward_impl(const Tensor<T>& x) {
   if constexpr (std::is_same_v<T, float>) {
     if (P == 0) return y_;
     if (!cache_) cache_.reset(detail::new_avgpool_cache());
-    detail::avgpool2d_forward(
-        cache_.get(),
-        avg_geom(x.shape(), y_.shape(), k_, opt_.stride, opt_.padding, opt_.count_include_pad),
-        x.data(), y_.data());
-    return y_;
+    const detail::AvgPoolGeom g =
+        avg_geom(x.shape(), y_.shape(), k_, opt_.stride, opt_.padding, opt_.count_include_pad);
+    if (detail::avgpool2d_onednn_serves(cache_.get(), g)) {
+      detail::avgpool2d_forward(cache_.get(), g, x.data(), y_.data());
+      return y_;
+    }
   }
   const T* xs = x.data();
   T* ys = y_.data();
@@ -206,12 +207,13 @@ const Tensor<T>& AvgPool2d<T>::backward(const Tensor<T>& dy) {
   const int64_t P = y_.dim(0) * y_.dim(1), H = in_shape_[2], W = in_shape_[3], OH = y_.dim(2),
                 OW = y_.dim(3);
   if constexpr (std::is_same_v<T, float>) {
-    if (P > 0)
-      detail::avgpool2d_backward(
-          cache_.get(),
-          avg_geom(in_shape_, y_.shape(), k_, opt_.stride, opt_.padding, opt_.count_include_pad),
-          dy.data(), dx_.data());
-    return dx_;
+    if (P == 0) return dx_;
+    const detail::AvgPoolGeom g =
+        avg_geom(in_shape_, y_.shape(), k_, opt_.stride, opt_.padding, opt_.count_include_pad);
+    if (detail::avgpool2d_onednn_serves(cache_.get(), g)) {
+      detail::avgpool2d_backward(cache_.get(), g, dy.data(), dx_.data());
+      return dx_;
+    }
   }
   dx_.fill(T(0));
   const T* d = dy.data();
@@ -277,8 +279,9 @@ const Tensor<T>& AdaptiveAvgPool2d<T>::forward_impl(const Tensor<T>& x) {
   const int64_t P = y_.dim(0) * y_.dim(1), H = x.dim(2), W = x.dim(3), OH = out_.h, OW = out_.w;
   if constexpr (std::is_same_v<T, float>) {
     if (P == 0) return y_;
-    if (tiles(x.shape(), out_)) {
-      if (!cache_) cache_.reset(detail::new_avgpool_cache());
+    if (!cache_) cache_.reset(detail::new_avgpool_cache());
+    if (tiles(x.shape(), out_) &&
+        detail::avgpool2d_onednn_serves(cache_.get(), tile_geom(x.shape(), y_.shape(), out_))) {
       detail::avgpool2d_forward(cache_.get(), tile_geom(x.shape(), y_.shape(), out_), x.data(),
                                 y_.data());
       return y_;
@@ -316,7 +319,8 @@ const Tensor<T>& AdaptiveAvgPool2d<T>::backward(const Tensor<T>& dy) {
                 OW = out_.w;
   if constexpr (std::is_same_v<T, float>) {
     if (P == 0) return dx_;
-    if (tiles(in_shape_, out_)) {
+    if (tiles(in_shape_, out_) &&
+        detail::avgpool2d_onednn_serves(cache_.get(), tile_geom(in_shape_, y_.shape(), out_))) {
       detail::avgpool2d_backward(cache_.get(), tile_geom(in_shape_, y_.shape(), out_), dy.data(),
                                  dx_.data());
       return dx_;
