@@ -14,6 +14,7 @@
 #include <unordered_map>
 
 #include "kernels/conv2d.hpp"
+#include "kernels/onednn_engine.hpp"
 #include "normlab/aligned_vector.hpp"
 #include "normlab/error.hpp"
 #include "normlab/profile.hpp"
@@ -25,11 +26,6 @@ using tag = dnnl::memory::format_tag;
 using dt = dnnl::memory::data_type;
 
 namespace {
-
-dnnl::engine& cpu_engine() {
-  static dnnl::engine eng(dnnl::engine::kind::cpu, 0);
-  return eng;
-}
 
 // A user buffer in PyTorch's layout, and where the primitive wants it: the
 // same memory when the layouts agree, else an own buffer and the reorder.

@@ -13,6 +13,7 @@
 #include <tuple>
 #include <unordered_map>
 
+#include "kernels/onednn_engine.hpp"
 #include "kernels/pool2d_onednn.hpp"
 #include "normlab/profile.hpp"
 
@@ -21,15 +22,6 @@ namespace normlab::detail {
 using dnnl::memory;
 using tag = dnnl::memory::format_tag;
 using dt = dnnl::memory::data_type;
-
-namespace {
-
-dnnl::engine& pool_engine() {
-  static dnnl::engine eng(dnnl::engine::kind::cpu, 0);
-  return eng;
-}
-
-}  // namespace
 
 struct AvgPoolPrims {
   dnnl::pooling_forward fwd;
@@ -40,7 +32,7 @@ struct AvgPoolPrims {
 
 struct AvgPoolCache {
   std::map<std::tuple<int64_t, int64_t, int64_t>, std::unique_ptr<AvgPoolPrims>> by_shape;
-  dnnl::stream stream{pool_engine()};
+  dnnl::stream stream{cpu_engine()};
 };
 
 AvgPoolCache* new_avgpool_cache() {
@@ -58,7 +50,7 @@ AvgPoolPrims& prims_for(AvgPoolCache& c, const AvgPoolGeom& g) {
   if (slot) return *slot;
   const profile::Scope t("avgpool2d.create");
   auto p = std::make_unique<AvgPoolPrims>();
-  auto& eng = pool_engine();
+  auto& eng = cpu_engine();
   const memory::desc src({g.N, g.C, g.H, g.W}, dt::f32, tag::nchw),
       dst({g.N, g.C, g.OH, g.OW}, dt::f32, tag::nchw);
   const memory::dims strides{g.SH, g.SW}, kernel{g.KH, g.KW}, pad{g.PH, g.PW};
@@ -93,27 +85,27 @@ AvgPoolPrims& prims_for(AvgPoolCache& c, const AvgPoolGeom& g) {
 
 }  // namespace
 
-bool avgpool2d_onednn_serves(AvgPoolCache* cache, const AvgPoolGeom& g) {
-  return prims_for(*cache, g).jit;
-}
-
-void avgpool2d_forward(AvgPoolCache* cache, const AvgPoolGeom& g, const float* x, float* y) {
+bool avgpool2d_forward(AvgPoolCache* cache, const AvgPoolGeom& g, const float* x, float* y) {
   AvgPoolPrims& p = prims_for(*cache, g);
+  if (!p.jit) return false;
   p.x.set_data_handle(const_cast<float*>(x));
   p.y.set_data_handle(y);
   p.fwd.execute(cache->stream,
                 {{DNNL_ARG_SRC, p.x}, {DNNL_ARG_DST, p.y}, {DNNL_ARG_SCRATCHPAD, p.pad_f}});
   cache->stream.wait();
+  return true;
 }
 
-void avgpool2d_backward(AvgPoolCache* cache, const AvgPoolGeom& g, const float* dy, float* dx) {
+bool avgpool2d_backward(AvgPoolCache* cache, const AvgPoolGeom& g, const float* dy, float* dx) {
   AvgPoolPrims& p = prims_for(*cache, g);
+  if (!p.jit) return false;
   p.dy.set_data_handle(const_cast<float*>(dy));
   p.dx.set_data_handle(dx);
   p.bwd.execute(
       cache->stream,
       {{DNNL_ARG_DIFF_DST, p.dy}, {DNNL_ARG_DIFF_SRC, p.dx}, {DNNL_ARG_SCRATCHPAD, p.pad_b}});
   cache->stream.wait();
+  return true;
 }
 
 }  // namespace normlab::detail

@@ -18,12 +18,12 @@ struct AvgPoolGeom {
 
 AvgPoolCache* new_avgpool_cache();  // owned by a unique_ptr<AvgPoolCache, AvgPoolCacheDeleter>
 
-// Whether oneDNN runs this geometry with JIT kernels (then the calls below
-// serve; else the layers' loops are faster). Makes the primitives on first use.
-bool avgpool2d_onednn_serves(AvgPoolCache* cache, const AvgPoolGeom& g);
+// Both run only where oneDNN has JIT kernels for the geometry (the primitives
+// are made on first use) and return whether they ran; false leaves the
+// output untouched for the layers' loops, which are faster there.
 // y (N, C, OH, OW): each window's mean (N * C > 0).
-void avgpool2d_forward(AvgPoolCache* cache, const AvgPoolGeom& g, const float* x, float* y);
+bool avgpool2d_forward(AvgPoolCache* cache, const AvgPoolGeom& g, const float* x, float* y);
 // dx (N, C, H, W), overwritten: each dy spread evenly over its window's inputs.
-void avgpool2d_backward(AvgPoolCache* cache, const AvgPoolGeom& g, const float* dy, float* dx);
+bool avgpool2d_backward(AvgPoolCache* cache, const AvgPoolGeom& g, const float* dy, float* dx);
 
 }  // namespace normlab::detail

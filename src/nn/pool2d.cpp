@@ -174,10 +174,7 @@ const Tensor<T>& AvgPool2d<T>::forward_impl(const Tensor<T>& x) {
     if (!cache_) cache_.reset(detail::new_avgpool_cache());
     const detail::AvgPoolGeom g =
         avg_geom(x.shape(), y_.shape(), k_, opt_.stride, opt_.padding, opt_.count_include_pad);
-    if (detail::avgpool2d_onednn_serves(cache_.get(), g)) {
-      detail::avgpool2d_forward(cache_.get(), g, x.data(), y_.data());
-      return y_;
-    }
+    if (detail::avgpool2d_forward(cache_.get(), g, x.data(), y_.data())) return y_;
   }
   const T* xs = x.data();
   T* ys = y_.data();
@@ -210,10 +207,7 @@ const Tensor<T>& AvgPool2d<T>::backward(const Tensor<T>& dy) {
     if (P == 0) return dx_;
     const detail::AvgPoolGeom g =
         avg_geom(in_shape_, y_.shape(), k_, opt_.stride, opt_.padding, opt_.count_include_pad);
-    if (detail::avgpool2d_onednn_serves(cache_.get(), g)) {
-      detail::avgpool2d_backward(cache_.get(), g, dy.data(), dx_.data());
-      return dx_;
-    }
+    if (detail::avgpool2d_backward(cache_.get(), g, dy.data(), dx_.data())) return dx_;
   }
   dx_.fill(T(0));
   const T* d = dy.data();
@@ -281,11 +275,9 @@ const Tensor<T>& AdaptiveAvgPool2d<T>::forward_impl(const Tensor<T>& x) {
     if (P == 0) return y_;
     if (!cache_) cache_.reset(detail::new_avgpool_cache());
     if (tiles(x.shape(), out_) &&
-        detail::avgpool2d_onednn_serves(cache_.get(), tile_geom(x.shape(), y_.shape(), out_))) {
-      detail::avgpool2d_forward(cache_.get(), tile_geom(x.shape(), y_.shape(), out_), x.data(),
-                                y_.data());
+        detail::avgpool2d_forward(cache_.get(), tile_geom(x.shape(), y_.shape(), out_), x.data(),
+                                  y_.data()))
       return y_;
-    }
   }
   const T* xs = x.data();
   T* ys = y_.data();
@@ -320,11 +312,9 @@ const Tensor<T>& AdaptiveAvgPool2d<T>::backward(const Tensor<T>& dy) {
   if constexpr (std::is_same_v<T, float>) {
     if (P == 0) return dx_;
     if (tiles(in_shape_, out_) &&
-        detail::avgpool2d_onednn_serves(cache_.get(), tile_geom(in_shape_, y_.shape(), out_))) {
-      detail::avgpool2d_backward(cache_.get(), tile_geom(in_shape_, y_.shape(), out_), dy.data(),
-                                 dx_.data());
+        detail::avgpool2d_backward(cache_.get(), tile_geom(in_shape_, y_.shape(), out_), dy.data(),
+                                   dx_.data()))
       return dx_;
-    }
   }
   dx_.fill(T(0));
   const T* d = dy.data();
