@@ -929,7 +929,7 @@ std::vector<Case> checkpoint_cases() {
        {"--resume", "--wn-init pytorch", "asks for data"}},
       {"resume: already finished",
        train({{"--resume", "{root}/good_run/checkpoint.safetensors"}}),
-       {"already finished 1 epochs", "--epochs"}},
+       {"ended after epoch 1", "--epochs"}},
   };
 }
 

@@ -265,6 +265,19 @@ TEST(Distributed, SimulatedRanksSumInRankOrderAndAgreeOnErrors) {
     } catch (const AgreedError& e) {
       EXPECT_EQ(std::string(e.what()), "rank 1 of 3: cannot read x");
     }
+    // The same reason on every rank is said once; different ones name each rank.
+    try {
+      agree_on_errors(c, [&] { fail("bad checkpoint"); });
+      ADD_FAILURE() << "expected an error";
+    } catch (const AgreedError& e) {
+      EXPECT_EQ(std::string(e.what()), "bad checkpoint");
+    }
+    try {
+      agree_on_errors(c, [&] { fail(c.rank() == 2 ? "b" : "a"); });
+      ADD_FAILURE() << "expected an error";
+    } catch (const AgreedError& e) {
+      EXPECT_EQ(std::string(e.what()), "rank 0 of 3: a; rank 1 of 3: a; rank 2 of 3: b");
+    }
   });
   EXPECT_EQ(world().size(), 1);  // not started by mpirun: a single process
 }

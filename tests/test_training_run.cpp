@@ -197,7 +197,7 @@ TEST_F(TrainingRun, ResumeWithOtherSettingsIsRefused) {
   TrainConfig done = small_run(tmp.file("r"));
   done.epochs = 1;
   done.resume = done.out_dir + "/checkpoint.safetensors";
-  normlab::testing::expect_error([&] { run_training(done, q); }, {"already finished 1 epochs"});
+  normlab::testing::expect_error([&] { run_training(done, q); }, {"ended after epoch 1"});
 }
 
 TEST_F(TrainingRun, ModelThatIsNotAClassifierOfTheDataIsRefused) {

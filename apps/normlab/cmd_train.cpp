@@ -105,7 +105,10 @@ void add_train_command(CLI::App& app) {
   cmd->add_option("--model,-m", cfg->model, "Model spec or preset (see `normlab model --help`)")
       ->capture_default_str();
   cmd->add_option("--epochs,-e", cfg->epochs, "Epochs to train")->capture_default_str();
-  cmd->add_option("--batch-size,-b", cfg->batch_size, "Training batch size")->capture_default_str();
+  cmd->add_option(
+         "--batch-size,-b", cfg->batch_size,
+         "Training batch size (a single leftover sample joins the last batch of the epoch)")
+      ->capture_default_str();
   cmd->add_option("--eval-batch-size", cfg->eval_batch_size, "Evaluation batch size")
       ->capture_default_str();
   cmd->add_option("--optimizer,-o", cfg->optimizer, "adam, adamw or sgd")->capture_default_str();

@@ -396,12 +396,18 @@ void agree_on_errors(Communicator& comm, const std::function<void()>& fn) {
   std::memcpy(send.data() + 1, mine.data(), std::min(mine.size(), kMessage - 1));
   comm.allgather(send.data(), static_cast<int64_t>(send.size()), recv.data());
   std::string all;
+  int failing = 0;
+  bool alike = true;  // every failing rank gave the same message
   for (int r = 0; r < comm.size(); ++r) {
     const char* m = recv.data() + r * (kMessage + 1);
     if (!m[0]) continue;
+    alike = alike && (failing == 0 || std::strcmp(m + 1, recv.data() + 1) == 0);
+    ++failing;
     all += (all.empty() ? "" : "; ") + std::string("rank ") + std::to_string(r) + " of " +
            std::to_string(comm.size()) + ": " + std::string(m + 1);
   }
+  // The same reason on every rank (a bad checkpoint or flag) is said once.
+  if (failing == comm.size() && alike) throw AgreedError(std::string(recv.data() + 1));
   if (!all.empty()) throw AgreedError(all);
 }
 

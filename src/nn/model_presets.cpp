@@ -129,6 +129,16 @@ const Preset* find_preset(const std::string& text) {
   return nullptr;
 }
 
+// "none|bn|gn" for a parameter with named choices.
+std::string choice_list(const Param& q) {
+  std::string s;
+  for (size_t i = 0; i < q.choices.size(); ++i) {
+    if (i) s += '|';
+    s += q.choices[i];
+  }
+  return s;
+}
+
 std::string param_list(const Preset& p) {
   std::string s;
   for (const auto& q : p.params) {
@@ -141,10 +151,7 @@ std::string param_list(const Preset& p) {
     }
     s += q.choices[q.fallback];
     s += " (";
-    for (size_t i = 0; i < q.choices.size(); ++i) {
-      if (i) s += '|';
-      s += q.choices[i];
-    }
+    s += choice_list(q);
     s += ')';
   }
   return s;
@@ -205,7 +212,7 @@ std::string preset_spec(const std::string& text) {
         const auto c = std::find_if(q->choices.begin(), q->choices.end(),
                                     [&](const char* x) { return value == x; });
         if (c == q->choices.end())
-          fail("preset ", p->name, ": ", key, " must be one of ", param_list(*p), ", got '", value,
+          fail("preset ", p->name, ": ", key, " must be one of ", choice_list(*q), ", got '", value,
                "'");
         values[key] = c - q->choices.begin();
         start = comma + 1;

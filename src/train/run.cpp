@@ -264,7 +264,13 @@ std::vector<EpochMetrics> run_training(const TrainConfig& cfg, TrainingObserver&
   }
 
   Rng rng(cfg.seed);
-  std::vector<LayerPlan> plan = plan_model(cfg.model, Shape{cfg.batch_size, D});
+  std::vector<LayerPlan> plan;
+  try {
+    plan = plan_model(cfg.model, Shape{cfg.batch_size, D});
+  } catch (const Error& e) {
+    // Name where the spec came from: the flag, or the checkpoint being resumed.
+    fail(cfg.resume.empty() ? "--model" : cfg.resume + ": its model spec", ": ", e.what());
+  }
   if (cfg.sync_bn) try {
       sync_batch_norms(plan);
     } catch (const Error& e) {
@@ -315,44 +321,47 @@ std::vector<EpochMetrics> run_training(const TrainConfig& cfg, TrainingObserver&
   Position pos;
   std::vector<EpochMetrics> history;
   std::string wn_init_record;  // JSON: what the data-dependent init did (--wn-init data)
-  if (!cfg.resume.empty()) {
-    const TrainConfig saved = config_from_checkpoint(cfg.resume);
-    auto differs = [&](const char* flag, const auto& mine, const auto& theirs) {
-      if (mine != theirs)
-        fail("--resume ", cfg.resume, ": the checkpoint was trained with ", flag, " ", theirs,
-             ", this run asks for ", mine, "; continue with the same settings");
-    };
-    differs("--model", cfg.model, saved.model);
-    differs("--batch-size", cfg.batch_size, saved.batch_size);
-    differs("--optimizer", cfg.optimizer, saved.optimizer);
-    differs("--seed", cfg.seed, saved.seed);
-    differs("--limit-train", cfg.limit_train, saved.limit_train);
-    differs("--wn-init", cfg.wn_init, saved.wn_init);
-    differs("--optimizer options", options_to_json(cfg.optim).dump(),
-            options_to_json(saved.optim).dump());
-    const Metadata meta = load_checkpoint(cfg.resume, model_state, optim_state);
-    try {
-      const json p = json::parse(meta_json(meta, "position", cfg.resume));
-      pos.epoch = p.at("epoch"), pos.batch = p.at("batch"), pos.loss_sum = p.at("loss_sum");
-      pos.correct = p.at("correct"), pos.count = p.at("count"), pos.skipped = p.at("skipped");
-      pos.curve = p.at("curve").get<std::vector<double>>();
-      for (const auto& m : json::parse(meta_json(meta, "history", cfg.resume)))
-        history.push_back(metrics_from_json(m));
-    } catch (const json::exception& e) {
-      fail("--resume ", cfg.resume, ": the run position in the checkpoint is damaged (", e.what(),
-           ")");
-    }
-    if (pos.epoch < 0 || pos.batch < 0 || pos.batch >= sampler.num_batches() || pos.count < 0 ||
-        pos.correct < 0 || pos.correct > pos.count || pos.skipped < 0)
-      fail("--resume ", cfg.resume, ": the run position in the checkpoint is damaged (epoch ",
-           pos.epoch, ", batch ", pos.batch, " of ", sampler.num_batches(), ", ", pos.correct,
-           " correct of ", pos.count, ", ", pos.skipped, " skipped)");
-    if (pos.epoch >= cfg.epochs)
-      fail("--resume ", cfg.resume, ": the checkpoint has already finished ", pos.epoch,
-           " epochs; ask for more with --epochs (now ", cfg.epochs, ")");
-    // The init happened when the run started; its record travels with the run.
-    if (const auto it = meta.find(kWnInitKey); it != meta.end()) wn_init_record = it->second;
-  }
+  // Every rank reads the checkpoint and agrees on what was wrong with it: a
+  // refused resume ends the job with the reason, not with an MPI_Abort.
+  if (!cfg.resume.empty())
+    agree_on_errors(comm, [&] {
+      const TrainConfig saved = config_from_checkpoint(cfg.resume);
+      auto differs = [&](const char* flag, const auto& mine, const auto& theirs) {
+        if (mine != theirs)
+          fail("--resume ", cfg.resume, ": the checkpoint was trained with ", flag, " ", theirs,
+               ", this run asks for ", mine, "; continue with the same settings");
+      };
+      differs("--model", cfg.model, saved.model);
+      differs("--batch-size", cfg.batch_size, saved.batch_size);
+      differs("--optimizer", cfg.optimizer, saved.optimizer);
+      differs("--seed", cfg.seed, saved.seed);
+      differs("--limit-train", cfg.limit_train, saved.limit_train);
+      differs("--wn-init", cfg.wn_init, saved.wn_init);
+      differs("--optimizer options", options_to_json(cfg.optim).dump(),
+              options_to_json(saved.optim).dump());
+      const Metadata meta = load_checkpoint(cfg.resume, model_state, optim_state);
+      try {
+        const json p = json::parse(meta_json(meta, "position", cfg.resume));
+        pos.epoch = p.at("epoch"), pos.batch = p.at("batch"), pos.loss_sum = p.at("loss_sum");
+        pos.correct = p.at("correct"), pos.count = p.at("count"), pos.skipped = p.at("skipped");
+        pos.curve = p.at("curve").get<std::vector<double>>();
+        for (const auto& m : json::parse(meta_json(meta, "history", cfg.resume)))
+          history.push_back(metrics_from_json(m));
+      } catch (const json::exception& e) {
+        fail("--resume ", cfg.resume, ": the run position in the checkpoint is damaged (", e.what(),
+             ")");
+      }
+      if (pos.epoch < 0 || pos.batch < 0 || pos.batch >= sampler.num_batches() || pos.count < 0 ||
+          pos.correct < 0 || pos.correct > pos.count || pos.skipped < 0)
+        fail("--resume ", cfg.resume, ": the run position in the checkpoint is damaged (epoch ",
+             pos.epoch, ", batch ", pos.batch, " of ", sampler.num_batches(), ", ", pos.correct,
+             " correct of ", pos.count, ", ", pos.skipped, " skipped)");
+      if (pos.epoch >= cfg.epochs)
+        fail("--resume ", cfg.resume, ": the run in the checkpoint ended after epoch ", pos.epoch,
+             "; ask for more with --epochs (now ", cfg.epochs, ")");
+      // The init happened when the run started; its record travels with the run.
+      if (const auto it = meta.find(kWnInitKey); it != meta.end()) wn_init_record = it->second;
+    });
 
   // The weight-norm data-dependent init (Salimans & Kingma 2016, sec. 3) on the
   // first training batch of epoch 1, the batch the first step then trains on:
@@ -446,6 +455,13 @@ std::vector<EpochMetrics> run_training(const TrainConfig& cfg, TrainingObserver&
     if (e.is_param()) n_params += e.value->numel();
   report.on_start(model->name(), n_params, n_train, n_test, pos.epoch + 1);
   if (!wn_init_note.empty()) report.on_note(wn_init_note);
+  if (const int64_t last = static_cast<int64_t>(sampler.batch(sampler.num_batches() - 1).size());
+      last > cfg.batch_size)
+    // Said on screen because otherwise the step count looks one short.
+    report.on_note(concat("batches: ", sampler.num_batches(),
+                          " per epoch; the one sample left over by --batch-size ", cfg.batch_size,
+                          " joins the last batch (", last,
+                          " samples), because a batch of 1 has no batch statistics"));
 
   // The test set stays as bytes too: each evaluation batch is converted when it is used.
   std::vector<int64_t> test_index(static_cast<size_t>(n_test));
