@@ -134,12 +134,14 @@ def main():
               "us per fwd+bwd)")
         for name, _ in cs:
             print(f"  {name:20} {res[name]:9.2f}")
-        print(f"  normlab.torch - bare kernels      {res['normlab.torch'] - res['bare kernels']:9.2f}"
-              f"\n  of which our bodies' Python       "
-              f"{res['normlab bodies'] - res['bare kernels']:9.2f}"
-              f"\n  and autograd/module (the rest)    "
-              f"{res['normlab.torch'] - res['normlab bodies']:9.2f}"
-              f"\n  torch.nn.LayerNorm - aten kernels {res['torch.nn.LayerNorm'] - res['aten kernels']:9.2f}")
+        over = res["normlab.torch"] - res["bare kernels"]
+        ours = res["normlab bodies"] - res["bare kernels"]
+        rest = res["normlab.torch"] - res["normlab bodies"]
+        theirs = res["torch.nn.LayerNorm"] - res["aten kernels"]
+        print(f"  normlab.torch - bare kernels      {over:9.2f}\n"
+              f"  of which our bodies' Python       {ours:9.2f}\n"
+              f"  and autograd/module (the rest)    {rest:9.2f}\n"
+              f"  torch.nn.LayerNorm - aten kernels {theirs:9.2f}")
 
 
 if __name__ == "__main__":

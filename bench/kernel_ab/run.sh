@@ -17,7 +17,8 @@ git -C "$repo" show "$rev:src/kernels/layernorm_fast.cpp" >"$out/old.cpp"
 fl=(-O3 -DNDEBUG "-march=$march" -fopenmp -std=c++20 "-I$repo/include" "-I$repo/src"
     -DNORMLAB_ISA_DISPATCH=0)
 g++ "${fl[@]}" -DNORMLAB_ISA_NAMESPACE=isa_old -c "$out/old.cpp" -o "$out/old.o"
-g++ "${fl[@]}" -DNORMLAB_ISA_NAMESPACE=isa_new -c "$repo/src/kernels/layernorm_fast.cpp" -o "$out/new.o"
+g++ "${fl[@]}" -DNORMLAB_ISA_NAMESPACE=isa_new -c "$repo/src/kernels/layernorm_fast.cpp" \
+  -o "$out/new.o"
 g++ "${fl[@]}" -c "$repo/bench/kernel_ab/ab_layernorm.cpp" -o "$out/ab.o"
 g++ -fopenmp "$out/ab.o" "$out/old.o" "$out/new.o" -o "$out/ab"
 "$out/ab" "$@"
