@@ -19,7 +19,7 @@ per-call overhead measured for PyTorch's own modules.
 beside the NxC rows when --normlab is given.
 
     python bench/compare_python.py [--repeats 7] [--min-time 0.2] [--normlab build/normlab]
-        [--shapes 4096x1024,128x512,4x32,128x64x28x28]
+        [--shapes 4096x1024,128x512,4x32,128x64x28x28] [--modules LayerNorm,RMSNorm]
 
 Needs torch (>= 2.4 for nn.RMSNorm; older: RMSNorm rows are skipped) and the
 normlab package (pip install .). Docs: docs/performance.md.
@@ -169,6 +169,8 @@ def main():
     ap.add_argument("--min-time", type=float, default=0.2)
     ap.add_argument("--shapes", default="4096x1024,128x512,4x32,128x64x28x28")
     ap.add_argument("--normlab", default="", help="a normlab executable for `normlab bench`")
+    ap.add_argument("--modules", default="",
+                    help="only these modules, comma-separated (e.g. LayerNorm; default: all)")
     args = ap.parse_args()
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
     cli = cli_fwd_bwd(args.normlab, [s for s in shapes if len(s) == 2]) \
@@ -191,6 +193,8 @@ def main():
         print(f"{'(identity Function)':14} {label:>14} {'':12} "
               f"{timeit(identity, args.repeats, args.min_time) * 1e6:17.1f}")
         for name, ours_f, theirs_f in modules(shape):
+            if args.modules and name not in args.modules.split(","):
+                continue
             times = {}
             for who, make in (("theirs", theirs_f), ("ours", ours_f)):
                 m = make()

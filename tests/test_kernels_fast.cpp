@@ -254,5 +254,40 @@ TEST(FastKernels, LargeMeanInputsNormalize) {
   }
 }
 
+// The forward's row moments in float (fast_moments, layernorm_fast.cpp) and
+// the rows it leaves to the double sums, and both forms of y: an ordinary row
+// and one of mean 5, sd 1 (y in two FMAs), first values atypical (S2 > 2 M2),
+// a spread of 1e-20 (M2 / D < 1e-30), mean 100 and sd 1 (centred first), a
+// constant row; then the streamed backward's fused pass without gamma.
+TEST(FastKernels, LayerNormRowKinds) {
+  const int64_t N = 6, D = 1000;
+  std::vector<float> x = randn<float>(N * D, 41);
+  for (int64_t d = 0; d < D; ++d) {
+    x[D + d] = 5 + x[D + d];
+    if (d < 64) x[2 * D + d] += 50;
+    x[3 * D + d] *= 1e-20f;
+    x[4 * D + d] += 100;
+    x[5 * D + d] = 3.0f;
+  }
+  auto gamma = randn<float>(D, 42, 1.0, 0.5), beta = randn<float>(D, 43);
+  for (int threads : {1, 2}) {
+    Threads guard(threads);
+    std::vector<float> y(N * D), m(N), r(N), y_ref(N * D), m_ref(N), r_ref(N);
+    layernorm_forward(y.data(), m.data(), r.data(), x.data(), gamma.data(), beta.data(), N, D,
+                      1e-5f);
+    ref::layernorm_forward(y_ref.data(), m_ref.data(), r_ref.data(), x.data(), gamma.data(),
+                           beta.data(), N, D, 1e-5f);
+    expect_close(y, y_ref, kTolF, "row kinds y");
+    for (int64_t n = 0; n < N; ++n) {
+      // Both the double sum (in another order), rounded once: at most an ulp apart.
+      EXPECT_LE(std::abs(m[n] - m_ref[n]),
+                std::nextafter(std::abs(m_ref[n]), 1e38f) - std::abs(m_ref[n]))
+          << "row " << n;
+      EXPECT_NEAR(r[n], r_ref[n], 1e-5 * r_ref[n]) << "row " << n;
+    }
+  }
+  for (int threads : {1, 3}) check_layernorm<float>(1030, 1025, threads, {false, true}, kTolF);
+}
+
 }  // namespace
 }  // namespace normlab

@@ -113,6 +113,10 @@ def _rows(fn, x, normalized_shape):
     """(N, D) of x normalized over its trailing normalized_shape (LayerNorm's and
     RMSNorm's view: N rows of D values); ValueError if x does not end in it."""
     shape, k = x.shape, len(normalized_shape)
+    if k == 1 and shape:  # the common case, without slicing x.shape (~1.5 us less per call)
+        D = normalized_shape[0]
+        if shape[-1] == D and D > 0:
+            return x.numel() // D, D
     if not k or shape[len(shape) - k:] != normalized_shape:
         raise ValueError(f"{fn}: input of shape {tuple(shape)} does not end in "
                          f"normalized_shape {tuple(normalized_shape)}" +
@@ -155,7 +159,9 @@ class _LayerNormFunction(torch.autograd.Function):
         dy = grad_out if grad_out.is_contiguous() else grad_out.contiguous()
         dx = torch.empty_like(x) if need[0] else None
         dw = _zeros_or_none(need[1], w)
-        db = x.new_zeros(ns) if need[2] and has_bias else None
+        # zeros_like(w) (bias has weight's shape and dtype) is ~1.5 us cheaper than new_zeros
+        db = (x.new_zeros(ns) if w is None else torch.zeros_like(w)) \
+            if need[2] and has_bias else None
         s = stats.data_ptr()
         _raw.raw_layer_norm_backward(
             x.dtype is _F64, 0 if dx is None else dx.data_ptr(), 0 if dw is None else dw.data_ptr(),
