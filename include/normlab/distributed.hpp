@@ -24,6 +24,16 @@
 
 namespace normlab {
 
+// How MPI ranks exchange the sharded optimizer's gradients and weights and the
+// large float all-reduces (docs/distributed.md, "Shared memory on one node"):
+// Ring: rings of MPI_Sendrecv (any layout of machines); Shm: an MPI-3
+// shared-memory window (MPI_Win_allocate_shared) that every rank reads its
+// peers' blocks from directly, only when every rank runs on one node; Auto
+// (the default): Shm on one node, Ring otherwise.
+enum class MpiTransport { Auto, Ring, Shm };
+// "auto", "ring", "shm"; throws an Error naming the value otherwise.
+MpiTransport mpi_transport_from_name(const std::string& name);
+
 class Communicator {
  public:
   virtual ~Communicator() = default;
@@ -59,6 +69,13 @@ class Communicator {
   virtual void start_allreduce_sum(float* data, int64_t n) { allreduce_sum(data, n); }
   virtual void progress() {}
   virtual void wait_all() {}
+  // Chooses how reduce_scatter_sum, allgather_slices and large float
+  // allreduce_sums travel (MPI only; every rank must choose the same; the
+  // others ignore it). Shm when the ranks span several nodes throws an Error
+  // every rank raises alike. transport() names the path in use: "shared
+  // memory (one node)", "ring (MPI_Sendrecv)"; "" without MPI.
+  virtual void set_transport(MpiTransport) {}
+  virtual std::string transport() const { return ""; }
   // Ends every rank of the job (MPI_Abort) with this exit code; a single process exits.
   [[noreturn]] virtual void abort(int code) = 0;
   // "MPI (3 ranks)", "single process", "simulated (2 ranks)".

@@ -15,6 +15,9 @@
 
 #ifdef NORMLAB_MPI
 #include <mpi.h>
+#include <omp.h>
+
+#include "kernels/simd.hpp"
 #endif
 
 namespace normlab {
@@ -186,15 +189,38 @@ class Mpi final : public Communicator {
     // Errors come back as codes (check() turns them into Errors) instead of
     // MPI's default of aborting without a word on which call.
     MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+    // The ranks on this rank's node, in world-rank order: when they are all
+    // of them, node rank == world rank and the shared-memory path is possible.
+    check(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node_),
+          "MPI_Comm_split_type");
+    MPI_Comm_set_errhandler(node_, MPI_ERRORS_RETURN);
+    int node_size = 0;
+    MPI_Comm_size(node_, &node_size);
+    one_node_ = node_size == size_;
+    shm_ = one_node_ && size_ > 1;
+    live_ = this;
     std::atexit([] {
       int finalized = 0;
       MPI_Finalized(&finalized);
-      if (!finalized) MPI_Finalize();
+      if (finalized) return;
+      // The window and the node communicator go before MPI_Finalize on every
+      // exit path (a normal end, an agreed error: every rank passes here).
+      if (live_) live_->release();
+      MPI_Finalize();
     });
+  }
+  ~Mpi() override {
+    release();
+    live_ = nullptr;
   }
   int rank() const override { return rank_; }
   int size() const override { return size_; }
-  void allreduce_sum(float* data, int64_t n) override { sum(data, n, MPI_FLOAT); }
+  // Large float sums (the unsharded trainer's gradient block) go through the
+  // shared-memory window on one node: reduce-scatter + all-gather.
+  void allreduce_sum(float* data, int64_t n) override {
+    if (shm_ && size_ > 1 && n >= kShmMinFloats) return shm_allreduce(data, n);
+    sum(data, n, MPI_FLOAT);
+  }
   void allreduce_sum(double* data, int64_t n) override { sum(data, n, MPI_DOUBLE); }
   void allgather(const void* send, int64_t bytes, void* recv) override {
     check(MPI_Allgather(send, static_cast<int>(bytes), MPI_BYTE, recv, static_cast<int>(bytes),
@@ -227,6 +253,7 @@ class Mpi final : public Communicator {
       std::copy_n(own, counts[0], recv);
       return;
     }
+    if (shm_) return shm_reduce_scatter(send, recv, counts);
     // The partial sum passed on at the next step (K > 2), and the one received.
     const size_t largest = static_cast<size_t>(*std::max_element(counts.begin(), counts.end()));
     incoming_.resize(largest);
@@ -248,6 +275,7 @@ class Mpi final : public Communicator {
   // At step s rank r passes slice r - s on and receives slice r - s - 1 in place.
   void allgather_slices(float* data, std::span<const int64_t> counts) override {
     slices(counts, "allgather_slices");
+    if (shm_ && size_ > 1) return shm_allgather(data, counts);
     const int K = size_, next = (rank_ + 1) % K, prev = (rank_ + K - 1) % K;
     for (int s = 0; s + 1 < K; ++s) {
       const int out = ring(rank_ - s), in = ring(rank_ - s - 1);
@@ -286,8 +314,161 @@ class Mpi final : public Communicator {
     std::_Exit(code);
   }
   std::string describe() const override { return "MPI (" + std::to_string(size_) + " ranks)"; }
+  void set_transport(MpiTransport t) override {
+    if (t == MpiTransport::Shm && !one_node_)
+      throw AgreedError(
+          "--mpi-transport shm: the " + std::to_string(size_) +
+          " ranks do not all run on one node (shared memory needs them to); use auto or ring");
+    shm_ = t == MpiTransport::Shm || (t == MpiTransport::Auto && one_node_ && size_ > 1);
+  }
+  std::string transport() const override {
+    if (size_ == 1) return "single rank";
+    return shm_ ? "shared memory (one node)"
+                : std::string("ring (MPI_Sendrecv") +
+                      (one_node_ ? ")" : "; ranks on several nodes)");
+  }
 
  private:
+  // ---- shared memory on one node (docs/distributed.md, "Shared memory on one node")
+  //
+  // One MPI-3 window over the node communicator (every rank of the job): rank
+  // p's segment holds two blocks of cap_ floats, [0, cap_) the gradients it
+  // publishes (the other ranks' slices of its flat block) and [cap_, 2 cap_)
+  // the summed slice it publishes (its slice of the weights in
+  // allgather_slices, of the sum in allreduce_sum), at the slice's place.
+  // Synchronisation as in the MPI-3 standard's shared-memory examples
+  // (sec. 11.8, "passive target", Win_lock_all once, then Win_sync +
+  // Barrier + Win_sync): a rank writes only its own segment, between two
+  // syncs, and the others read it only after the next one. Order of reads and
+  // writes across collectives: a rank rewrites its gradient block at its next
+  // reduce-scatter, which comes after the all-gather's sync, which every peer
+  // reaches only after it has finished reading that block; a rank rewrites
+  // its summed slice at its next all-gather, after the next reduce-scatter's
+  // sync, which the peers reach only after having copied that slice. So two
+  // syncs a step, and no copy goes wrong whoever runs ahead.
+  static constexpr int64_t kShmMinFloats = 16384;  // 64 KiB: smaller sums are MPI_Allreduce's
+  static constexpr int64_t kSumBlock = 4096;       // floats a block of the K-way sum (16 KiB)
+
+  // The window holds at least n floats a block (collective: every rank asks alike).
+  void ensure_window(int64_t n) {
+    if (n <= cap_ && win_ != MPI_WIN_NULL) return;
+    // A larger block: no rank may still be reading a peer's old segment.
+    if (win_ != MPI_WIN_NULL) check(MPI_Barrier(node_), "MPI_Barrier (shared memory)");
+    free_window();
+    const int64_t cap = std::max<int64_t>(16, (n + 15) / 16 * 16);  // 64-byte lines
+    MPI_Info info;
+    MPI_Info_create(&info);
+    // Each segment on its own pages (the rank touches them first: its node memory).
+    MPI_Info_set(info, "alloc_shared_noncontig", "true");
+    void* base = nullptr;
+    const int rc = MPI_Win_allocate_shared(static_cast<MPI_Aint>(2 * cap * sizeof(float)),
+                                           sizeof(float), info, node_, &base, &win_);
+    MPI_Info_free(&info);
+    check(rc, "MPI_Win_allocate_shared");
+    MPI_Win_set_errhandler(win_, MPI_ERRORS_RETURN);
+    check(MPI_Win_lock_all(MPI_MODE_NOCHECK, win_), "MPI_Win_lock_all");
+    segs_.assign(static_cast<size_t>(size_), nullptr);
+    for (int r = 0; r < size_; ++r) {
+      MPI_Aint bytes = 0;
+      int unit = 0;
+      void* p = nullptr;
+      check(MPI_Win_shared_query(win_, r, &bytes, &unit, &p), "MPI_Win_shared_query");
+      segs_[r] = static_cast<float*>(p);
+    }
+    cap_ = cap;
+  }
+  void free_window() {
+    if (win_ == MPI_WIN_NULL) return;
+    MPI_Win_unlock_all(win_);
+    MPI_Win_free(&win_);
+    win_ = MPI_WIN_NULL;
+    segs_.clear();
+    cap_ = 0;
+  }
+  void release() {
+    free_window();
+    if (node_ != MPI_COMM_NULL) MPI_Comm_free(&node_);
+    node_ = MPI_COMM_NULL;
+  }
+  // Every rank's writes to its segment before this are seen by every rank after it.
+  void shm_sync() {
+    MPI_Win_sync(win_);
+    check(MPI_Barrier(node_), "MPI_Barrier (shared memory)");
+    MPI_Win_sync(win_);
+  }
+  float* grads_of(int r) const { return segs_[r]; }
+  float* sums_of(int r) const { return segs_[r] + cap_; }
+  // out[j] = src[0][j] + src[1][j] + ... + src[K-1][j], added in that order
+  // (rank order: the same bits on every rank and every run), in blocks of
+  // kSumBlock floats that stay in L1 while the K sources stream through,
+  // vectorised (kernels/simd.hpp) and spread over the rank's OpenMP threads.
+  static void sum_in_rank_order(float* out, const float* const* src, int K, int64_t n) {
+    const int64_t blocks = (n + kSumBlock - 1) / kSumBlock;
+    const auto add = [](auto a, auto b) { return a + b; };
+#pragma omp parallel for schedule(static) if (blocks >= 8 && omp_get_max_threads() > 1)
+    for (int64_t b = 0; b < blocks; ++b) {
+      const int64_t at = b * kSumBlock, m = std::min(kSumBlock, n - at);
+      detail::map_row(out + at, m, false, add, src[0] + at, src[1] + at);
+      for (int k = 2; k < K; ++k) detail::map_row(out + at, m, false, add, out + at, src[k] + at);
+    }
+  }
+  // Publishes the other ranks' slices of `send` (its own stays private: only
+  // this rank sums it), then sums slice rank_ over the K blocks into recv.
+  void shm_publish(const float* send, int64_t n) {
+    float* mine = grads_of(rank_);
+    const int64_t lo = displs_[rank_], hi = lo + own_count_;
+    if (lo > 0) std::memcpy(mine, send, static_cast<size_t>(lo) * sizeof(float));
+    if (hi < n) std::memcpy(mine + hi, send + hi, static_cast<size_t>(n - hi) * sizeof(float));
+  }
+  void shm_sum_own(const float* send, float* recv) {
+    const int64_t at = displs_[rank_];
+    srcs_.resize(static_cast<size_t>(size_));
+    for (int r = 0; r < size_; ++r) srcs_[r] = (r == rank_ ? send : grads_of(r)) + at;
+    sum_in_rank_order(recv, srcs_.data(), size_, own_count_);
+  }
+  void shm_reduce_scatter(const float* send, float* recv, std::span<const int64_t> counts) {
+    const int64_t n = displs_.back() + counts.back();
+    ensure_window(n);
+    own_count_ = counts[rank_];
+    shm_publish(send, n);
+    shm_sync();
+    shm_sum_own(send, recv);
+  }
+  // Publishes this rank's slice, then copies every other rank's.
+  void shm_allgather(float* data, std::span<const int64_t> counts) {
+    const int64_t n = displs_.back() + counts.back();
+    ensure_window(n);
+    const int64_t at = displs_[rank_];
+    std::memcpy(sums_of(rank_) + at, data + at, static_cast<size_t>(counts[rank_]) * sizeof(float));
+    shm_sync();
+    for (int r = 0; r < size_; ++r)
+      if (r != rank_)
+        std::memcpy(data + displs_[r], sums_of(r) + displs_[r],
+                    static_cast<size_t>(counts[r]) * sizeof(float));
+  }
+  // The unsharded all-reduce: slices of whole 16-float lines as the sharded
+  // optimizer's, each rank sums its own into its published block, all copy.
+  void shm_allreduce(float* data, int64_t n) {
+    shm_counts_.resize(static_cast<size_t>(size_));
+    const int64_t lines = (n + 15) / 16;
+    for (int r = 0; r < size_; ++r)
+      shm_counts_[r] =
+          std::min(n, lines * (r + 1) / size_ * 16) - std::min(n, lines * r / size_ * 16);
+    slices(shm_counts_, "allreduce_sum");
+    ensure_window(n);
+    own_count_ = shm_counts_[rank_];
+    shm_publish(data, n);
+    shm_sync();
+    const int64_t at = displs_[rank_];
+    shm_sum_own(data, sums_of(rank_) + at);
+    std::memcpy(data + at, sums_of(rank_) + at, static_cast<size_t>(own_count_) * sizeof(float));
+    shm_sync();
+    for (int r = 0; r < size_; ++r)
+      if (r != rank_)
+        std::memcpy(data + displs_[r], sums_of(r) + displs_[r],
+                    static_cast<size_t>(shm_counts_[r]) * sizeof(float));
+  }
+
   template <typename T>
   void sum(T* data, int64_t n, MPI_Datatype type) {
     for (int64_t at = 0; at < n; at += kBucket)
@@ -295,7 +476,9 @@ class Mpi final : public Communicator {
                           type, MPI_SUM, MPI_COMM_WORLD),
             "MPI_Allreduce");
   }
-  int ring(int r) const { return (r % size_ + size_) % size_; }
+  int ring(int r) const {
+    return (r % size_ + size_) % size_;
+  }
   // Where each slice starts; every count must fit MPI's int.
   void slices(std::span<const int64_t> counts, const char* what) {
     check_slices(counts, size_, what);
@@ -310,6 +493,16 @@ class Mpi final : public Communicator {
     }
   }
   int rank_ = 0, size_ = 1;
+  static inline Mpi* live_ = nullptr;  // for the atexit handler (release() before MPI_Finalize)
+  MPI_Comm node_ = MPI_COMM_NULL;      // the ranks on this node
+  bool one_node_ = false;              // every rank of the job is on this node
+  bool shm_ = false;                   // the shared-memory path is in use
+  MPI_Win win_ = MPI_WIN_NULL;
+  int64_t cap_ = 0;           // floats a block of each rank's segment
+  std::vector<float*> segs_;  // every rank's segment, mapped here
+  std::vector<const float*> srcs_;
+  std::vector<int64_t> shm_counts_;
+  int64_t own_count_ = 0;
   std::vector<int64_t> displs_;
   std::vector<float> incoming_, partial_;  // kept: a step allocates nothing
   std::vector<MPI_Request> requests_;      // started by start_allreduce_sum, not yet waited for
@@ -323,6 +516,13 @@ bool started_by_mpirun() {
 Communicator* g_world = nullptr;
 
 }  // namespace
+
+MpiTransport mpi_transport_from_name(const std::string& name) {
+  if (name == "auto") return MpiTransport::Auto;
+  if (name == "ring") return MpiTransport::Ring;
+  if (name == "shm") return MpiTransport::Shm;
+  fail("--mpi-transport must be auto, ring or shm, got '", name, "'");
+}
 
 bool built_with_mpi() {
 #ifdef NORMLAB_MPI

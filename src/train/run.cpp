@@ -223,6 +223,13 @@ std::vector<EpochMetrics> run_training(const TrainConfig& cfg, TrainingObserver&
 
   Communicator& comm = world();
   const int rank = comm.rank(), ranks = comm.size();
+  try {
+    comm.set_transport(mpi_transport_from_name(cfg.mpi_transport));
+  } catch (const AgreedError&) {
+    throw;
+  } catch (const Error& e) {
+    throw AgreedError(e.what());  // every rank reads the same flag: nobody aborts the job
+  }
   const bool lead = rank == 0;  // rank 0 reports and writes; the only one in a plain run
   TrainingObserver quiet;
   TrainingObserver& report = lead ? observer : quiet;
@@ -445,6 +452,14 @@ std::vector<EpochMetrics> run_training(const TrainConfig& cfg, TrainingObserver&
   for (const auto& e : model_state)
     if (e.is_param()) n_params += e.value->numel();
   report.on_start(model->name(), n_params, n_train, n_test, pos.epoch + 1);
+  // Under mpirun: how many ranks, whether the optimizer is sharded, which transport.
+  if (ranks > 1)
+    report.on_note(concat("data parallel: ", ranks, " MPI ranks, ",
+                          cfg.shard_optimizer
+                              ? "sharded optimizer (ZeRO stage 1: gradients reduce-scattered, "
+                                "weights all-gathered; --no-shard-optimizer to turn off)"
+                              : "optimizer not sharded (gradients all-reduced)",
+                          "; transport: ", comm.transport()));
   if (!wn_init_note.empty()) report.on_note(wn_init_note);
 
   // The test set stays as bytes too: each evaluation batch is converted when it is used.
