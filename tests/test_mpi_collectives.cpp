@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdint>
 #include <limits>
 #include <vector>
 
@@ -99,7 +100,58 @@ TEST(MpiCollectives, ShmAndRingMatchAPlainSum) {
       }
     }
   }
+  // Zero copy: the caller's blocks are the window's own (what the trainer does
+  // with the optimizer's flat blocks on one node), at the largest size above.
   comm.set_transport(MpiTransport::Auto);
+  const int64_t n = 100000;
+  float* g = comm.shared_block(n, 0);
+  float* w = comm.shared_block(n, 1);
+  ASSERT_NE(g, nullptr);
+  ASSERT_NE(w, nullptr);
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(g) % 64, 0u);
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(w) % 64, 0u);
+  for (int step = 0; step < 3; ++step) {  // the blocks are rewritten between collectives
+    for (const auto& counts : layouts(n, K)) {
+      int64_t at = 0;
+      for (int r = 0; r < me; ++r) at += counts[r];
+      for (int64_t i = 0; i < n; ++i) g[i] = value(me, i + step);
+      std::vector<float> recv(static_cast<size_t>(counts[me]));
+      comm.reduce_scatter_sum(g, recv.data(), counts);
+      int bad = 0;
+      for (int64_t j = 0; j < counts[me] && bad < 5; ++j) {
+        float want = value(0, at + j + step);
+        for (int r = 1; r < K; ++r) want += value(r, at + j + step);
+        if (recv[j] != want)
+          ADD_FAILURE() << "zero-copy reduce-scatter, rank " << me << " [" << j << "]", ++bad;
+      }
+      for (int64_t j = 0; j < counts[me]; ++j) w[at + j] = recv[j] * 3;
+      comm.allgather_slices(w, counts);
+      // Another block gathered meanwhile (the optimizer state of a checkpoint)
+      // must not touch the window's weights.
+      std::vector<float> other(static_cast<size_t>(n), -1.0f);
+      comm.allgather_slices(other.data(), counts);
+      int64_t owner_at = 0;
+      for (int r = 0; r < K; ++r) {
+        for (int64_t j = 0; j < counts[r] && bad < 5; ++j) {
+          float want = value(0, owner_at + j + step);
+          for (int q = 1; q < K; ++q) want += value(q, owner_at + j + step);
+          if (w[owner_at + j] != want * 3)
+            ADD_FAILURE() << "zero-copy allgather, rank " << me << " [" << owner_at + j << "]",
+                ++bad;
+        }
+        owner_at += counts[r];
+      }
+    }
+    for (int64_t i = 0; i < n; ++i) g[i] = value(me, i + step);
+    comm.allreduce_sum(g, n);
+    int bad = 0;
+    for (int64_t i = 0; i < n && bad < 5; ++i) {
+      float want = value(0, i + step);
+      for (int r = 1; r < K; ++r) want += value(r, i + step);
+      if (g[i] != want)
+        ADD_FAILURE() << "zero-copy allreduce, rank " << me << " [" << i << "]", ++bad;
+    }
+  }
 }
 
 TEST(MpiCollectives, TransportNames) {

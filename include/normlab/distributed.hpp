@@ -76,6 +76,14 @@ class Communicator {
   // memory (one node)", "ring (MPI_Sendrecv)"; "" without MPI.
   virtual void set_transport(MpiTransport) {}
   virtual std::string transport() const { return ""; }
+  // Memory the other ranks of this node read directly: with the shared-memory
+  // transport, this rank's block `which` (0: for the gradients, 1: for the
+  // weights) of n floats in the window, 64-byte aligned, valid until exit;
+  // reduce_scatter_sum / allreduce_sum given block 0 as send, and
+  // allgather_slices given block 1 as data, then skip their copy into the
+  // window. nullptr otherwise (ring, one process). Collective: every rank
+  // asks alike, before the first collective on blocks of that size.
+  virtual float* shared_block(int64_t /*n*/, int /*which*/) { return nullptr; }
   // Ends every rank of the job (MPI_Abort) with this exit code; a single process exits.
   [[noreturn]] virtual void abort(int code) = 0;
   // "MPI (3 ranks)", "single process", "simulated (2 ranks)".

@@ -218,7 +218,7 @@ class Mpi final : public Communicator {
   // Large float sums (the unsharded trainer's gradient block) go through the
   // shared-memory window on one node: reduce-scatter + all-gather.
   void allreduce_sum(float* data, int64_t n) override {
-    if (shm_ && size_ > 1 && n >= kShmMinFloats) return shm_allreduce(data, n);
+    if (shm_ && size_ > 1 && n >= kShmMinFloats && window_fits(n)) return shm_allreduce(data, n);
     sum(data, n, MPI_FLOAT);
   }
   void allreduce_sum(double* data, int64_t n) override { sum(data, n, MPI_DOUBLE); }
@@ -253,7 +253,8 @@ class Mpi final : public Communicator {
       std::copy_n(own, counts[0], recv);
       return;
     }
-    if (shm_) return shm_reduce_scatter(send, recv, counts);
+    if (shm_ && window_fits(displs_.back() + counts.back()))
+      return shm_reduce_scatter(send, recv, counts);
     // The partial sum passed on at the next step (K > 2), and the one received.
     const size_t largest = static_cast<size_t>(*std::max_element(counts.begin(), counts.end()));
     incoming_.resize(largest);
@@ -275,7 +276,8 @@ class Mpi final : public Communicator {
   // At step s rank r passes slice r - s on and receives slice r - s - 1 in place.
   void allgather_slices(float* data, std::span<const int64_t> counts) override {
     slices(counts, "allgather_slices");
-    if (shm_ && size_ > 1) return shm_allgather(data, counts);
+    if (shm_ && size_ > 1 && window_fits(displs_.back() + counts.back()))
+      return shm_allgather(data, counts);
     const int K = size_, next = (rank_ + 1) % K, prev = (rank_ + K - 1) % K;
     for (int s = 0; s + 1 < K; ++s) {
       const int out = ring(rank_ - s), in = ring(rank_ - s - 1);
@@ -321,6 +323,12 @@ class Mpi final : public Communicator {
           " ranks do not all run on one node (shared memory needs them to); use auto or ring");
     shm_ = t == MpiTransport::Shm || (t == MpiTransport::Auto && one_node_ && size_ > 1);
   }
+  float* shared_block(int64_t n, int which) override {
+    if (!shm_ || size_ == 1 || n < 0 || (which != 0 && which != 1)) return nullptr;
+    ensure_window(n);
+    pinned_ = true;  // handed out: the window never moves again
+    return which == 0 ? grads_of(rank_) : values_of(rank_);
+  }
   std::string transport() const override {
     if (size_ == 1) return "single rank";
     return shm_ ? "shared memory (one node)"
@@ -332,10 +340,13 @@ class Mpi final : public Communicator {
   // ---- shared memory on one node (docs/distributed.md, "Shared memory on one node")
   //
   // One MPI-3 window over the node communicator (every rank of the job): rank
-  // p's segment holds two blocks of cap_ floats, [0, cap_) the gradients it
-  // publishes (the other ranks' slices of its flat block) and [cap_, 2 cap_)
-  // the summed slice it publishes (its slice of the weights in
-  // allgather_slices, of the sum in allreduce_sum), at the slice's place.
+  // p's segment holds three blocks of cap_ floats at 64-byte lines: the
+  // gradients it publishes (the other ranks' slices of its flat block; or the
+  // trainer's flat gradient block itself, shared_block(n, 0)), the weights
+  // (the trainer's flat value block with the sharded optimizer,
+  // shared_block(n, 1)), and a scratch block for the slice it publishes
+  // otherwise (its slice of allgather_slices' data, of allreduce_sum's sum),
+  // each at the slice's place.
   // Synchronisation as in the MPI-3 standard's shared-memory examples
   // (sec. 11.8, "passive target", Win_lock_all once, then Win_sync +
   // Barrier + Win_sync): a rank writes only its own segment, between two
@@ -350,8 +361,13 @@ class Mpi final : public Communicator {
   static constexpr int64_t kSumBlock = 4096;       // floats a block of the K-way sum (16 KiB)
 
   // The window holds at least n floats a block (collective: every rank asks alike).
+  // Whether n floats go through the window: always, unless it was handed out
+  // (shared_block) at a smaller size; then the caller takes the ring / MPI path
+  // (every rank alike: same calls, same sizes).
+  bool window_fits(int64_t n) const { return !pinned_ || n <= cap_; }
   void ensure_window(int64_t n) {
     if (n <= cap_ && win_ != MPI_WIN_NULL) return;
+    if (pinned_) fail("shared-memory window: ", n, " floats asked for, ", cap_, " handed out");
     // A larger block: no rank may still be reading a peer's old segment.
     if (win_ != MPI_WIN_NULL) check(MPI_Barrier(node_), "MPI_Barrier (shared memory)");
     free_window();
@@ -361,7 +377,7 @@ class Mpi final : public Communicator {
     // Each segment on its own pages (the rank touches them first: its node memory).
     MPI_Info_set(info, "alloc_shared_noncontig", "true");
     void* base = nullptr;
-    const int rc = MPI_Win_allocate_shared(static_cast<MPI_Aint>(2 * cap * sizeof(float)),
+    const int rc = MPI_Win_allocate_shared(static_cast<MPI_Aint>((3 * cap + 16) * sizeof(float)),
                                            sizeof(float), info, node_, &base, &win_);
     MPI_Info_free(&info);
     check(rc, "MPI_Win_allocate_shared");
@@ -373,7 +389,10 @@ class Mpi final : public Communicator {
       int unit = 0;
       void* p = nullptr;
       check(MPI_Win_shared_query(win_, r, &bytes, &unit, &p), "MPI_Win_shared_query");
-      segs_[r] = static_cast<float*>(p);
+      // Open MPI aligns a segment to 8 bytes only: start at its first 64-byte
+      // line (the offset within the shared pages is the same in every process).
+      const uintptr_t at = reinterpret_cast<uintptr_t>(p);
+      segs_[r] = reinterpret_cast<float*>((at + 63) / 64 * 64);
     }
     cap_ = cap;
   }
@@ -397,7 +416,8 @@ class Mpi final : public Communicator {
     MPI_Win_sync(win_);
   }
   float* grads_of(int r) const { return segs_[r]; }
-  float* sums_of(int r) const { return segs_[r] + cap_; }
+  float* values_of(int r) const { return segs_[r] + cap_; }
+  float* sums_of(int r) const { return segs_[r] + 2 * cap_; }
   // out[j] = src[0][j] + src[1][j] + ... + src[K-1][j], added in that order
   // (rank order: the same bits on every rank and every run), in blocks of
   // kSumBlock floats that stay in L1 while the K sources stream through,
@@ -416,6 +436,7 @@ class Mpi final : public Communicator {
   // this rank sums it), then sums slice rank_ over the K blocks into recv.
   void shm_publish(const float* send, int64_t n) {
     float* mine = grads_of(rank_);
+    if (send == mine) return;  // the caller's block is the window's (shared_block(n, 0))
     const int64_t lo = displs_[rank_], hi = lo + own_count_;
     if (lo > 0) std::memcpy(mine, send, static_cast<size_t>(lo) * sizeof(float));
     if (hi < n) std::memcpy(mine + hi, send + hi, static_cast<size_t>(n - hi) * sizeof(float));
@@ -434,16 +455,22 @@ class Mpi final : public Communicator {
     shm_sync();
     shm_sum_own(send, recv);
   }
-  // Publishes this rank's slice, then copies every other rank's.
+  // Publishes this rank's slice, then copies every other rank's. A caller
+  // whose block is the window's values block (shared_block(n, 1)) publishes
+  // nothing and reads the peers' values blocks; any other block goes through
+  // the scratch block (the optimizer's gathered state, for one).
   void shm_allgather(float* data, std::span<const int64_t> counts) {
     const int64_t n = displs_.back() + counts.back();
     ensure_window(n);
     const int64_t at = displs_[rank_];
-    std::memcpy(sums_of(rank_) + at, data + at, static_cast<size_t>(counts[rank_]) * sizeof(float));
+    const bool own = data == values_of(rank_);
+    if (!own)
+      std::memcpy(sums_of(rank_) + at, data + at,
+                  static_cast<size_t>(counts[rank_]) * sizeof(float));
     shm_sync();
     for (int r = 0; r < size_; ++r)
       if (r != rank_)
-        std::memcpy(data + displs_[r], sums_of(r) + displs_[r],
+        std::memcpy(data + displs_[r], (own ? values_of(r) : sums_of(r)) + displs_[r],
                     static_cast<size_t>(counts[r]) * sizeof(float));
   }
   // The unsharded all-reduce: slices of whole 16-float lines as the sharded
@@ -503,6 +530,7 @@ class Mpi final : public Communicator {
   std::vector<const float*> srcs_;
   std::vector<int64_t> shm_counts_;
   int64_t own_count_ = 0;
+  bool pinned_ = false;  // shared_block handed the window out: it never moves
   std::vector<int64_t> displs_;
   std::vector<float> incoming_, partial_;  // kept: a step allocates nothing
   std::vector<MPI_Request> requests_;      // started by start_allreduce_sum, not yet waited for

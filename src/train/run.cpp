@@ -285,6 +285,21 @@ std::vector<EpochMetrics> run_training(const TrainConfig& cfg, TrainingObserver&
          ")");
   std::vector<StateEntry<float>> model_state = model->state();
   auto optimizer = make_optimizer(cfg.optimizer, cfg.optim, model_state);
+  // On one node (the shared-memory transport) the flat gradient block, and
+  // with the sharded optimizer the weights too, live in the window the other
+  // ranks read directly: the reduce-scatter and all-gather then copy nothing
+  // into it (docs/distributed.md, "Shared memory on one node"); before any
+  // forward pass (a layer may keep its weights' addresses). The unsharded
+  // all-reduce sums into the window's second block, so the weights stay put.
+  if (ranks > 1) {
+    const int64_t flat = static_cast<int64_t>(optimizer->values().size());
+    float* g = comm.shared_block(flat, 0);
+    float* v = cfg.shard_optimizer ? comm.shared_block(flat, 1) : nullptr;
+    const auto borrowed = [](float* p) {
+      return p ? std::shared_ptr<float[]>(p, [](float*) {}) : nullptr;  // the window owns it
+    };
+    if (g) optimizer->adopt_flat_blocks(borrowed(v), borrowed(g));
+  }
   std::vector<StateEntry<float>> optim_state = optimizer->state();
   Trainer trainer(*model, *optimizer);
   trainer.set_communicator(&comm);
