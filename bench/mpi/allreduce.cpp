@@ -14,6 +14,8 @@
 //     sync, sums its own slice reading the peers' blocks directly, publishes
 //     its slice of the weights, sync, copies the others': normlab's default on
 //     one node (--mpi-transport shm/auto), and
+//   - the same without the copies into the window: the gradients and weights
+//     are the window's own blocks (normlab's path since Optimizer::adopt_flat_blocks),
 //   - MPI_Barrier on the node communicator alone (the cost of one sync).
 // Not built by CMake:
 //   mpicxx -O2 -o /tmp/mpi_allreduce bench/mpi/allreduce.cpp   (not in bench/*.cpp: that glob is
@@ -53,8 +55,9 @@ int main(int argc, char** argv) {
                          "Reduce_scatter_block + Allgather",
                          "Sendrecv ring",
                          "shared memory",
-                         "node Barrier (us)"};
-  // The shared-memory window: per rank [gradients | weights slice], n floats each.
+                         "node Barrier (us)",
+                         "shared memory, zero copy"};
+  // The shared-memory window: per rank [gradients | weights], n floats each.
   MPI_Comm node;
   MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &node);
   MPI_Info info;
@@ -80,8 +83,8 @@ int main(int argc, char** argv) {
   std::vector<float> tmp(n);
   auto chunk = [&](int c) { return (c % K + K) % K; };
   for (int round = 0; round < 5; ++round) {
-    double t[7];
-    for (int mode = 0; mode < 7; ++mode) {
+    double t[8];
+    for (int mode = 0; mode < 8; ++mode) {
       MPI_Barrier(MPI_COMM_WORLD);
       auto t0 = now();
       for (int i = 0; i < 40; ++i) {
@@ -134,6 +137,22 @@ int main(int argc, char** argv) {
           for (int r = 0; r < K; ++r)
             if (r != rank)
               std::memcpy(p.data() + displs[r], seg[r] + n + displs[r], counts[r] * sizeof(float));
+        } else if (mode == 7) {
+          // normlab's path: the gradients and weights ARE the window's blocks
+          // (Optimizer::adopt_flat_blocks): nothing is published by a copy.
+          const int lo = displs[rank], hi = lo + counts[rank];
+          sync();
+          float* out = slice.data();
+          for (int b = lo; b < hi; b += 4096) {
+            const int m = std::min(4096, hi - b);
+            for (int j = 0; j < m; ++j) out[b - lo + j] = seg[0][b + j] + seg[1][b + j];
+            for (int k = 2; k < K; ++k)
+              for (int j = 0; j < m; ++j) out[b - lo + j] += seg[k][b + j];
+          }
+          sync();
+          for (int r = 0; r < K; ++r)
+            if (r != rank)
+              std::memcpy(mine + n + displs[r], seg[r] + n + displs[r], counts[r] * sizeof(float));
         } else if (mode == 6) {
           for (int j = 0; j < 25; ++j) MPI_Barrier(node);  // x 1000 / 25 / 40: us per barrier
         } else {
@@ -148,9 +167,9 @@ int main(int argc, char** argv) {
     if (rank == 0)
       std::printf(
           "round %d: %s %.3f ms, %s %.3f ms, %s %.3f ms, %s %.3f ms, %s %.3f ms, %s %.3f ms, "
-          "%s %.2f\n",
+          "%s %.2f, %s %.3f ms\n",
           round, names[0], t[0], names[1], t[1], names[2], t[2], names[3], t[3], names[4], t[4],
-          names[5], t[5], names[6], t[6] * 1000 / 25);
+          names[5], t[5], names[6], t[6] * 1000 / 25, names[7], t[7]);
   }
   MPI_Win_unlock_all(win);
   MPI_Win_free(&win);

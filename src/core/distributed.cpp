@@ -347,24 +347,23 @@ class Mpi final : public Communicator {
   // shared_block(n, 1)), and a scratch block for the slice it publishes
   // otherwise (its slice of allgather_slices' data, of allreduce_sum's sum),
   // each at the slice's place.
-  // Synchronisation as in the MPI-3 standard's shared-memory examples
-  // (sec. 11.8, "passive target", Win_lock_all once, then Win_sync +
-  // Barrier + Win_sync): a rank writes only its own segment, between two
-  // syncs, and the others read it only after the next one. Order of reads and
-  // writes across collectives: a rank rewrites its gradient block at its next
-  // reduce-scatter, which comes after the all-gather's sync, which every peer
-  // reaches only after it has finished reading that block; a rank rewrites
-  // its summed slice at its next all-gather, after the next reduce-scatter's
-  // sync, which the peers reach only after having copied that slice. So two
-  // syncs a step, and no copy goes wrong whoever runs ahead.
+  // Synchronisation as in the MPI-3 standard's shared-memory example
+  // (passive target: Win_lock_all once, then Win_sync + Barrier + Win_sync).
+  // A rank writes only its own segment and the others read it only between
+  // the sync that follows and the next one, so one sync per collective is
+  // enough: a rank's gradient block is rewritten by its next backward, after
+  // the all-gather's sync, which every peer reaches only once it has summed
+  // from that block; its weight (or scratch) slice is rewritten at its next
+  // step (or collective), after the next sync, which every peer reaches only
+  // once it has copied that slice. So two syncs a step, whoever runs ahead.
   static constexpr int64_t kShmMinFloats = 16384;  // 64 KiB: smaller sums are MPI_Allreduce's
   static constexpr int64_t kSumBlock = 4096;       // floats a block of the K-way sum (16 KiB)
 
-  // The window holds at least n floats a block (collective: every rank asks alike).
   // Whether n floats go through the window: always, unless it was handed out
   // (shared_block) at a smaller size; then the caller takes the ring / MPI path
   // (every rank alike: same calls, same sizes).
   bool window_fits(int64_t n) const { return !pinned_ || n <= cap_; }
+  // The window holds at least n floats a block (collective: every rank asks alike).
   void ensure_window(int64_t n) {
     if (n <= cap_ && win_ != MPI_WIN_NULL) return;
     if (pinned_) fail("shared-memory window: ", n, " floats asked for, ", cap_, " handed out");
