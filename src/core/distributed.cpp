@@ -414,6 +414,10 @@ class Mpi final : public Communicator {
     check(MPI_Barrier(node_), "MPI_Barrier (shared memory)");
     MPI_Win_sync(win_);
   }
+  // n floats; nothing for n = 0, where the pointers may be null (empty vectors).
+  static void copy_floats(float* to, const float* from, int64_t n) {
+    if (n > 0) std::memcpy(to, from, static_cast<size_t>(n) * sizeof(float));
+  }
   float* grads_of(int r) const { return segs_[r]; }
   float* values_of(int r) const { return segs_[r] + cap_; }
   float* sums_of(int r) const { return segs_[r] + 2 * cap_; }
@@ -437,8 +441,8 @@ class Mpi final : public Communicator {
     float* mine = grads_of(rank_);
     if (send == mine) return;  // the caller's block is the window's (shared_block(n, 0))
     const int64_t lo = displs_[rank_], hi = lo + own_count_;
-    if (lo > 0) std::memcpy(mine, send, static_cast<size_t>(lo) * sizeof(float));
-    if (hi < n) std::memcpy(mine + hi, send + hi, static_cast<size_t>(n - hi) * sizeof(float));
+    if (lo > 0) copy_floats(mine, send, lo);
+    if (hi < n) copy_floats(mine + hi, send + hi, n - hi);
   }
   void shm_sum_own(const float* send, float* recv) {
     const int64_t at = displs_[rank_];
@@ -463,14 +467,11 @@ class Mpi final : public Communicator {
     ensure_window(n);
     const int64_t at = displs_[rank_];
     const bool own = data == values_of(rank_);
-    if (!own)
-      std::memcpy(sums_of(rank_) + at, data + at,
-                  static_cast<size_t>(counts[rank_]) * sizeof(float));
+    if (!own) copy_floats(sums_of(rank_) + at, data + at, counts[rank_]);
     shm_sync();
     for (int r = 0; r < size_; ++r)
       if (r != rank_)
-        std::memcpy(data + displs_[r], (own ? values_of(r) : sums_of(r)) + displs_[r],
-                    static_cast<size_t>(counts[r]) * sizeof(float));
+        copy_floats(data + displs_[r], (own ? values_of(r) : sums_of(r)) + displs_[r], counts[r]);
   }
   // The unsharded all-reduce: slices of whole 16-float lines as the sharded
   // optimizer's, each rank sums its own into its published block, all copy.
@@ -487,12 +488,10 @@ class Mpi final : public Communicator {
     shm_sync();
     const int64_t at = displs_[rank_];
     shm_sum_own(data, sums_of(rank_) + at);
-    std::memcpy(data + at, sums_of(rank_) + at, static_cast<size_t>(own_count_) * sizeof(float));
+    copy_floats(data + at, sums_of(rank_) + at, own_count_);
     shm_sync();
     for (int r = 0; r < size_; ++r)
-      if (r != rank_)
-        std::memcpy(data + displs_[r], sums_of(r) + displs_[r],
-                    static_cast<size_t>(shm_counts_[r]) * sizeof(float));
+      if (r != rank_) copy_floats(data + displs_[r], sums_of(r) + displs_[r], shm_counts_[r]);
   }
 
   template <typename T>
