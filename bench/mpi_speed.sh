@@ -6,7 +6,9 @@
 #   2 ranks with the gradient all-reduce overlapped with backward
 #   (NORMLAB_ALLREDUCE_BUCKET_BYTES=1048576; off by default), and the sharded
 #   optimizer (the default under mpirun) against the unsharded one
-#   (--no-shard-optimizer: gradients all-reduced, every rank updates all).
+#   (--no-shard-optimizer: gradients all-reduced, every rank updates all), and
+#   the shared-memory transport (the default on one node) against the rings
+#   of MPI_Sendrecv (--mpi-transport ring; issue 13, part 4).
 # Usage: bench/mpi_speed.sh [BUILD_DIR] [LIMIT_TRAIN]  (default build, 60000 = a whole epoch)
 # Ranks yield the CPU while they wait (mpi_yield_when_idle): on a machine with
 # no idle core a spinning rank would steal the time of the one it waits for.
@@ -35,6 +37,7 @@ run() {  # run NAME COMMAND...
 echo "seed001, $limit samples ($steps steps of 128), $(nproc) cores"
 run "1 process x 2 threads" "$build/normlab" "${args[@]}" --threads 2
 run "2 ranks x 1 thread" mpirun --oversubscribe --bind-to none --mca mpi_yield_when_idle 1 -np 2 "$build/normlab" "${args[@]}" --threads 1
+run "2 ranks x 1 thread, ring" mpirun --oversubscribe --bind-to none --mca mpi_yield_when_idle 1 -np 2 "$build/normlab" "${args[@]}" --threads 1 --mpi-transport ring
 run "2 ranks x 1 thread, unsharded" mpirun --oversubscribe --bind-to none --mca mpi_yield_when_idle 1 -np 2 "$build/normlab" "${args[@]}" --threads 1 --no-shard-optimizer
 run "2 ranks x 1 thread, overlap 1 MiB" env NORMLAB_ALLREDUCE_BUCKET_BYTES=1048576 mpirun --oversubscribe --bind-to none --mca mpi_yield_when_idle 1 -np 2 "$build/normlab" "${args[@]}" --threads 1 --no-shard-optimizer
 run "2 ranks x 1 thread --sync-bn" mpirun --oversubscribe --bind-to none --mca mpi_yield_when_idle 1 -np 2 "$build/normlab" "${args[@]}" --threads 1 --sync-bn
@@ -43,10 +46,12 @@ python3 - "$work" "$steps" <<'PY'
 import sys
 w, steps = sys.argv[1], int(sys.argv[2])
 t = lambda n: float(open(f"{w}/{n}.s").read())
-one2, two, plain, over, sync, one1 = (t(n) for n in (
-    "1 process x 2 threads", "2 ranks x 1 thread", "2 ranks x 1 thread, unsharded",
+one2, two, ring, plain, over, sync, one1 = (t(n) for n in (
+    "1 process x 2 threads", "2 ranks x 1 thread", "2 ranks x 1 thread, ring", "2 ranks x 1 thread, unsharded",
     "2 ranks x 1 thread, overlap 1 MiB", "2 ranks x 1 thread --sync-bn", "1 process x 1 thread"))
 print(f"2 ranks x 1 thread: {100 * one2 / two:.1f} % of 1 process x 2 threads' throughput (target >= 90 %)")
+print(f"  ring transport (--mpi-transport ring): {100 * one2 / ring:.1f} %; "
+      f"shared memory saves {1000 * (ring - two) / steps:+.3f} ms per step")
 print(f"  unsharded optimizer (all-reduce, every rank updates all): {100 * one2 / plain:.1f} %; "
       f"sharding saves {1000 * (plain - two) / steps:+.3f} ms per step")
 print(f"  unsharded with the all-reduce overlapped with backward (1 MiB buckets): {100 * one2 / over:.1f} %; "

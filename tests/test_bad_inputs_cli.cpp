@@ -610,6 +610,10 @@ std::vector<Case> flag_cases() {
       {"bench unknown flag", {"bench", "--iterations", "0"}, {"--iterations"}},
       {"no subcommand", {}, {"subcommand"}},
       {"unknown subcommand", {"fly"}, {"fly"}},
+      // issue 13, part 4: how MPI ranks exchange gradients (checked in one process too)
+      {"train --mpi-transport tcp",
+       train({{"--mpi-transport", "tcp"}}),
+       {"--mpi-transport must be auto, ring or shm, got 'tcp'"}},
   };
   return c;
 }

@@ -100,6 +100,8 @@ void add_train_command(CLI::App& app) {
   auto momentum = std::make_shared<double>(0);
   auto nesterov = std::make_shared<bool>(false);
   auto wn_keys = std::make_shared<std::string>("legacy");
+  auto no_shard = std::make_shared<bool>(false);
+  auto shard_yes = std::make_shared<bool>(false);  // --shard-optimizer: the default anyway
 
   add_data_flags(cmd, *data);
   cmd->add_option("--model,-m", cfg->model, "Model spec or preset (see `normlab model --help`)")
@@ -149,12 +151,23 @@ void add_train_command(CLI::App& app) {
                 "Every batchnorm and batchnorm2d becomes a SyncBatchNorm and every batchrenorm "
                 "a SyncBatchRenorm1d: under mpirun -np K, batch statistics of the global batch "
                 "(ghostbatchnorm and mean_only_batchnorm are refused; docs/distributed.md)");
-  cmd->add_flag("--shard-optimizer,!--no-shard-optimizer", cfg->shard_optimizer,
-                "Under mpirun: each rank updates only its 1/K slice of the parameters and keeps "
-                "the optimizer state of that slice (ZeRO stage 1: gradients reduce-scattered, "
-                "weights all-gathered; the default); --no-shard-optimizer: every rank "
-                "all-reduces the gradients and updates all. The same weights and files "
-                "(docs/distributed.md)")
+  // Two flags, not CLI11's "--shard-optimizer,!--no-shard-optimizer": its help
+  // line "--shard-optimizer,--no-shard-optimizer{false}" read as "off by
+  // default" although sharding is the default under mpirun.
+  auto* shard_on = cmd->add_flag(
+      "--shard-optimizer", *shard_yes,
+      "Under mpirun (the default): each rank updates only its 1/K slice of the parameters and "
+      "keeps the optimizer state of that slice (ZeRO stage 1: gradients reduce-scattered, "
+      "weights all-gathered). The same weights and files as --no-shard-optimizer "
+      "(docs/distributed.md)");
+  cmd->add_flag("--no-shard-optimizer", *no_shard,
+                "Under mpirun: every rank all-reduces the gradients and updates all the "
+                "parameters (the optimizer not sharded)")
+      ->excludes(shard_on);
+  cmd->add_option("--mpi-transport", cfg->mpi_transport,
+                  "Under mpirun, how ranks exchange gradients and weights: auto (shared memory "
+                  "when every rank is on one node, else ring), ring (MPI_Sendrecv rings, any "
+                  "nodes) or shm (MPI-3 shared memory, one node only) (docs/distributed.md)")
       ->capture_default_str();
   cmd->add_option("--progress", *progress, "auto (a bar on a terminal), always or never")
       ->capture_default_str();
@@ -190,6 +203,7 @@ void add_train_command(CLI::App& app) {
     if (*on_nonfinite != "stop" && *on_nonfinite != "skip")
       fail("--on-nonfinite must be stop or skip, got '", *on_nonfinite, "'");
     c.skip_nonfinite = *on_nonfinite == "skip";
+    c.shard_optimizer = !*no_shard;
     if (*progress != "auto" && *progress != "always" && *progress != "never")
       fail("--progress must be auto, always or never, got '", *progress, "'");
     set_threads(*threads);

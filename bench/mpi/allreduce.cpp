@@ -8,7 +8,15 @@
 //   - the same with MPI_Reduce_scatter_block + in-place MPI_Allgather (even
 //     slices),
 //   - a ring of MPI_Sendrecv (K - 1 steps each way, the sum added in the
-//     caller's loop): what src/core/distributed.cpp does for the sharded optimizer.
+//     caller's loop): normlab's ring transport (--mpi-transport ring),
+//   - shared memory (MPI-3 MPI_Win_allocate_shared on the node; issue 13,
+//     part 4): each rank publishes the other ranks' slices of its gradients,
+//     sync, sums its own slice reading the peers' blocks directly, publishes
+//     its slice of the weights, sync, copies the others': normlab's default on
+//     one node (--mpi-transport shm/auto), and
+//   - the same without the copies into the window: the gradients and weights
+//     are the window's own blocks (normlab's path since Optimizer::adopt_flat_blocks),
+//   - MPI_Barrier on the node communicator alone (the cost of one sync).
 // Not built by CMake:
 //   mpicxx -O2 -o /tmp/mpi_allreduce bench/mpi/allreduce.cpp   (not in bench/*.cpp: that glob is
 //   normlab_bench)
@@ -21,6 +29,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <vector>
 
 int main(int argc, char** argv) {
@@ -40,13 +49,42 @@ int main(int argc, char** argv) {
     counts[r] = end - displs[r];
   }
   auto now = [] { return std::chrono::steady_clock::now(); };
-  const char* names[] = {"Allreduce", "2 x Iallreduce + Waitall", "Reduce_scatter + Allgatherv",
-                         "Reduce_scatter_block + Allgather", "Sendrecv ring"};
+  const char* names[] = {"Allreduce",
+                         "2 x Iallreduce + Waitall",
+                         "Reduce_scatter + Allgatherv",
+                         "Reduce_scatter_block + Allgather",
+                         "Sendrecv ring",
+                         "shared memory",
+                         "node Barrier (us)",
+                         "shared memory, zero copy"};
+  // The shared-memory window: per rank [gradients | weights], n floats each.
+  MPI_Comm node;
+  MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &node);
+  MPI_Info info;
+  MPI_Info_create(&info);
+  MPI_Info_set(info, "alloc_shared_noncontig", "true");
+  float* mine = nullptr;
+  MPI_Win win;
+  MPI_Win_allocate_shared(2 * static_cast<MPI_Aint>(n) * sizeof(float), sizeof(float), info, node,
+                          &mine, &win);
+  MPI_Info_free(&info);
+  MPI_Win_lock_all(MPI_MODE_NOCHECK, win);
+  std::vector<float*> seg(K);
+  for (int r = 0; r < K; ++r) {
+    MPI_Aint bytes;
+    int unit;
+    MPI_Win_shared_query(win, r, &bytes, &unit, &seg[r]);
+  }
+  auto sync = [&] {
+    MPI_Win_sync(win);
+    MPI_Barrier(node);
+    MPI_Win_sync(win);
+  };
   std::vector<float> tmp(n);
   auto chunk = [&](int c) { return (c % K + K) % K; };
   for (int round = 0; round < 5; ++round) {
-    double t[5];
-    for (int mode = 0; mode < 5; ++mode) {
+    double t[8];
+    for (int mode = 0; mode < 8; ++mode) {
       MPI_Barrier(MPI_COMM_WORLD);
       auto t0 = now();
       for (int i = 0; i < 40; ++i) {
@@ -78,6 +116,45 @@ int main(int argc, char** argv) {
                          p.data() + displs[cr], counts[cr], MPI_FLOAT, prev, 1, MPI_COMM_WORLD,
                          MPI_STATUS_IGNORE);
           }
+        } else if (mode == 5) {
+          const int lo = displs[rank], hi = lo + counts[rank];
+          std::memcpy(mine, g.data(), lo * sizeof(float));
+          std::memcpy(mine + hi, g.data() + hi, (n - hi) * sizeof(float));
+          sync();
+          float* out = slice.data();
+          for (int b = lo; b < hi; b += 4096) {  // rank order, in L1-sized blocks
+            const int m = std::min(4096, hi - b);
+            const float* s0 = rank == 0 ? g.data() + b : seg[0] + b;
+            const float* s1 = rank == 1 ? g.data() + b : seg[1] + b;
+            for (int j = 0; j < m; ++j) out[b - lo + j] = s0[j] + s1[j];
+            for (int k = 2; k < K; ++k) {
+              const float* sk = rank == k ? g.data() + b : seg[k] + b;
+              for (int j = 0; j < m; ++j) out[b - lo + j] += sk[j];
+            }
+          }
+          std::memcpy(mine + n + lo, p.data() + lo, counts[rank] * sizeof(float));
+          sync();
+          for (int r = 0; r < K; ++r)
+            if (r != rank)
+              std::memcpy(p.data() + displs[r], seg[r] + n + displs[r], counts[r] * sizeof(float));
+        } else if (mode == 7) {
+          // normlab's path: the gradients and weights ARE the window's blocks
+          // (Optimizer::adopt_flat_blocks): nothing is published by a copy.
+          const int lo = displs[rank], hi = lo + counts[rank];
+          sync();
+          float* out = slice.data();
+          for (int b = lo; b < hi; b += 4096) {
+            const int m = std::min(4096, hi - b);
+            for (int j = 0; j < m; ++j) out[b - lo + j] = seg[0][b + j] + seg[1][b + j];
+            for (int k = 2; k < K; ++k)
+              for (int j = 0; j < m; ++j) out[b - lo + j] += seg[k][b + j];
+          }
+          sync();
+          for (int r = 0; r < K; ++r)
+            if (r != rank)
+              std::memcpy(mine + n + displs[r], seg[r] + n + displs[r], counts[r] * sizeof(float));
+        } else if (mode == 6) {
+          for (int j = 0; j < 25; ++j) MPI_Barrier(node);  // x 1000 / 25 / 40: us per barrier
         } else {
           MPI_Reduce_scatter_block(g.data(), slice.data(), even, MPI_FLOAT, MPI_SUM,
                                    MPI_COMM_WORLD);
@@ -88,8 +165,14 @@ int main(int argc, char** argv) {
       t[mode] = std::chrono::duration<double>(now() - t0).count() * 25;  // ms per call
     }
     if (rank == 0)
-      std::printf("round %d: %s %.3f ms, %s %.3f ms, %s %.3f ms, %s %.3f ms, %s %.3f ms\n", round,
-                  names[0], t[0], names[1], t[1], names[2], t[2], names[3], t[3], names[4], t[4]);
+      std::printf(
+          "round %d: %s %.3f ms, %s %.3f ms, %s %.3f ms, %s %.3f ms, %s %.3f ms, %s %.3f ms, "
+          "%s %.2f, %s %.3f ms\n",
+          round, names[0], t[0], names[1], t[1], names[2], t[2], names[3], t[3], names[4], t[4],
+          names[5], t[5], names[6], t[6] * 1000 / 25, names[7], t[7]);
   }
+  MPI_Win_unlock_all(win);
+  MPI_Win_free(&win);
+  MPI_Comm_free(&node);
   MPI_Finalize();
 }

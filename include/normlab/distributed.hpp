@@ -24,6 +24,16 @@
 
 namespace normlab {
 
+// How MPI ranks exchange the sharded optimizer's gradients and weights and the
+// large float all-reduces (docs/distributed.md, "Shared memory on one node"):
+// Ring: rings of MPI_Sendrecv (any layout of machines); Shm: an MPI-3
+// shared-memory window (MPI_Win_allocate_shared) that every rank reads its
+// peers' blocks from directly, only when every rank runs on one node; Auto
+// (the default): Shm on one node, Ring otherwise.
+enum class MpiTransport { Auto, Ring, Shm };
+// "auto", "ring", "shm"; throws an Error naming the value otherwise.
+MpiTransport mpi_transport_from_name(const std::string& name);
+
 class Communicator {
  public:
   virtual ~Communicator() = default;
@@ -59,6 +69,21 @@ class Communicator {
   virtual void start_allreduce_sum(float* data, int64_t n) { allreduce_sum(data, n); }
   virtual void progress() {}
   virtual void wait_all() {}
+  // Chooses how reduce_scatter_sum, allgather_slices and large float
+  // allreduce_sums travel (MPI only; every rank must choose the same; the
+  // others ignore it). Shm when the ranks span several nodes throws an Error
+  // every rank raises alike. transport() names the path in use: "shared
+  // memory (one node)", "ring (MPI_Sendrecv)"; "" without MPI.
+  virtual void set_transport(MpiTransport) {}
+  virtual std::string transport() const { return ""; }
+  // Memory the other ranks of this node read directly: with the shared-memory
+  // transport, this rank's block `which` (0: for the gradients, 1: for the
+  // weights) of n floats in the window, 64-byte aligned, valid until exit;
+  // reduce_scatter_sum / allreduce_sum given block 0 as send, and
+  // allgather_slices given block 1 as data, then skip their copy into the
+  // window. nullptr otherwise (ring, one process). Collective: every rank
+  // asks alike, before the first collective on blocks of that size.
+  virtual float* shared_block(int64_t /*n*/, int /*which*/) { return nullptr; }
   // Ends every rank of the job (MPI_Abort) with this exit code; a single process exits.
   [[noreturn]] virtual void abort(int code) = 0;
   // "MPI (3 ranks)", "single process", "simulated (2 ranks)".

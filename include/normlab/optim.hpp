@@ -84,6 +84,14 @@ class Optimizer {
   // nothing reads or writes (with eps = 0, Adam would make 0/0 of them).
   std::span<float> values() { return {values_.get(), static_cast<size_t>(flat_size_)}; }
   std::span<float> grads() { return {grads_.get(), static_cast<size_t>(flat_size_)}; }
+  // Moves the flat value and gradient blocks into the caller's storage (each
+  // at least values().size() floats, 64-byte aligned; `keep` of each holds it
+  // alive; a null one keeps that block where it is), contents kept, every
+  // parameter rebound. For a data-parallel run on
+  // one node: the blocks then live in the shared-memory window the other ranks
+  // read directly (Communicator::shared_block, docs/distributed.md). Call it
+  // before any forward pass (layers may cache their parameters' addresses).
+  void adopt_flat_blocks(std::shared_ptr<float[]> values, std::shared_ptr<float[]> grads);
   // (parameter index, index within it) of flat position `at`; a position in
   // the padding maps to the parameter before it, with an index >= its numel.
   std::pair<size_t, int64_t> locate(int64_t at) const;

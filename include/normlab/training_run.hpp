@@ -67,6 +67,11 @@ struct TrainConfig {
   // (--no-shard-optimizer): every rank all-reduces the gradients and updates
   // all. The files are the same either way; no effect in one process.
   bool shard_optimizer = true;
+  // Under mpirun: how the ranks exchange gradients and weights (--mpi-transport,
+  // docs/distributed.md): "auto" (shared memory when every rank is on one node,
+  // else rings of MPI_Sendrecv), "ring" or "shm". Not saved in checkpoints: it
+  // changes the order of float additions only, not the run.
+  std::string mpi_transport = "auto";
 };
 
 struct EpochMetrics {

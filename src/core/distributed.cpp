@@ -15,6 +15,9 @@
 
 #ifdef NORMLAB_MPI
 #include <mpi.h>
+#include <omp.h>
+
+#include "kernels/simd.hpp"
 #endif
 
 namespace normlab {
@@ -186,15 +189,38 @@ class Mpi final : public Communicator {
     // Errors come back as codes (check() turns them into Errors) instead of
     // MPI's default of aborting without a word on which call.
     MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+    // The ranks on this rank's node, in world-rank order: when they are all
+    // of them, node rank == world rank and the shared-memory path is possible.
+    check(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node_),
+          "MPI_Comm_split_type");
+    MPI_Comm_set_errhandler(node_, MPI_ERRORS_RETURN);
+    int node_size = 0;
+    MPI_Comm_size(node_, &node_size);
+    one_node_ = node_size == size_;
+    shm_ = one_node_ && size_ > 1;
+    live_ = this;
     std::atexit([] {
       int finalized = 0;
       MPI_Finalized(&finalized);
-      if (!finalized) MPI_Finalize();
+      if (finalized) return;
+      // The window and the node communicator go before MPI_Finalize on every
+      // exit path (a normal end, an agreed error: every rank passes here).
+      if (live_) live_->release();
+      MPI_Finalize();
     });
+  }
+  ~Mpi() override {
+    release();
+    live_ = nullptr;
   }
   int rank() const override { return rank_; }
   int size() const override { return size_; }
-  void allreduce_sum(float* data, int64_t n) override { sum(data, n, MPI_FLOAT); }
+  // Large float sums (the unsharded trainer's gradient block) go through the
+  // shared-memory window on one node: reduce-scatter + all-gather.
+  void allreduce_sum(float* data, int64_t n) override {
+    if (shm_ && size_ > 1 && n >= kShmMinFloats && window_fits(n)) return shm_allreduce(data, n);
+    sum(data, n, MPI_FLOAT);
+  }
   void allreduce_sum(double* data, int64_t n) override { sum(data, n, MPI_DOUBLE); }
   void allgather(const void* send, int64_t bytes, void* recv) override {
     check(MPI_Allgather(send, static_cast<int>(bytes), MPI_BYTE, recv, static_cast<int>(bytes),
@@ -227,6 +253,8 @@ class Mpi final : public Communicator {
       std::copy_n(own, counts[0], recv);
       return;
     }
+    if (shm_ && window_fits(displs_.back() + counts.back()))
+      return shm_reduce_scatter(send, recv, counts);
     // The partial sum passed on at the next step (K > 2), and the one received.
     const size_t largest = static_cast<size_t>(*std::max_element(counts.begin(), counts.end()));
     incoming_.resize(largest);
@@ -248,6 +276,8 @@ class Mpi final : public Communicator {
   // At step s rank r passes slice r - s on and receives slice r - s - 1 in place.
   void allgather_slices(float* data, std::span<const int64_t> counts) override {
     slices(counts, "allgather_slices");
+    if (shm_ && size_ > 1 && window_fits(displs_.back() + counts.back()))
+      return shm_allgather(data, counts);
     const int K = size_, next = (rank_ + 1) % K, prev = (rank_ + K - 1) % K;
     for (int s = 0; s + 1 < K; ++s) {
       const int out = ring(rank_ - s), in = ring(rank_ - s - 1);
@@ -286,8 +316,184 @@ class Mpi final : public Communicator {
     std::_Exit(code);
   }
   std::string describe() const override { return "MPI (" + std::to_string(size_) + " ranks)"; }
+  void set_transport(MpiTransport t) override {
+    if (t == MpiTransport::Shm && !one_node_)
+      throw AgreedError(
+          "--mpi-transport shm: the " + std::to_string(size_) +
+          " ranks do not all run on one node (shared memory needs them to); use auto or ring");
+    shm_ = t == MpiTransport::Shm || (t == MpiTransport::Auto && one_node_ && size_ > 1);
+  }
+  float* shared_block(int64_t n, int which) override {
+    if (!shm_ || size_ == 1 || n < 0 || (which != 0 && which != 1)) return nullptr;
+    ensure_window(n);
+    pinned_ = true;  // handed out: the window never moves again
+    return which == 0 ? grads_of(rank_) : values_of(rank_);
+  }
+  std::string transport() const override {
+    if (size_ == 1) return "single rank";
+    return shm_ ? "shared memory (one node)"
+                : std::string("ring (MPI_Sendrecv") +
+                      (one_node_ ? ")" : "; ranks on several nodes)");
+  }
 
  private:
+  // ---- shared memory on one node (docs/distributed.md, "Shared memory on one node")
+  //
+  // One MPI-3 window over the node communicator (every rank of the job): rank
+  // p's segment holds three blocks of cap_ floats at 64-byte lines: the
+  // gradients it publishes (the other ranks' slices of its flat block; or the
+  // trainer's flat gradient block itself, shared_block(n, 0)), the weights
+  // (the trainer's flat value block with the sharded optimizer,
+  // shared_block(n, 1)), and a scratch block for the slice it publishes
+  // otherwise (its slice of allgather_slices' data, of allreduce_sum's sum),
+  // each at the slice's place.
+  // Synchronisation as in the MPI-3 standard's shared-memory example
+  // (passive target: Win_lock_all once, then Win_sync + Barrier + Win_sync).
+  // A rank writes only its own segment and the others read it only between
+  // the sync that follows and the next one, so one sync per collective is
+  // enough: a rank's gradient block is rewritten by its next backward, after
+  // the all-gather's sync, which every peer reaches only once it has summed
+  // from that block; its weight (or scratch) slice is rewritten at its next
+  // step (or collective), after the next sync, which every peer reaches only
+  // once it has copied that slice. So two syncs a step, whoever runs ahead.
+  static constexpr int64_t kShmMinFloats = 16384;  // 64 KiB: smaller sums are MPI_Allreduce's
+  static constexpr int64_t kSumBlock = 4096;       // floats a block of the K-way sum (16 KiB)
+
+  // Whether n floats go through the window: always, unless it was handed out
+  // (shared_block) at a smaller size; then the caller takes the ring / MPI path
+  // (every rank alike: same calls, same sizes).
+  bool window_fits(int64_t n) const { return !pinned_ || n <= cap_; }
+  // The window holds at least n floats a block (collective: every rank asks alike).
+  void ensure_window(int64_t n) {
+    if (n <= cap_ && win_ != MPI_WIN_NULL) return;
+    if (pinned_) fail("shared-memory window: ", n, " floats asked for, ", cap_, " handed out");
+    // A larger block: no rank may still be reading a peer's old segment.
+    if (win_ != MPI_WIN_NULL) check(MPI_Barrier(node_), "MPI_Barrier (shared memory)");
+    free_window();
+    const int64_t cap = std::max<int64_t>(16, (n + 15) / 16 * 16);  // 64-byte lines
+    MPI_Info info;
+    MPI_Info_create(&info);
+    // Each segment on its own pages (the rank touches them first: its node memory).
+    MPI_Info_set(info, "alloc_shared_noncontig", "true");
+    void* base = nullptr;
+    const int rc = MPI_Win_allocate_shared(static_cast<MPI_Aint>((3 * cap + 16) * sizeof(float)),
+                                           sizeof(float), info, node_, &base, &win_);
+    MPI_Info_free(&info);
+    check(rc, "MPI_Win_allocate_shared");
+    MPI_Win_set_errhandler(win_, MPI_ERRORS_RETURN);
+    check(MPI_Win_lock_all(MPI_MODE_NOCHECK, win_), "MPI_Win_lock_all");
+    segs_.assign(static_cast<size_t>(size_), nullptr);
+    for (int r = 0; r < size_; ++r) {
+      MPI_Aint bytes = 0;
+      int unit = 0;
+      void* p = nullptr;
+      check(MPI_Win_shared_query(win_, r, &bytes, &unit, &p), "MPI_Win_shared_query");
+      // Open MPI aligns a segment to 8 bytes only: start at its first 64-byte
+      // line (the offset within the shared pages is the same in every process).
+      const uintptr_t at = reinterpret_cast<uintptr_t>(p);
+      segs_[r] = reinterpret_cast<float*>((at + 63) / 64 * 64);
+    }
+    cap_ = cap;
+  }
+  void free_window() {
+    if (win_ == MPI_WIN_NULL) return;
+    MPI_Win_unlock_all(win_);
+    MPI_Win_free(&win_);
+    win_ = MPI_WIN_NULL;
+    segs_.clear();
+    cap_ = 0;
+  }
+  void release() {
+    free_window();
+    if (node_ != MPI_COMM_NULL) MPI_Comm_free(&node_);
+    node_ = MPI_COMM_NULL;
+  }
+  // Every rank's writes to its segment before this are seen by every rank after it.
+  void shm_sync() {
+    MPI_Win_sync(win_);
+    check(MPI_Barrier(node_), "MPI_Barrier (shared memory)");
+    MPI_Win_sync(win_);
+  }
+  // n floats; nothing for n = 0, where the pointers may be null (empty vectors).
+  static void copy_floats(float* to, const float* from, int64_t n) {
+    if (n > 0) std::memcpy(to, from, static_cast<size_t>(n) * sizeof(float));
+  }
+  float* grads_of(int r) const { return segs_[r]; }
+  float* values_of(int r) const { return segs_[r] + cap_; }
+  float* sums_of(int r) const { return segs_[r] + 2 * cap_; }
+  // out[j] = src[0][j] + src[1][j] + ... + src[K-1][j], added in that order
+  // (rank order: the same bits on every rank and every run), in blocks of
+  // kSumBlock floats that stay in L1 while the K sources stream through,
+  // vectorised (kernels/simd.hpp) and spread over the rank's OpenMP threads.
+  static void sum_in_rank_order(float* out, const float* const* src, int K, int64_t n) {
+    const int64_t blocks = (n + kSumBlock - 1) / kSumBlock;
+    const auto add = [](auto a, auto b) { return a + b; };
+#pragma omp parallel for schedule(static) if (blocks >= 8 && omp_get_max_threads() > 1)
+    for (int64_t b = 0; b < blocks; ++b) {
+      const int64_t at = b * kSumBlock, m = std::min(kSumBlock, n - at);
+      detail::map_row(out + at, m, false, add, src[0] + at, src[1] + at);
+      for (int k = 2; k < K; ++k) detail::map_row(out + at, m, false, add, out + at, src[k] + at);
+    }
+  }
+  // Publishes the other ranks' slices of `send` (its own stays private: only
+  // this rank sums it), then sums slice rank_ over the K blocks into recv.
+  void shm_publish(const float* send, int64_t n) {
+    float* mine = grads_of(rank_);
+    if (send == mine) return;  // the caller's block is the window's (shared_block(n, 0))
+    const int64_t lo = displs_[rank_], hi = lo + own_count_;
+    if (lo > 0) copy_floats(mine, send, lo);
+    if (hi < n) copy_floats(mine + hi, send + hi, n - hi);
+  }
+  void shm_sum_own(const float* send, float* recv) {
+    const int64_t at = displs_[rank_];
+    srcs_.resize(static_cast<size_t>(size_));
+    for (int r = 0; r < size_; ++r) srcs_[r] = (r == rank_ ? send : grads_of(r)) + at;
+    sum_in_rank_order(recv, srcs_.data(), size_, own_count_);
+  }
+  void shm_reduce_scatter(const float* send, float* recv, std::span<const int64_t> counts) {
+    const int64_t n = displs_.back() + counts.back();
+    ensure_window(n);
+    own_count_ = counts[rank_];
+    shm_publish(send, n);
+    shm_sync();
+    shm_sum_own(send, recv);
+  }
+  // Publishes this rank's slice, then copies every other rank's. A caller
+  // whose block is the window's values block (shared_block(n, 1)) publishes
+  // nothing and reads the peers' values blocks; any other block goes through
+  // the scratch block (the optimizer's gathered state, for one).
+  void shm_allgather(float* data, std::span<const int64_t> counts) {
+    const int64_t n = displs_.back() + counts.back();
+    ensure_window(n);
+    const int64_t at = displs_[rank_];
+    const bool own = data == values_of(rank_);
+    if (!own) copy_floats(sums_of(rank_) + at, data + at, counts[rank_]);
+    shm_sync();
+    for (int r = 0; r < size_; ++r)
+      if (r != rank_)
+        copy_floats(data + displs_[r], (own ? values_of(r) : sums_of(r)) + displs_[r], counts[r]);
+  }
+  // The unsharded all-reduce: slices of whole 16-float lines as the sharded
+  // optimizer's, each rank sums its own into its published block, all copy.
+  void shm_allreduce(float* data, int64_t n) {
+    shm_counts_.resize(static_cast<size_t>(size_));
+    const int64_t lines = (n + 15) / 16;
+    for (int r = 0; r < size_; ++r)
+      shm_counts_[r] =
+          std::min(n, lines * (r + 1) / size_ * 16) - std::min(n, lines * r / size_ * 16);
+    slices(shm_counts_, "allreduce_sum");
+    ensure_window(n);
+    own_count_ = shm_counts_[rank_];
+    shm_publish(data, n);
+    shm_sync();
+    const int64_t at = displs_[rank_];
+    shm_sum_own(data, sums_of(rank_) + at);
+    copy_floats(data + at, sums_of(rank_) + at, own_count_);
+    shm_sync();
+    for (int r = 0; r < size_; ++r)
+      if (r != rank_) copy_floats(data + displs_[r], sums_of(r) + displs_[r], shm_counts_[r]);
+  }
+
   template <typename T>
   void sum(T* data, int64_t n, MPI_Datatype type) {
     for (int64_t at = 0; at < n; at += kBucket)
@@ -295,7 +501,9 @@ class Mpi final : public Communicator {
                           type, MPI_SUM, MPI_COMM_WORLD),
             "MPI_Allreduce");
   }
-  int ring(int r) const { return (r % size_ + size_) % size_; }
+  int ring(int r) const {
+    return (r % size_ + size_) % size_;
+  }
   // Where each slice starts; every count must fit MPI's int.
   void slices(std::span<const int64_t> counts, const char* what) {
     check_slices(counts, size_, what);
@@ -310,6 +518,17 @@ class Mpi final : public Communicator {
     }
   }
   int rank_ = 0, size_ = 1;
+  static inline Mpi* live_ = nullptr;  // for the atexit handler (release() before MPI_Finalize)
+  MPI_Comm node_ = MPI_COMM_NULL;      // the ranks on this node
+  bool one_node_ = false;              // every rank of the job is on this node
+  bool shm_ = false;                   // the shared-memory path is in use
+  MPI_Win win_ = MPI_WIN_NULL;
+  int64_t cap_ = 0;           // floats a block of each rank's segment
+  std::vector<float*> segs_;  // every rank's segment, mapped here
+  std::vector<const float*> srcs_;
+  std::vector<int64_t> shm_counts_;
+  int64_t own_count_ = 0;
+  bool pinned_ = false;  // shared_block handed the window out: it never moves
   std::vector<int64_t> displs_;
   std::vector<float> incoming_, partial_;  // kept: a step allocates nothing
   std::vector<MPI_Request> requests_;      // started by start_allreduce_sum, not yet waited for
@@ -323,6 +542,13 @@ bool started_by_mpirun() {
 Communicator* g_world = nullptr;
 
 }  // namespace
+
+MpiTransport mpi_transport_from_name(const std::string& name) {
+  if (name == "auto") return MpiTransport::Auto;
+  if (name == "ring") return MpiTransport::Ring;
+  if (name == "shm") return MpiTransport::Shm;
+  fail("--mpi-transport must be auto, ring or shm, got '", name, "'");
+}
 
 bool built_with_mpi() {
 #ifdef NORMLAB_MPI

@@ -54,6 +54,24 @@ Optimizer::Optimizer(const std::string& kind, const std::vector<StateEntry<float
   pieces_ = params_;
 }
 
+void Optimizer::adopt_flat_blocks(std::shared_ptr<float[]> values, std::shared_ptr<float[]> grads) {
+  for (const auto* b : {&values, &grads})
+    if (*b && reinterpret_cast<uintptr_t>(b->get()) % kTensorAlignment != 0)
+      fail(kind_, ": adopt_flat_blocks: a block is not ", kTensorAlignment, "-byte aligned");
+  if (values) {
+    std::copy_n(values_.get(), flat_size_, values.get());
+    values_ = std::move(values);
+  }
+  if (grads) {
+    std::copy_n(grads_.get(), flat_size_, grads.get());
+    grads_ = std::move(grads);
+  }
+  for (const Param& p : params_) {
+    p.value->bind(values_, values_.get() + p.offset);
+    p.grad->bind(grads_, grads_.get() + p.offset);
+  }
+}
+
 std::vector<StateEntry<float>> Optimizer::state() {
   if (sharded_)
     fail(kind_, ": the optimizer is sharded (it holds the state of flat positions [", shard_begin_,

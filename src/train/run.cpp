@@ -223,6 +223,13 @@ std::vector<EpochMetrics> run_training(const TrainConfig& cfg, TrainingObserver&
 
   Communicator& comm = world();
   const int rank = comm.rank(), ranks = comm.size();
+  try {
+    comm.set_transport(mpi_transport_from_name(cfg.mpi_transport));
+  } catch (const AgreedError&) {
+    throw;
+  } catch (const Error& e) {
+    throw AgreedError(e.what());  // every rank reads the same flag: nobody aborts the job
+  }
   const bool lead = rank == 0;  // rank 0 reports and writes; the only one in a plain run
   TrainingObserver quiet;
   TrainingObserver& report = lead ? observer : quiet;
@@ -284,6 +291,21 @@ std::vector<EpochMetrics> run_training(const TrainConfig& cfg, TrainingObserver&
          ")");
   std::vector<StateEntry<float>> model_state = model->state();
   auto optimizer = make_optimizer(cfg.optimizer, cfg.optim, model_state);
+  // On one node (the shared-memory transport) the flat gradient block, and
+  // with the sharded optimizer the weights too, live in the window the other
+  // ranks read directly: the reduce-scatter and all-gather then copy nothing
+  // into it (docs/distributed.md, "Shared memory on one node"); before any
+  // forward pass (a layer may keep its weights' addresses). The unsharded
+  // all-reduce sums into the window's second block, so the weights stay put.
+  if (ranks > 1) {
+    const int64_t flat = static_cast<int64_t>(optimizer->values().size());
+    float* g = comm.shared_block(flat, 0);
+    float* v = cfg.shard_optimizer ? comm.shared_block(flat, 1) : nullptr;
+    const auto borrowed = [](float* p) {
+      return p ? std::shared_ptr<float[]>(p, [](float*) {}) : nullptr;  // the window owns it
+    };
+    if (g) optimizer->adopt_flat_blocks(borrowed(v), borrowed(g));
+  }
   std::vector<StateEntry<float>> optim_state = optimizer->state();
   Trainer trainer(*model, *optimizer);
   trainer.set_communicator(&comm);
@@ -454,6 +476,14 @@ std::vector<EpochMetrics> run_training(const TrainConfig& cfg, TrainingObserver&
   for (const auto& e : model_state)
     if (e.is_param()) n_params += e.value->numel();
   report.on_start(model->name(), n_params, n_train, n_test, pos.epoch + 1);
+  // Under mpirun: how many ranks, whether the optimizer is sharded, which transport.
+  if (ranks > 1)
+    report.on_note(concat("data parallel: ", ranks, " MPI ranks, ",
+                          cfg.shard_optimizer
+                              ? "sharded optimizer (ZeRO stage 1: gradients reduce-scattered, "
+                                "weights all-gathered; --no-shard-optimizer to turn off)"
+                              : "optimizer not sharded (gradients all-reduced)",
+                          "; transport: ", comm.transport()));
   if (!wn_init_note.empty()) report.on_note(wn_init_note);
   if (const int64_t last = static_cast<int64_t>(sampler.batch(sampler.num_batches() - 1).size());
       last > cfg.batch_size)

@@ -4,7 +4,9 @@
 #                                          with --sync-bn the whole checkpoint (weights,
 #                                          running statistics, optimizer state, loss),
 #                                          through the sharded optimizer (the default) and,
-#                                          K = 3, the unsharded one;
+#                                          K = 3, the unsharded one; K = 2 with the ring
+#                                          transport forced (shared memory is the default
+#                                          on one node);
 #                                          without it the weights of one process running
 #                                          per-shard BatchNorm (Ghost BN, one ghost a shard)
 #   mpi_train_test.sh NORMLAB fault        a rank SIGKILLed mid-run: the job ends non-zero
@@ -75,12 +77,25 @@ assert len(a) == len(b) == 2
 PY
     [[ $(grep -c "^epoch" "$work/sync$k.log") == 2 ]] || { echo "FAIL: only rank 0 should print (got:)"; cat "$work/sync$k.log"; fails=$((fails + 1)); }
   done
+  # Rank 0 says how the run is spread (once): ranks, sharding, transport.
+  grep -q "^data parallel: 2 MPI ranks, sharded optimizer (ZeRO stage 1.*; transport: shared memory (one node)$" "$work/sync2.log" &&
+    [[ $(grep -c "^data parallel:" "$work/sync2.log") == 1 ]] && echo "ok: rank 0 names 2 ranks, the sharded optimizer, shared memory" ||
+    { echo "FAIL: the 'data parallel:' line of rank 0"; cat "$work/sync2.log"; fails=$((fails + 1)); }
+  # The ring transport forced on one node (the path across nodes): the same checkpoint.
+  mpi 2 "$normlab" "${common[@]}" --model "$spec" --sync-bn --mpi-transport ring --out "$work/ring2" \
+    >"$work/ring2.log" 2>&1 || { cat "$work/ring2.log"; exit 1; }
+  grep -q "^data parallel: 2 MPI ranks, sharded .*; transport: ring (MPI_Sendrecv)$" "$work/ring2.log" ||
+    { echo "FAIL: the ring run's 'data parallel:' line"; cat "$work/ring2.log"; fails=$((fails + 1)); }
+  check "2 ranks --sync-bn --mpi-transport ring: checkpoint = 1 process" \
+    $compare "$work/ring2/checkpoint.safetensors" "$work/one/checkpoint.safetensors" "${tol[@]}"
   # The unsharded optimizer (--no-shard-optimizer: the gradients all-reduced,
   # every rank updates all parameters) ends there too; above, the default
   # sharded one (ZeRO stage 1: each rank steps and keeps the state of its slice,
   # rank 0 writes the gathered state).
   mpi 3 "$normlab" "${common[@]}" --model "$spec" --sync-bn --no-shard-optimizer --out "$work/unsharded3" \
     >"$work/unsharded3.log" 2>&1 || { cat "$work/unsharded3.log"; exit 1; }
+  grep -q "^data parallel: 3 MPI ranks, optimizer not sharded (gradients all-reduced); transport: shared memory (one node)$" "$work/unsharded3.log" ||
+    { echo "FAIL: the unsharded run's 'data parallel:' line"; cat "$work/unsharded3.log"; fails=$((fails + 1)); }
   check "3 ranks --sync-bn --no-shard-optimizer: checkpoint = 1 process" \
     $compare "$work/unsharded3/checkpoint.safetensors" "$work/one/checkpoint.safetensors" "${tol[@]}"
   # Without --sync-bn each rank normalizes with its own 32 samples: one process
@@ -163,6 +178,14 @@ badinput)
   cat "$work/b3.log"
   n=$(grep -o "NORMLAB_ALLREDUCE_BUCKET_BYTES=4096 overlaps the gradient all-reduce, which the sharded optimizer replaces" "$work/b3.log" | wc -l)
   [[ $rc == 2 && $n == 2 && ! -e "$work/b3" ]] && echo "ok: overlap with the sharded optimizer: exit 2, both ranks say why" ||
+    { echo "FAIL: exit $rc, $n of 2 ranks said why"; fails=$((fails + 1)); }
+  # A transport that does not exist: every rank refuses it alike (exit 2).
+  mpi 2 "$normlab" "${common[@]}" --limit-train 1024 --model "$spec" --mpi-transport tcp \
+    --out "$work/b4" >"$work/b4.log" 2>&1
+  rc=$?
+  cat "$work/b4.log"
+  n=$(grep -o -- "--mpi-transport must be auto, ring or shm, got 'tcp'" "$work/b4.log" | wc -l)
+  [[ $rc == 2 && $n == 2 && ! -e "$work/b4" ]] && echo "ok: --mpi-transport tcp: exit 2, both ranks say why" ||
     { echo "FAIL: exit $rc, $n of 2 ranks said why"; fails=$((fails + 1)); }
   ;;
 syncfamily)
