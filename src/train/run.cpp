@@ -276,7 +276,9 @@ std::vector<EpochMetrics> run_training(const TrainConfig& cfg, TrainingObserver&
     plan = plan_model(cfg.model, Shape{cfg.batch_size, D});
   } catch (const Error& e) {
     // Name where the spec came from: the flag, or the checkpoint being resumed.
-    fail(cfg.resume.empty() ? "--model" : cfg.resume + ": its model spec", ": ", e.what());
+    // Every rank parses the same spec: an agreed error, nobody aborts the job.
+    throw AgreedError(
+        concat(cfg.resume.empty() ? "--model" : cfg.resume + ": its model spec", ": ", e.what()));
   }
   if (cfg.sync_bn) try {
       sync_batch_norms(plan);
