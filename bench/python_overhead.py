@@ -106,17 +106,31 @@ def cases(N, D):
             ("torch.nn.LayerNorm", module(m_nn))]
 
 
+def shape_list(text):
+    """'4x32,128x512' -> [(4, 32), (128, 512)]; argparse names the flag on an error."""
+    try:
+        shapes = [tuple(int(v) for v in s.split("x")) for s in text.split(",")]
+    except ValueError:
+        shapes = []
+    if not shapes or any(len(s) != 2 or min(s) < 1 for s in shapes):
+        raise argparse.ArgumentTypeError(f"expected NxD[,NxD...] with N, D >= 1, got '{text}'")
+    return shapes
+
+
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--shapes", default="4x32,128x512")
-    ap.add_argument("--samples", type=int, default=15)
-    ap.add_argument("--calls", type=int, default=2000)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shapes", default="4x32,128x512", type=shape_list,
+                    help="NxD shapes, comma-separated (default: %(default)s)")
+    ap.add_argument("--samples", type=int, default=15,
+                    help="samples per case; the minimum is reported (default: %(default)s)")
+    ap.add_argument("--calls", type=int, default=2000,
+                    help="fwd+bwd calls per sample (default: %(default)s)")
     ap.add_argument("--rounds", type=int, default=3, help="rounds over the cases (interleaved)")
     args = ap.parse_args()
     print(f"torch {torch.__version__} ({torch.get_num_threads()} threads); "
           f"{normlab.build_summary()}")
-    for s in args.shapes.split(","):
-        N, D = (int(v) for v in s.split("x"))
+    for N, D in args.shapes:
         calls = max(10, args.calls * 4 * 32 // max(N * D, 4 * 32)) if N * D > 4096 else args.calls
         cs = cases(N, D)
         res = {name: float("inf") for name, _ in cs}

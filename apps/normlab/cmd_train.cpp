@@ -127,7 +127,8 @@ void add_train_command(CLI::App& app) {
                   "Continue from this checkpoint.safetensors (settings come from it)");
   cmd->add_option("--checkpoint-every", cfg->checkpoint_every,
                   "Also checkpoint every N steps (0: at the end of each epoch only)");
-  cmd->add_option("--limit-train", cfg->limit_train, "Use only the first N training samples");
+  cmd->add_option("--limit-train", cfg->limit_train,
+                  "Use only the first N training samples (0: all)");
   cmd->add_option("--limit-test", cfg->limit_test, "Use only the first N test samples");
   cmd->add_option("--on-nonfinite", *on_nonfinite,
                   "stop: end the run at a NaN/inf loss or gradient; skip: skip that step")

@@ -97,7 +97,8 @@ def _param(fn, name, t, dt, shape, write=False):
         raise TypeError(f"{fn}: {name} has dtype {_dtype_name(t.dtype)}, expected "
                         f"{_dtype_name(dt)} (the dtype of input)")
     if t.shape != shape:
-        raise ValueError(f"{fn}: {name} has shape {tuple(t.shape)}, expected {tuple(shape)}")
+        raise ValueError(f"{fn}: {name} has shape {tuple(t.shape)}, expected {tuple(shape)} "
+                         "(from the input's shape)")
     if not t.is_cpu or t.layout is not _STRIDED:
         raise TypeError(f"{fn}: {name} is on {t.device} ({t.layout}); normlab's kernels run on "
                         "dense CPU tensors")
@@ -266,6 +267,10 @@ class _BatchNormForward:
 
     def forward(self, input):
         self._check_input_dim(input)
+        if input.shape[1] != self.num_features:  # name the input, not the weight it mismatches
+            raise ValueError(f"{type(self).__name__}({self.num_features}): input of shape "
+                             f"{tuple(input.shape)} has {input.shape[1]} channels, expected "
+                             f"{self.num_features}")
         exponential_average_factor = 0.0 if self.momentum is None else self.momentum
         if self.training and self.track_running_stats and self.num_batches_tracked is not None:
             self.num_batches_tracked.add_(1)

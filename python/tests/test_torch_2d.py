@@ -145,7 +145,13 @@ def test_errors_name_the_argument_and_numbers():
     with pytest.raises(ValueError, match=r"rms_norm: weight has shape \(5,\), expected \(4,\)"):
         nt.rms_norm(x, 4, torch.ones(5))
     with pytest.raises(ValueError, match=r"batch_norm: weight has shape \(3,\), expected \(4,\)"):
+        nt.batch_norm(torch.randn(2, 4, 5, 5), None, None, torch.ones(3), None, True)
+    with pytest.raises(ValueError, match=r"BatchNorm2d\(3\): input of shape \(2, 4, 5, 5\) has 4 "
+                       r"channels, expected 3"):
         nt.BatchNorm2d(3)(torch.randn(2, 4, 5, 5))
+    with pytest.raises(ValueError, match=r"BatchNorm1d\(4\): input of shape \(8, 3\) has 3 "
+                       r"channels, expected 4"):
+        nt.BatchNorm1d(4)(torch.randn(8, 3))
     with pytest.raises(ValueError, match=r"expected 4D input \(got 3D input\)"):
         nt.BatchNorm2d(3)(torch.randn(2, 3, 5))
     with pytest.raises(ValueError, match="more than 1 value per channel"):

@@ -374,9 +374,15 @@ class Parser {
     const std::string lname = lower(name.text);
     for (const auto& l : layer_table())
       if (lname == l.name || (l.alias && lname == l.alias)) n.info = &l;
-    if (!n.info)
+    if (!n.info) {
+      // A lone word is more likely a misspelt preset than a layer.
+      std::string presets;
+      if (spec_.find_first_of(",([") == std::string::npos)
+        for (const auto& p : preset_names()) presets += (presets.empty() ? "" : ", ") + p;
       fail_at(spec_, name.pos,
-              "unknown layer '" + name.text + "'; known layers: " + known_layers());
+              "unknown layer '" + name.text + "'; known layers: " + known_layers() +
+                  (presets.empty() ? "" : "; known presets: " + presets));
+    }
     if (peek().kind != Token::LParen) return;
     take();
     if (peek().kind == Token::RParen) {

@@ -173,6 +173,20 @@ void debug_fail_at_step(int64_t step, int rank) {
   if (s == step && r == rank) std::raise(SIGKILL);
 }
 
+// Runs f; its Error becomes an AgreedError (prefixed): for the steps that
+// depend only on the flags, which every rank shares, so under mpirun every
+// rank reports the same reason and nobody aborts the job.
+template <typename F>
+auto agreed(F&& f, const std::string& prefix = "") -> decltype(f()) {
+  try {
+    return f();
+  } catch (const AgreedError&) {
+    throw;
+  } catch (const Error& e) {
+    throw AgreedError(prefix + e.what());
+  }
+}
+
 }  // namespace
 
 TrainConfig config_from_checkpoint(const std::string& path) {
@@ -270,29 +284,23 @@ std::vector<EpochMetrics> run_training(const TrainConfig& cfg, TrainingObserver&
                  smallest, " ranks or another --batch-size"));
   }
 
+  // From the flags alone, alike on every rank: agreed errors.
   Rng rng(cfg.seed);
-  std::vector<LayerPlan> plan;
-  try {
-    plan = plan_model(cfg.model, Shape{cfg.batch_size, D});
-  } catch (const Error& e) {
-    // Name where the spec came from: the flag, or the checkpoint being resumed.
-    // Every rank parses the same spec: an agreed error, nobody aborts the job.
-    throw AgreedError(
-        concat(cfg.resume.empty() ? "--model" : cfg.resume + ": its model spec", ": ", e.what()));
-  }
-  if (cfg.sync_bn) try {
-      sync_batch_norms(plan);
-    } catch (const Error& e) {
-      throw AgreedError(e.what());  // every rank refuses the same spec: nobody aborts the job
-    }
-  auto model = build_model<float>(plan, rng);
+  // Named where the spec came from: the flag, or the checkpoint being resumed.
+  std::vector<LayerPlan> plan = agreed(
+      [&] {
+        return plan_model(cfg.model, Shape{cfg.batch_size, D});
+      },
+      cfg.resume.empty() ? "--model: " : cfg.resume + ": its model spec: ");
+  if (cfg.sync_bn) agreed([&] { sync_batch_norms(plan); });
+  auto model = agreed([&] { return build_model<float>(plan, rng); });
   const Shape out_shape = model->output_shape({cfg.batch_size, D});
   if (out_shape.size() != 2 || out_shape[1] != train_set.num_classes())
-    fail("model '", cfg.model, "' outputs shape ", shape_str(out_shape),
-         " for a batch; a classifier of ", cfg.dataset, " needs (N, ", train_set.num_classes(),
-         ")");
+    throw AgreedError(concat("model '", cfg.model, "' outputs shape ", shape_str(out_shape),
+                             " for a batch; a classifier of ", cfg.dataset, " needs (N, ",
+                             train_set.num_classes(), ")"));
   std::vector<StateEntry<float>> model_state = model->state();
-  auto optimizer = make_optimizer(cfg.optimizer, cfg.optim, model_state);
+  auto optimizer = agreed([&] { return make_optimizer(cfg.optimizer, cfg.optim, model_state); });
   // On one node (the shared-memory transport) the flat gradient block, and
   // with the sharded optimizer the weights too, live in the window the other
   // ranks read directly: the reduce-scatter and all-gather then copy nothing
