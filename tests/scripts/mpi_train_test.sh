@@ -19,8 +19,10 @@
 #   mpi_train_test.sh NORMLAB study        mpirun -np 2 normlab study: runs split over the
 #                                          ranks, rank 0 reports once and writes the cache
 #   mpi_train_test.sh NORMLAB badinput     more ranks than a batch has samples; one rank
-#                                          that cannot read the data: an error from every
-#                                          rank, non-zero exit, no hang
+#                                          that cannot read the data; bad flags (overlap with
+#                                          sharding, --mpi-transport, --model, an optimizer
+#                                          option): an error from every rank, non-zero exit,
+#                                          no hang, no MPI_Abort for what every rank sees
 # Exit 77 (skipped, with the reason): no mpirun, a build without MPI, or no MNIST.
 set -uo pipefail
 normlab="$1"
@@ -187,6 +189,21 @@ badinput)
   n=$(grep -o -- "--mpi-transport must be auto, ring or shm, got 'tcp'" "$work/b4.log" | wc -l)
   [[ $rc == 2 && $n == 2 && ! -e "$work/b4" ]] && echo "ok: --mpi-transport tcp: exit 2, both ranks say why" ||
     { echo "FAIL: exit $rc, $n of 2 ranks said why"; fails=$((fails + 1)); }
+  # A bad model spec and a bad optimizer option: every rank parses the same
+  # flags, so every rank says why and nobody calls MPI_Abort.
+  mpi 2 "$normlab" "${common[@]}" --limit-train 1024 --model "flatten, bogus(3), linear(10)" \
+    --out "$work/b5" >"$work/b5.log" 2>&1
+  rc=$?
+  mpi 2 "$normlab" "${common[@]}" --limit-train 1024 --model "$spec" --weight-decay -1 \
+    --out "$work/b5" >>"$work/b5.log" 2>&1
+  rc2=$?
+  cat "$work/b5.log"
+  n=$(grep -o -- "--model: model spec, column 10: unknown layer 'bogus'" "$work/b5.log" | wc -l)
+  n2=$(grep -o "option weight_decay=-1 must be >= 0" "$work/b5.log" | wc -l)
+  [[ $rc == 2 && $rc2 == 2 && $n == 2 && $n2 == 2 && ! -e "$work/b5" ]] &&
+    ! grep -q "MPI_ABORT" "$work/b5.log" &&
+    echo "ok: a bad --model and --weight-decay: exit 2, both ranks say why, no MPI_Abort" ||
+    { echo "FAIL: exit $rc/$rc2, $n and $n2 of 2 ranks said why (or MPI_ABORT)"; fails=$((fails + 1)); }
   ;;
 syncfamily)
   # --sync-bn beyond batchnorm (issue 13, part 2): batchnorm2d (a small CNN)
