@@ -41,12 +41,14 @@ class KillResume : public ::testing::Test {
 
   // The run's command line; with `resume`, the settings come from the checkpoint.
   std::vector<std::string> args(const std::string& out, bool resume) const {
-    std::vector<std::string> a = {"train", "--data", data_, "--threads",          "1", "--progress",
-                                  "never", "--out",  out,   "--checkpoint-every", "5"};
-    if (resume)
+    std::vector<std::string> a = {"train", "--data",     data_,   "--threads",
+                                  "1",     "--progress", "never", "--checkpoint-every",
+                                  "5"};
+    if (resume)  // without --out: the run continues in the checkpoint's directory
       a.insert(a.end(), {"--resume", out + "/checkpoint.safetensors"});
     else
-      a.insert(a.end(), {"--limit-train", "3000", "--limit-test", "500", "--epochs", "3"});
+      a.insert(a.end(),
+               {"--out", out, "--limit-train", "3000", "--limit-test", "500", "--epochs", "3"});
     return a;
   }
 

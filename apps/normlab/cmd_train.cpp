@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <iostream>
 
 #include "commands.hpp"
@@ -123,8 +124,10 @@ void add_train_command(CLI::App& app) {
   cmd->add_option("--threads,-t", *threads, "Threads (0: OpenMP's default)")->capture_default_str();
   cmd->add_option("--out", cfg->out_dir, "Run directory for metrics, plots and checkpoints")
       ->capture_default_str();
-  cmd->add_option("--resume", cfg->resume,
-                  "Continue from this checkpoint.safetensors (settings come from it)");
+  cmd->add_option(
+      "--resume", cfg->resume,
+      "Continue from this checkpoint.safetensors (settings come from it; --out defaults to "
+      "its directory)");
   cmd->add_option("--checkpoint-every", cfg->checkpoint_every,
                   "Also checkpoint every N steps (0: at the end of each epoch only)");
   cmd->add_option("--limit-train", cfg->limit_train,
@@ -190,6 +193,12 @@ void add_train_command(CLI::App& app) {
       c.weight_norm_keys = saved.weight_norm_keys;
       if (!cmd->count("--wn-init")) c.wn_init = saved.wn_init;
       if (!cmd->count("--sync-bn")) c.sync_bn = saved.sync_bn;
+      // The run continues where its checkpoint lives, not in the default --out
+      // (where it could replace another run's files).
+      if (!cmd->count("--out")) {
+        const std::filesystem::path dir = std::filesystem::path(c.resume).parent_path();
+        c.out_dir = dir.empty() ? "." : dir.string();
+      }
     }
     if (cmd->count("--weight-norm-keys")) {
       const auto keys = weight_norm_keys_from_name(*wn_keys);
