@@ -85,12 +85,13 @@ class Optimizer {
   std::span<float> values() { return {values_.get(), static_cast<size_t>(flat_size_)}; }
   std::span<float> grads() { return {grads_.get(), static_cast<size_t>(flat_size_)}; }
   // Moves the flat value and gradient blocks into the caller's storage (each
-  // at least values().size() floats, 64-byte aligned; `keep` of each holds it
-  // alive; a null one keeps that block where it is), contents kept, every
-  // parameter rebound. For a data-parallel run on
-  // one node: the blocks then live in the shared-memory window the other ranks
-  // read directly (Communicator::shared_block, docs/distributed.md). Call it
+  // at least values().size() floats, 64-byte aligned, kept alive by its
+  // shared_ptr's deleter; a null one keeps that block where it is), contents
+  // kept, every parameter rebound. For a data-parallel run on one node: the
+  // blocks then live in the shared-memory window the other ranks read
+  // directly (Communicator::shared_block, docs/distributed.md). Call it
   // before any forward pass (layers may cache their parameters' addresses).
+  // Throws an Error if a block is misaligned.
   void adopt_flat_blocks(std::shared_ptr<float[]> values, std::shared_ptr<float[]> grads);
   // (parameter index, index within it) of flat position `at`; a position in
   // the padding maps to the parameter before it, with an index >= its numel.

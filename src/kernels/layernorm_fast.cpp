@@ -26,6 +26,14 @@ void exact_row(T* yr, const T* xr, const T* gamma, const T* beta, int64_t D, dou
   }
 }
 
+// A row's mean summed in double, rounded to T.
+template <typename T>
+T row_mean(const T* x, int64_t D) {
+  return static_cast<T>(detail::sum_row_wide<T>(
+                            D, [](auto v) { return v; }, x) /
+                        static_cast<double>(D));
+}
+
 // A row's moments in T: d = x - s around a shift s near the mean (the mean
 // of the row's first few values, in double, rounded to T), S1 = sum d and
 // S2 = sum d^2 summed in T over blocks of 64 vectors (16 terms per lane,
@@ -44,14 +52,6 @@ void exact_row(T* yr, const T* xr, const T* gamma, const T* beta, int64_t D, dou
 // an FMA, against (with AVX-512) two conversions of half vectors, two
 // subtracts, adds and FMAs in double: the pass that streams the row in from
 // memory or L3 issues its loads twice as fast.
-// A row's mean summed in double, rounded to T.
-template <typename T>
-T row_mean(const T* x, int64_t D) {
-  return static_cast<T>(detail::sum_row_wide<T>(
-                            D, [](auto v) { return v; }, x) /
-                        static_cast<double>(D));
-}
-
 struct FastMoments {
   double shift, mean, m2;  // row mean = shift + mean; m2 = sum (x - row mean)^2
 };
@@ -61,9 +61,7 @@ bool fast_moments(FastMoments& out, const T* x, int64_t D) {
   constexpr int64_t W = static_cast<int64_t>(detail::kVecBytes / sizeof(T));
   constexpr int64_t kBlock = 64 * W;
   const int64_t k = std::min<int64_t>(D, 2 * W);
-  const T s = static_cast<T>(detail::sum_row_wide<T>(
-                                 k, [](auto v) { return v; }, x) /
-                             static_cast<double>(k));
+  const T s = row_mean(x, k);
   double s1 = 0, s2 = 0;
   int64_t i = 0;
   for (int64_t b = 0; b + 4 * W <= D; b = i) {
@@ -163,9 +161,6 @@ void layernorm_forward(T* y, T* mean, T* rstd, const T* x, const T* gamma, const
       const double rd = 1.0 / std::sqrt(mo.m2 / static_cast<double>(D) + static_cast<double>(eps));
       const double md = mo.shift + mo.mean;
       const T m = static_cast<T>(mo.mean), r = static_cast<T>(rd);
-      // The saved mean within one float ulp of the exact one: fast rows sum
-      // the row again in double (from L1) after y.
-      mean[n] = static_cast<T>(md);
       rstd[n] = r;
       // In T below: x - shift - m (at most dev), times r (at most ~sqrt(D)), then
       // times gamma plus beta; gamma is never folded into r (rstd * gamma can
@@ -177,17 +172,17 @@ void layernorm_forward(T* y, T* mean, T* rstd, const T* x, const T* gamma, const
             detail::fold_product_ok<T>(mo.mean, rd) &&
             dev * rd * gmax + bmax < detail::fold_big<T>)) {
         exact_row(yr, xr, gamma, beta, D, md, rd);
-        if (fast) mean[n] = row_mean(xr, D);
-        continue;
-      }
-      // x * r + b0 where |mean| <= 8 sd: the rounding of b0 is then at most
-      // ~8 ulps of the spread's xhat (with a large eps, rd is far below 1 / sd
-      // and |mean| * rd says nothing about it).
-      if (kFma && md * md * static_cast<double>(D) <= 64 * mo.m2)
+      } else if (kFma && md * md * static_cast<double>(D) <= 64 * mo.m2) {
+        // x * r + b0 where |mean| <= 8 sd: the rounding of b0 is then at most
+        // ~8 ulps of the spread's xhat (with a large eps, rd is far below 1 / sd
+        // and |mean| * rd says nothing about it).
         affine_row<false>(yr, xr, gamma, beta, D, stream, shift, m, r, static_cast<T>(-md * rd));
-      else
+      } else {
         affine_row<true>(yr, xr, gamma, beta, D, stream, shift, m, r, T(0));
-      if (fast) mean[n] = row_mean(xr, D);
+      }
+      // The saved mean within one float ulp of the exact one: fast rows sum
+      // the row again in double (from L1, after y).
+      mean[n] = fast ? row_mean(xr, D) : static_cast<T>(md);
     }
     if (stream) detail::stream_fence();
   }

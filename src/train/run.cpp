@@ -237,13 +237,7 @@ std::vector<EpochMetrics> run_training(const TrainConfig& cfg, TrainingObserver&
 
   Communicator& comm = world();
   const int rank = comm.rank(), ranks = comm.size();
-  try {
-    comm.set_transport(mpi_transport_from_name(cfg.mpi_transport));
-  } catch (const AgreedError&) {
-    throw;
-  } catch (const Error& e) {
-    throw AgreedError(e.what());  // every rank reads the same flag: nobody aborts the job
-  }
+  agreed([&] { comm.set_transport(mpi_transport_from_name(cfg.mpi_transport)); });
   const bool lead = rank == 0;  // rank 0 reports and writes; the only one in a plain run
   TrainingObserver quiet;
   TrainingObserver& report = lead ? observer : quiet;
